@@ -1,0 +1,11 @@
+//! tallow-core: the engine behind the `tallow` Python package. Pure Rust, no pyo3.
+//!
+//! Data path: [`gguf`] file -> [`tokenizer`] -> [`model`] forward over [`quant`] kernels ->
+//! [`sampler`] -> [`engine`] events.
+
+pub mod error;
+pub mod gguf;
+pub mod quant;
+pub mod threadpool;
+
+pub use error::{Error, GgufError, Result};
