@@ -1,0 +1,46 @@
+"""tallow: run GGUF language models locally on the CPU, from Python.
+
+>>> import tallow
+>>> model = tallow.Model("smollm2-135m")                 # doctest: +SKIP
+>>> print(model.generate("Why is the sky blue?", max_tokens=64))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _tallow
+from ._tallow import Sampler
+from .chat import Chat, Message
+from .errors import (
+    ContextOverflowError,
+    GGUFError,
+    OverloadedError,
+    TallowError,
+    TemplateError,
+    UnsupportedModelError,
+)
+from .model import Model, ModelInfo
+
+__version__: str = _tallow.__version__
+
+__all__ = [
+    "Chat",
+    "ContextOverflowError",
+    "GGUFError",
+    "Message",
+    "Model",
+    "ModelInfo",
+    "OverloadedError",
+    "Sampler",
+    "TallowError",
+    "TemplateError",
+    "UnsupportedModelError",
+    "__version__",
+    "build_info",
+]
+
+
+def build_info() -> dict[str, Any]:
+    """Version, CPU features and the kernels this machine runs with."""
+    return dict(_tallow.build_info())

@@ -1,0 +1,165 @@
+"""The ``tallow`` command: run, chat, pull, models, inspect."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .sampling import DEFAULTS
+
+__all__ = ["main"]
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("-n", "--max-tokens", type=int, default=256, help="most tokens to generate (default 256)")
+    g.add_argument("--temperature", "--temp", type=float, default=DEFAULTS["temperature"])
+    g.add_argument("--top-k", type=int, default=DEFAULTS["top_k"])
+    g.add_argument("--top-p", type=float, default=DEFAULTS["top_p"])
+    g.add_argument("--min-p", type=float, default=DEFAULTS["min_p"])
+    g.add_argument("--repeat-penalty", type=float, default=DEFAULTS["repeat_penalty"])
+    g.add_argument("--repeat-last-n", type=int, default=DEFAULTS["repeat_last_n"])
+    g.add_argument("--frequency-penalty", type=float, default=DEFAULTS["frequency_penalty"])
+    g.add_argument("--presence-penalty", type=float, default=DEFAULTS["presence_penalty"])
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="path to a .gguf file, a catalog name (see `tallow models`) or hf://owner/repo/file")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("-c", "--n-ctx", type=int, default=None, help="context length (default: the model's, up to 4096)")
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in DEFAULTS}
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from .model import Model
+
+    return Model(args.model, n_threads=args.threads, n_ctx=args.n_ctx)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    model = _load(args)
+    prompt = args.prompt if args.prompt != "-" else sys.stdin.read()
+    if args.chat:
+        stream = model.chat(system=args.system).stream(prompt, max_tokens=args.max_tokens, **_sampling(args))
+    else:
+        stream = model.stream(prompt, max_tokens=args.max_tokens, **_sampling(args))
+    for text in stream:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    model = _load(args)
+    chat = model.chat(system=args.system)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"Chatting with {model.info.name or model.path.name}. /reset clears the conversation, /exit quits; "
+              "Ctrl-C stops an answer.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            return 0
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            return 0
+        msg = line.strip()
+        if not msg:
+            continue
+        if msg in ("/exit", "/quit"):
+            return 0
+        if msg == "/reset":
+            chat.reset()
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        try:
+            for text in chat.stream(msg, max_tokens=args.max_tokens, **_sampling(args)):
+                sys.stdout.write(text)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            sys.stdout.write(" [stopped]")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from .catalog import pull
+
+    for name in args.names:
+        print(pull(name))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .catalog import list_models, models_dir
+
+    print(f"catalog (cache: {models_dir()})")
+    for entry, path in list_models():
+        state = "downloaded" if path else "not downloaded"
+        print(f"  {entry.name:<16} {entry.size / 1e6:7.1f} MB  {state:<15} {entry.description}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ._tallow import inspect
+
+    sys.stdout.write(inspect(args.file))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tallow", description="Run GGUF language models locally on the CPU.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="generate from a prompt, streaming to stdout")
+    _add_model(p)
+    p.add_argument("prompt", help="the prompt ('-' reads stdin)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--system", default=None, help="system prompt (with --chat)")
+    _add_sampling(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("chat", help="interactive chat (/reset, /exit; Ctrl-C stops the answer)")
+    _add_model(p)
+    p.add_argument("--system", default=None, help="system prompt")
+    _add_sampling(p)
+    p.set_defaults(func=cmd_chat, max_tokens=512)
+
+    p = sub.add_parser("pull", help="download catalog models into the cache")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("models", help="list catalog models and whether they are downloaded")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("inspect", help="print a GGUF file's metadata and tensor table")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import TallowError
+
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except (TallowError, OSError, ValueError, TypeError, RuntimeError, ImportError) as e:
+        print(f"tallow: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

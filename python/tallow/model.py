@@ -1,0 +1,166 @@
+"""``tallow.Model``: a loaded GGUF model and its generation methods."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import _tallow
+from .catalog import resolve_model
+from .sampling import SamplingOptions, build_options
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # pragma: no cover
+    from typing_extensions import Unpack
+
+if TYPE_CHECKING:
+    from .chat import Chat
+
+__all__ = ["Model", "ModelInfo"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model file says about itself."""
+
+    architecture: str
+    name: str | None
+    n_params: int
+    quantization: str
+    context_length: int | None
+    vocab_size: int
+    chat_template: str | None
+    n_ctx: int
+    n_threads: int
+
+
+class Model:
+    """A GGUF model loaded for generation.
+
+    ``model`` is a path to a ``.gguf`` file or a catalog name (see ``tallow models``), which is
+    downloaded on first use. One ``Model`` may be shared by many threads and asyncio tasks:
+    requests queue on its engine thread, and the GIL is released while it computes.
+
+    >>> model = tallow.Model("smollm2-135m")                      # doctest: +SKIP
+    >>> model.generate("The capital of France is", max_tokens=8, temperature=0)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        n_threads: int | None = None,
+        n_ctx: int | None = None,
+        allow_download: bool = True,
+    ) -> None:
+        for name, value in (("n_threads", n_threads), ("n_ctx", n_ctx)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
+            if value is not None and value < 1:
+                raise ValueError(f"invalid value for '{name}': must be >= 1, got {value}")
+        self.path: Path = resolve_model(model, allow_download=allow_download)
+        self._model = _tallow.Model(str(self.path), n_threads=n_threads, n_ctx=n_ctx)
+        self.info: ModelInfo = ModelInfo(**self._model.info())
+
+    def __repr__(self) -> str:
+        return f"tallow.Model({str(self.path)!r}, architecture={self.info.architecture!r})"
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Token ids of ``text``. ``add_bos`` adds BOS if the model uses one; ``special`` parses
+        special-token text such as ``<|im_start|>`` into its token."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, not {type(text).__name__}")
+        return self._model.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, ids: list[int], *, skip_special: bool = False) -> str:
+        """The text of token ``ids``."""
+        return self._model.detokenize(list(ids), skip_special=skip_special)
+
+    # -- generation -----------------------------------------------------------------------
+
+    def _start(
+        self,
+        prompt: str,
+        max_tokens: int,
+        options: SamplingOptions,
+        *,
+        add_bos: bool = True,
+        special: bool = False,
+        session: _tallow.ChatSession | None = None,
+    ) -> _tallow.Stream:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
+        opts = build_options(max_tokens, options)
+        return self._model.start(prompt, opts, add_bos=add_bos, special=special, session=session)
+
+    def stream(self, prompt: str, *, max_tokens: int = 256, **options: Unpack[SamplingOptions]) -> Iterator[str]:
+        """Generates from ``prompt``, yielding text as it is produced.
+
+        Stops at an end-of-generation token, a ``stop`` string (never emitted, even in part)
+        or ``max_tokens``. Breaking out of the loop cancels the generation.
+        """
+        return _iterate(self._start(prompt, max_tokens, options))
+
+    def generate(self, prompt: str, *, max_tokens: int = 256, **options: Unpack[SamplingOptions]) -> str:
+        """Generates from ``prompt`` and returns the whole text. Ctrl-C cancels it."""
+        return "".join(self.stream(prompt, max_tokens=max_tokens, **options))
+
+    def astream(
+        self, prompt: str, *, max_tokens: int = 256, **options: Unpack[SamplingOptions]
+    ) -> AsyncIterator[str]:
+        """Async version of ``stream``: the event loop keeps running while the engine computes.
+        Cancelling the task (or ``aclose()``) stops the generation."""
+        return _aiterate(self._start(prompt, max_tokens, options))
+
+    async def agenerate(self, prompt: str, *, max_tokens: int = 256, **options: Unpack[SamplingOptions]) -> str:
+        """Async version of ``generate``."""
+        parts = [t async for t in self.astream(prompt, max_tokens=max_tokens, **options)]
+        return "".join(parts)
+
+    def chat(self, system: str | None = None) -> Chat:
+        """A multi-turn conversation rendered with the model's chat template; the KV cache is
+        kept between turns, so each turn only computes its new tokens."""
+        from .chat import Chat
+
+        return Chat(self, system=system)
+
+
+def _iterate(stream: _tallow.Stream) -> Iterator[str]:
+    try:
+        for text, _token in stream:
+            if text:
+                yield text
+    finally:
+        stream.cancel()
+
+
+async def _aiterate(stream: _tallow.Stream) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            try:
+                item = stream.poll()
+            except StopIteration:
+                return
+            if item is None:
+                ready = loop.create_future()
+                stream.set_waker(lambda: loop.call_soon_threadsafe(_resolve, ready))
+                await ready
+                continue
+            if item[0]:
+                yield item[0]
+    finally:
+        stream.cancel()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -1,0 +1,55 @@
+//! Loading a model file into a ready engine: the one entry point the bindings call.
+
+use crate::chat_template::ChatTemplate;
+use crate::engine::{Engine, EngineConfig};
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::info::ModelInfo;
+use crate::model::load_model;
+use crate::tokenizer::Tokenizer;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Context length used when the caller gives none: the model's own, capped to keep the
+/// preallocated KV cache modest.
+pub const DEFAULT_N_CTX_CAP: usize = 4096;
+/// Prompt tokens per prefill chunk.
+pub const DEFAULT_N_BATCH: usize = 256;
+
+pub struct LoadedModel {
+    pub engine: Engine,
+    pub info: ModelInfo,
+    pub template: Option<ChatTemplate>,
+}
+
+pub fn load(path: &Path, n_threads: Option<usize>, n_ctx: Option<usize>) -> Result<LoadedModel> {
+    if n_threads == Some(0) {
+        return Err(Error::invalid("n_threads", "must be at least 1"));
+    }
+    if n_ctx == Some(0) {
+        return Err(Error::invalid("n_ctx", "must be at least 1"));
+    }
+    let file = Arc::new(GgufFile::open(path)?);
+    let info = ModelInfo::from_gguf(&file)?;
+    let tokenizer = Arc::new(Tokenizer::from_gguf(&file)?);
+    let model = load_model(file.clone())?;
+    if tokenizer.n_vocab() != model.config().n_vocab {
+        return Err(Error::gguf(
+            file.offset_of("tokenizer.ggml.tokens"),
+            "kv[\"tokenizer.ggml.tokens\"]",
+            format!("vocabulary has {} tokens but the embedding has {} rows", tokenizer.n_vocab(), model.config().n_vocab),
+        ));
+    }
+    let template = match &info.chat_template {
+        Some(src) => {
+            let piece = |id: Option<u32>| id.and_then(|t| tokenizer.token_text(t)).unwrap_or("").to_string();
+            Some(ChatTemplate::new(src, &piece(tokenizer.bos()), &piece(tokenizer.eos()))?)
+        }
+        None => None,
+    };
+    let n_ctx_train = model.config().n_ctx_train;
+    let n_ctx = n_ctx.unwrap_or_else(|| n_ctx_train.clamp(1, DEFAULT_N_CTX_CAP));
+    let n_threads = n_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let engine = Engine::new(model, tokenizer, EngineConfig { n_threads, n_ctx, n_batch: DEFAULT_N_BATCH })?;
+    Ok(LoadedModel { engine, info, template })
+}

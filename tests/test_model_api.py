@@ -1,0 +1,126 @@
+"""The public Model API on the real SmolLM2 model: info, tokens, generation, stops, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+import tallow
+
+
+def test_info(smollm2: tallow.Model) -> None:
+    info = smollm2.info
+    assert info.architecture == "llama"
+    assert info.quantization == "Q4_1"
+    assert 100_000_000 < info.n_params < 200_000_000
+    assert info.vocab_size == 49152
+    assert info.context_length == 8192
+    assert info.chat_template is not None and "<|im_start|>" in info.chat_template
+    assert info.n_ctx == 1024
+
+
+def test_tokenize_roundtrip(smollm2: tallow.Model) -> None:
+    text = "Hello, world! 你好 🚀"
+    ids = smollm2.tokenize(text, add_bos=False)
+    assert ids and all(isinstance(i, int) for i in ids)
+    assert smollm2.detokenize(ids) == text
+
+
+def test_special_tokens_parse_only_when_asked(smollm2: tallow.Model) -> None:
+    plain = smollm2.tokenize("<|im_start|>", add_bos=False, special=False)
+    special = smollm2.tokenize("<|im_start|>", add_bos=False, special=True)
+    assert len(special) == 1 and len(plain) > 1
+
+
+def test_greedy_is_deterministic_and_streams_the_same(smollm2: tallow.Model) -> None:
+    a = smollm2.generate("The capital of France is", max_tokens=16, temperature=0)
+    b = "".join(smollm2.stream("The capital of France is", max_tokens=16, temperature=0))
+    assert a == b and a.strip()
+
+
+def test_seeded_sampling_is_reproducible(smollm2: tallow.Model) -> None:
+    a = smollm2.generate("Once upon a time", max_tokens=24, temperature=1.0, seed=1234)
+    b = smollm2.generate("Once upon a time", max_tokens=24, temperature=1.0, seed=1234)
+    assert a == b
+
+
+def test_max_tokens_bounds_the_output(smollm2: tallow.Model) -> None:
+    ids = smollm2.tokenize(smollm2.generate("Count: 1, 2, 3,", max_tokens=5, temperature=0), add_bos=False)
+    assert len(ids) <= 6  # re-tokenizing may merge differently by one token at most
+    assert smollm2.generate("Hello", max_tokens=0) == ""
+
+
+def test_stop_string_is_never_emitted(smollm2: tallow.Model) -> None:
+    full = smollm2.generate("Count: 1, 2, 3,", max_tokens=20, temperature=0)
+    assert "5" in full
+    cut = smollm2.generate("Count: 1, 2, 3,", max_tokens=20, temperature=0, stop=["5"])
+    assert "5" not in cut
+    assert full.startswith(cut)
+
+
+def test_context_overflow(smollm2_path: object) -> None:
+    small = tallow.Model(smollm2_path, n_threads=1, n_ctx=16)  # type: ignore[arg-type]
+    with pytest.raises(tallow.ContextOverflowError, match="16"):
+        small.generate("word " * 100)
+    # The model is still usable afterwards.
+    assert isinstance(small.generate("Hi", max_tokens=2, temperature=0), str)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"temperature": -1.0}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"min_p": -0.1}, "min_p"),
+        ({"repeat_penalty": 0.0}, "repeat_penalty"),
+        ({"repeat_last_n": -2}, "repeat_last_n"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"seed": -5}, "seed"),
+    ],
+)
+def test_bad_parameters_name_themselves(smollm2: tallow.Model, kwargs: dict[str, object], name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        smollm2.generate("Hi", **kwargs)  # type: ignore[arg-type]
+
+
+def test_wrong_types(smollm2: tallow.Model) -> None:
+    with pytest.raises(TypeError):
+        smollm2.generate(123)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="top_k"):
+        smollm2.generate("Hi", top_k=1.5)  # type: ignore[typeddict-item]
+    with pytest.raises(TypeError, match="nonsense"):
+        smollm2.generate("Hi", nonsense=1)  # type: ignore[call-arg]
+
+
+def test_breaking_out_of_a_stream_leaves_the_model_ready(smollm2: tallow.Model) -> None:
+    for i, _ in enumerate(smollm2.stream("Tell me a long story.", max_tokens=200, temperature=0)):
+        if i == 2:
+            break
+    assert smollm2.generate("The capital of France is", max_tokens=4, temperature=0).strip()
+
+
+def test_missing_file_and_unknown_name() -> None:
+    with pytest.raises(FileNotFoundError):
+        tallow.Model("/nonexistent/model.gguf")
+    with pytest.raises(FileNotFoundError, match="smollm2-135m"):
+        tallow.Model("no-such-catalog-model")
+
+
+def test_bad_constructor_arguments(smollm2_path: object) -> None:
+    with pytest.raises(ValueError, match="n_ctx"):
+        tallow.Model(smollm2_path, n_ctx=0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="n_threads"):
+        tallow.Model(smollm2_path, n_threads="2")  # type: ignore[arg-type]
+
+
+def test_gemma3_generates(gemma3: tallow.Model) -> None:
+    assert gemma3.info.architecture == "gemma3"
+    assert gemma3.info.vocab_size == 262144
+    out = gemma3.generate("The capital of France is", max_tokens=8, temperature=0)
+    assert "Paris" in out
+
+
+def test_build_info() -> None:
+    info = tallow.build_info()
+    assert info["version"] == tallow.__version__
+    assert info["kernels"]
