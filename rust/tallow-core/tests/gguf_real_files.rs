@@ -15,7 +15,11 @@ fn parses_every_vocab_file() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "gguf") {
             let f = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(f.get_array("tokenizer.ggml.tokens").unwrap().is_some(), "{}", path.display());
+            assert!(
+                f.get_array("tokenizer.ggml.tokens").unwrap().is_some(),
+                "{}",
+                path.display()
+            );
             n += 1;
         }
     }
