@@ -208,28 +208,36 @@ fn g3_truncated_anywhere() {
 
 #[test]
 fn g3_truncated_mid_key_and_mid_tensor_info() {
+    // Mid key length: the second key's length field has only 5 bytes.
+    let mut r = Raw::header(0, 2);
+    r.kv_str("general.architecture", "llama");
+    let at = r.pos();
+    r.zeros(5);
+    check(
+        &expect_err(r.0),
+        at,
+        "kv[1].key",
+        "file truncated: need 8 bytes, 5 remain",
+    );
+    // Mid key bytes.
+    let mut r = Raw::header(0, 1);
+    r.u64(20).bytes(b"general.arch");
+    check(
+        &expect_err(r.0),
+        24,
+        "kv[0].key",
+        "string length 20 exceeds the 12 bytes left",
+    );
+    // Mid tensor info.
     let full = small_valid_file();
-    // Header is 24 bytes; the first key's length is at 24, its bytes at 32.
-    check(
-        &expect_err(full[..30].to_vec()),
-        24,
-        "kv[0].key",
-        "file truncated",
-    );
-    check(
-        &expect_err(full[..35].to_vec()),
-        24,
-        "kv[0].key",
-        "exceeds the 3 bytes left",
-    );
     let f = GgufFile::from_bytes(full.clone()).unwrap();
     let info_start = f.offset_of("llama.block_count") + 8 + 17 + 4 + 4;
-    let e = expect_err(full[..info_start as usize + 10].to_vec());
+    let e = expect_err(full[..info_start as usize + 60].to_vec());
     check(
         &e,
-        info_start,
-        "tensor_info[0].name",
-        "string length 17 exceeds",
+        info_start + 57,
+        "tensor_info[1].name",
+        "file truncated: need 8 bytes, 3 remain",
     );
 }
 

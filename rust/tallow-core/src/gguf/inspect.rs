@@ -253,4 +253,35 @@ mod tests {
             1
         );
     }
+
+    #[test]
+    fn report_on_smollm2() {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/.models/smollm2-135m-q4_1.gguf");
+        let f = GgufFile::open(&path).unwrap();
+        let r = render_inspect(&f, "smollm2-135m-q4_1.gguf");
+        assert!(r.contains("  version:     3\n"), "{r}");
+        assert!(r.contains("n_tensors:   272"));
+        assert!(r.contains("general.architecture"));
+        assert!(r.contains("\"llama\""));
+        // The 49152-token vocabulary is summarised, not printed.
+        assert!(
+            r.contains("[array of 49152 String: \"<|endoftext|>\", \"<|im_start|>\""),
+            "{r}"
+        );
+        assert!(r.lines().count() < 272 + 100);
+        assert!(r.contains("token_embd.weight") && r.contains("Q8_0"));
+        assert!(
+            r.contains("Total: 134515008 parameters"),
+            "{}",
+            &r[r.len().saturating_sub(400)..]
+        );
+        // The chat template's newlines are escaped.
+        let tmpl = r
+            .lines()
+            .find(|l| l.contains("tokenizer.chat_template"))
+            .unwrap();
+        assert!(tmpl.contains("\\n"), "{tmpl}");
+        assert!(!r.chars().any(|c| c.is_control() && c != '\n'));
+    }
 }

@@ -397,11 +397,10 @@ fn parse_header_start(c: &mut Cursor) -> Result<u32> {
     }
 }
 
-fn parse_metadata(
-    c: &mut Cursor,
-    n_kv: u64,
-    n_kv_at: u64,
-) -> Result<(Vec<(String, Value)>, Vec<u64>)> {
+/// Metadata entries in file order.
+type Metadata = Vec<(String, Value)>;
+
+fn parse_metadata(c: &mut Cursor, n_kv: u64, n_kv_at: u64) -> Result<(Metadata, Vec<u64>)> {
     // Entries, their offsets, and the duplicate-check map.
     let per_entry = std::mem::size_of::<(String, Value)>() as u64 + 8 + DUP_MAP_BYTES;
     c.charge(n_kv.saturating_mul(per_entry), n_kv_at, "n_kv")?;
@@ -522,7 +521,7 @@ fn parse_tensor_infos(
         let ne0 = shape.first().copied().unwrap_or(1);
         let n_bytes = row_bytes_total(qtype, ne0, n_elements).ok_or_else(|| {
             let bs = qtype.block_size() as u64;
-            let msg = if ne0 % bs != 0 {
+            let msg = if !ne0.is_multiple_of(bs) {
                 format!("tensor {name:?}: row length {ne0} is not a multiple of the {qtype} block size {bs}")
             } else {
                 format!("tensor {name:?}: byte size of {n_elements} {qtype} elements overflows")
@@ -579,7 +578,7 @@ fn parse_tensor_infos(
 /// number of blocks or the size overflows.
 fn row_bytes_total(qtype: QType, ne0: u64, n_elements: u64) -> Option<u64> {
     let bs = qtype.block_size() as u64;
-    if ne0 % bs != 0 {
+    if !ne0.is_multiple_of(bs) {
         return None;
     }
     // ne0 is a multiple of bs and divides n_elements (or n_elements is 0), so this is exact.

@@ -93,7 +93,7 @@ impl GgufWriter {
         let n_elements = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
         let ne0 = shape.first().copied().unwrap_or(1);
         let n_bytes = n_elements
-            .filter(|_| ne0 % qtype.block_size() as u64 == 0)
+            .filter(|_| ne0.is_multiple_of(qtype.block_size() as u64))
             .and_then(|n| (n / qtype.block_size() as u64).checked_mul(qtype.type_size() as u64));
         match n_bytes {
             Some(n) if n == data.len() as u64 => {}
