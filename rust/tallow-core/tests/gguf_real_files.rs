@@ -9,13 +9,22 @@ fn repo() -> PathBuf {
 
 #[test]
 fn parses_every_vocab_file() {
-    let dir = repo().join("../shared/vocab");
+    // `shared/` sits beside the main checkout, and two levels up from a helper worktree.
+    let dir = ["../shared/vocab", "../../shared/vocab"]
+        .iter()
+        .map(|d| repo().join(d))
+        .find(|d| d.is_dir())
+        .expect("shared/vocab not found beside the checkout");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).expect("../shared/vocab") {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "gguf") {
             let f = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(f.get_array("tokenizer.ggml.tokens").unwrap().is_some(), "{}", path.display());
+            assert!(
+                f.get_array("tokenizer.ggml.tokens").unwrap().is_some(),
+                "{}",
+                path.display()
+            );
             n += 1;
         }
     }

@@ -1,10 +1,16 @@
-//! GGUF v1–v3 files over a memory map: header, typed metadata, tensor table and zero-copy
-//! tensor views. See `reader.rs` for the hostile-input rules.
+//! GGUF v2/v3 files over a memory map: header, typed metadata, tensor table and zero-copy
+//! tensor views. See `reader.rs` for the hostile-input rules, `writer.rs` for building files
+//! and `inspect.rs` for the `tallow inspect` report.
 
+mod inspect;
 mod reader;
 mod value;
+mod writer;
 
+pub use inspect::{escape_for_terminal, render_inspect};
+pub use reader::metadata_budget;
 pub use value::{Array, Value, ValueType};
+pub use writer::GgufWriter;
 
 use crate::error::{Error, Result};
 use crate::quant::QType;
@@ -16,6 +22,8 @@ pub const GGUF_MAX_ALIGNMENT: u64 = 1 << 20;
 pub const GGUF_MAX_DIMS: usize = 4;
 /// Tensor names are at most 63 bytes (GGML_MAX_NAME counts the NUL).
 pub const GGUF_MAX_NAME: usize = 64;
+/// Metadata keys are at most 65535 bytes (GGUF spec).
+pub const GGUF_MAX_KEY: usize = 65535;
 
 /// One entry of the tensor table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +55,8 @@ impl Storage {
 /// A parsed GGUF file. Tensor data stays in the map and is borrowed, never copied.
 pub struct GgufFile {
     storage: Storage,
+    /// Where the GGUF starts in `storage` (non-zero for a GGUF embedded in another file).
+    start: u64,
     version: u32,
     metadata: Vec<(String, Value)>,
     metadata_offsets: Vec<u64>,
@@ -68,8 +78,18 @@ impl std::fmt::Debug for GgufFile {
 impl GgufFile {
     /// Memory-maps and parses `path`. The file size is taken once, at open.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
+        Self::open_at(path, 0)
+    }
+
+    /// Like [`GgufFile::open`] for a GGUF that starts `start` bytes into the file. Offsets in
+    /// errors and [`GgufFile::data_offset`] are relative to the file; alignment is relative
+    /// to the GGUF's start.
+    pub fn open_at(path: impl AsRef<Path>, start: u64) -> Result<GgufFile> {
         let path = path.as_ref();
-        let io = |source| Error::Io { path: path.display().to_string(), source };
+        let io = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         if meta.is_dir() {
@@ -85,25 +105,53 @@ impl GgufFile {
         // mapped, reads past the new end fault (SIGBUS); that risk is shared by every
         // mmap-based loader and documented in the README.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        Self::from_storage(Storage::Mmap(mmap))
+        Self::from_storage(Storage::Mmap(mmap), start)
     }
 
     /// Parses a GGUF held in memory (tests, fuzzing, files embedded in other containers).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile> {
-        Self::from_storage(Storage::Owned(bytes))
+        Self::from_storage(Storage::Owned(bytes), 0)
     }
 
-    fn from_storage(storage: Storage) -> Result<GgufFile> {
-        let p = reader::parse(storage.bytes())?;
+    /// Parses a GGUF that starts `start` bytes into `bytes` (see [`GgufFile::open_at`]).
+    pub fn from_bytes_at(bytes: Vec<u8>, start: u64) -> Result<GgufFile> {
+        Self::from_storage(Storage::Owned(bytes), start)
+    }
+
+    fn from_storage(storage: Storage, start: u64) -> Result<GgufFile> {
+        let all = storage.bytes();
+        let Some(buf) = usize::try_from(start).ok().and_then(|s| all.get(s..)) else {
+            return Err(Error::gguf(
+                start,
+                "magic",
+                format!(
+                    "GGUF start {start} is past the end of the {}-byte file",
+                    all.len()
+                ),
+            ));
+        };
+        let p = reader::parse(buf).map_err(|e| match e {
+            Error::Gguf(mut g) => {
+                g.offset = g.offset.saturating_add(start);
+                Error::Gguf(g)
+            }
+            e => e,
+        })?;
         Ok(GgufFile {
-            storage,
+            start,
             version: p.version,
             metadata: p.metadata,
-            metadata_offsets: p.metadata_offsets,
+            metadata_offsets: p.metadata_offsets.into_iter().map(|o| o + start).collect(),
             tensors: p.tensors,
             alignment: p.alignment,
-            data_offset: p.data_offset,
+            data_offset: p.data_offset + start,
+            storage,
         })
+    }
+
+    /// Where the GGUF starts in the file (0 unless opened with `open_at`/`from_bytes_at`).
+    pub fn start(&self) -> u64 {
+        self.start
     }
 
     pub fn version(&self) -> u32 {
@@ -114,6 +162,7 @@ impl GgufFile {
         self.alignment
     }
 
+    /// Absolute offset of the tensor data section in the file.
     pub fn data_offset(&self) -> u64 {
         self.data_offset
     }
@@ -152,49 +201,72 @@ impl GgufFile {
     pub fn get_u64(&self, key: &str) -> Result<Option<u64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(Some).ok_or_else(|| self.type_error(key, "a non-negative integer", v)),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.type_error(key, "a non-negative integer", v)),
         }
     }
 
     pub fn get_i64(&self, key: &str) -> Result<Option<i64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_i64().map(Some).ok_or_else(|| self.type_error(key, "an integer", v)),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| self.type_error(key, "an integer", v)),
         }
     }
 
     pub fn get_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.type_error(key, "a number", v)),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.type_error(key, "a number", v)),
         }
     }
 
     pub fn get_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.type_error(key, "a bool", v)),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.type_error(key, "a bool", v)),
         }
     }
 
     pub fn get_str(&self, key: &str) -> Result<Option<&str>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_str().map(Some).ok_or_else(|| self.type_error(key, "a string", v)),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.type_error(key, "a string", v)),
         }
     }
 
     pub fn get_array(&self, key: &str) -> Result<Option<&Array>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_array().map(Some).ok_or_else(|| self.type_error(key, "an array", v)),
+            Some(v) => v
+                .as_array()
+                .map(Some)
+                .ok_or_else(|| self.type_error(key, "an array", v)),
         }
     }
 
     /// `general.architecture`, required by every model.
     pub fn architecture(&self) -> Result<&str> {
-        self.get_str("general.architecture")?
-            .ok_or_else(|| Error::gguf(0, "kv[\"general.architecture\"]", "missing general.architecture"))
+        self.get_str("general.architecture")?.ok_or_else(|| {
+            Error::gguf(
+                0,
+                "kv[\"general.architecture\"]",
+                "missing general.architecture",
+            )
+        })
     }
 
     pub fn tensors(&self) -> &[TensorInfo] {
@@ -210,9 +282,17 @@ impl GgufFile {
         self.storage.bytes()
     }
 
-    /// The bytes of `t`, borrowed from the map. Bounds were checked at parse time.
+    /// The bytes of `t`, borrowed from the map. Bounds were checked at parse time for every
+    /// tensor of this file; a `TensorInfo` from elsewhere that does not fit gives an empty slice.
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
-        let start = (self.data_offset + t.offset) as usize;
-        &self.storage.bytes()[start..start + t.n_bytes as usize]
+        let range = self
+            .data_offset
+            .checked_add(t.offset)
+            .and_then(|s| Some(s..s.checked_add(t.n_bytes)?));
+        let range =
+            range.and_then(|r| Some(usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?));
+        range
+            .and_then(|r| self.storage.bytes().get(r))
+            .unwrap_or(&[])
     }
 }

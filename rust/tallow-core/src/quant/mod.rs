@@ -28,6 +28,8 @@ pub fn check_supported(name: &str, qtype: QType) -> Result<()> {
     if qtype.is_supported() {
         Ok(())
     } else {
-        Err(Error::unsupported(format!("tensor {name:?} has type {qtype}, which tallow does not support yet")))
+        Err(Error::unsupported(format!(
+            "tensor {name:?} has type {qtype}, which tallow does not support yet"
+        )))
     }
 }
