@@ -224,10 +224,7 @@ fn missing_keys_tensors_and_unsupported_architectures() {
         Error::UnsupportedModel(m) => assert!(m.contains("mamba"), "{m}"),
         other => panic!("{other}"),
     }
-    assert!(matches!(
-        config_err(Tiny::new("llama").set("llama.expert_count", V::U32(8))),
-        Error::UnsupportedModel(_)
-    ));
+    assert!(matches!(config_err(Tiny::new("llama").set("llama.expert_count", V::U32(8))), Error::UnsupportedModel(_)));
     assert!(matches!(
         config_err(Tiny::new("llama").set("llama.rope.scaling.type", V::Str("yarn"))),
         Error::UnsupportedModel(_)

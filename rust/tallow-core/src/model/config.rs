@@ -26,9 +26,9 @@ impl Arch {
         match name {
             "llama" => Ok(Arch::Llama),
             "gemma3" => Ok(Arch::Gemma3),
-            other => Err(Error::unsupported(format!(
-                "architecture {other:?} is not supported (tallow runs: llama, gemma3)"
-            ))),
+            other => {
+                Err(Error::unsupported(format!("architecture {other:?} is not supported (tallow runs: llama, gemma3)")))
+            }
         }
     }
 
@@ -147,10 +147,9 @@ impl ModelConfig {
         }
         let rope_dim = m.opt_dim("rope.dimension_count", MAX_DIM)?.unwrap_or(head_dim);
         if rope_dim > head_dim || rope_dim % 2 != 0 {
-            return Err(m.bad(
-                "rope.dimension_count",
-                format!("{rope_dim} must be even and at most the head size {head_dim}"),
-            ));
+            return Err(
+                m.bad("rope.dimension_count", format!("{rope_dim} must be even and at most the head size {head_dim}"))
+            );
         }
         let n_ctx_train = m.req_dim("context_length", MAX_CTX)?;
         let norm_eps = m.req_pos_f32("attention.layer_norm_rms_epsilon")?;
@@ -333,7 +332,9 @@ fn check_tensors(
         }
         for bias in ["attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_output.bias"] {
             if file.tensor(&format!("blk.{il}.{bias}")).is_some() {
-                return Err(Error::unsupported(format!("tensor blk.{il}.{bias}: attention biases are not supported yet")));
+                return Err(Error::unsupported(format!(
+                    "tensor blk.{il}.{bias}: attention biases are not supported yet"
+                )));
             }
         }
     }

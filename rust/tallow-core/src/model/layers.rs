@@ -59,7 +59,15 @@ pub struct RopeTable {
 }
 
 impl RopeTable {
-    pub fn fill(&mut self, pos0: usize, n: usize, rope_dim: usize, base: f32, freq_scale: f32, factors: Option<&[f32]>) {
+    pub fn fill(
+        &mut self,
+        pos0: usize,
+        n: usize,
+        rope_dim: usize,
+        base: f32,
+        freq_scale: f32,
+        factors: Option<&[f32]>,
+    ) {
         let half = rope_dim / 2;
         self.half = half;
         self.cos.clear();

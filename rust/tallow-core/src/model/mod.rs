@@ -183,7 +183,8 @@ pub(crate) fn run_forward<'s, L: Layers>(
 
 /// A 2-D weight of `file` (already shape-checked by `ModelConfig::from_gguf`).
 fn tensor(file: &Arc<GgufFile>, name: &str) -> Result<QTensor> {
-    let info = file.tensor(name).ok_or_else(|| Error::gguf(0, format!("tensor[{name:?}]"), "required tensor is missing"))?;
+    let info =
+        file.tensor(name).ok_or_else(|| Error::gguf(0, format!("tensor[{name:?}]"), "required tensor is missing"))?;
     QTensor::from_gguf(file, info)
 }
 
