@@ -122,7 +122,7 @@ impl ModelConfig {
         let n_ff = m.req_dim("feed_forward_length", MAX_DIM)?;
         let n_head = m.req_dim("attention.head_count", MAX_DIM)?;
         let n_head_kv = m.opt_dim("attention.head_count_kv", MAX_DIM)?.unwrap_or(n_head);
-        if n_head % n_head_kv != 0 {
+        if !n_head.is_multiple_of(n_head_kv) {
             return Err(m.bad(
                 "attention.head_count_kv",
                 format!("{n_head_kv} does not divide attention.head_count = {n_head}"),
@@ -130,7 +130,7 @@ impl ModelConfig {
         }
         let head_dim = match m.opt_dim("attention.key_length", MAX_DIM)? {
             Some(d) => d,
-            None if n_embd % n_head == 0 => n_embd / n_head,
+            None if n_embd.is_multiple_of(n_head) => n_embd / n_head,
             None => {
                 return Err(m.bad(
                     "attention.head_count",
@@ -146,7 +146,7 @@ impl ModelConfig {
             }
         }
         let rope_dim = m.opt_dim("rope.dimension_count", MAX_DIM)?.unwrap_or(head_dim);
-        if rope_dim > head_dim || rope_dim % 2 != 0 {
+        if rope_dim > head_dim || !rope_dim.is_multiple_of(2) {
             return Err(
                 m.bad("rope.dimension_count", format!("{rope_dim} must be even and at most the head size {head_dim}"))
             );
