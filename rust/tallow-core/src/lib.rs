@@ -5,6 +5,8 @@
 
 pub mod error;
 pub mod gguf;
+pub mod kv_cache;
+pub mod model;
 pub mod quant;
 pub mod threadpool;
 

@@ -1,0 +1,164 @@
+//! `gemma3`: like llama, plus
+//! - embeddings scaled by sqrt(n_embd);
+//! - RMSNorm on each head of Q and K before RoPE (QK-norm);
+//! - "sandwich" norms: the attention and FFN outputs are normalized before the residual add;
+//! - GELU (tanh) gated FFN;
+//! - RoPE in NEOX style; 5 of every 6 layers attend within a sliding window and use RoPE base
+//!   10000, the 6th is global with the file's base.
+//!
+//! Norm weights are used as stored: llama.cpp's converter already folds Gemma's `1 + w` into
+//! the GGUF tensors.
+
+use super::attention::{attention, AttnParams};
+use super::layers::{add_assign, gelu_mul, rms_norm, rms_norm_into};
+use super::{norm, run_forward, tensor, CommonWeights, ForwardScratch, Layers, Model, ModelConfig};
+use crate::error::Result;
+use crate::gguf::GgufFile;
+use crate::kv_cache::KvCache;
+use crate::quant::{matmul, QTensor};
+use crate::threadpool::ThreadPool;
+use std::sync::Arc;
+
+/// One decoder block's weights. Matrices are `[rows, cols]` = `[out, in]`.
+struct Block {
+    /// `[n_embd]`
+    attn_norm: Vec<f32>,
+    /// `[n_head * head_dim, n_embd]`
+    attn_q: QTensor,
+    /// `[n_head_kv * head_dim, n_embd]`
+    attn_k: QTensor,
+    /// `[n_head_kv * head_dim, n_embd]`
+    attn_v: QTensor,
+    /// `[head_dim]`, applied to every head.
+    attn_q_norm: Vec<f32>,
+    /// `[head_dim]`
+    attn_k_norm: Vec<f32>,
+    /// `[n_embd, n_head * head_dim]`
+    attn_output: QTensor,
+    /// `[n_embd]`
+    post_attention_norm: Vec<f32>,
+    /// `[n_embd]`
+    ffn_norm: Vec<f32>,
+    /// `[n_ff, n_embd]`
+    ffn_gate: QTensor,
+    /// `[n_ff, n_embd]`
+    ffn_up: QTensor,
+    /// `[n_embd, n_ff]`
+    ffn_down: QTensor,
+    /// `[n_embd]`
+    post_ffw_norm: Vec<f32>,
+}
+
+pub(crate) struct Gemma3 {
+    cfg: ModelConfig,
+    common: CommonWeights,
+    blocks: Vec<Block>,
+}
+
+impl Gemma3 {
+    pub(crate) fn load(file: &Arc<GgufFile>, cfg: ModelConfig) -> Result<Gemma3> {
+        // llama.cpp rounds sqrt(n_embd) in f32.
+        let common = CommonWeights::load(file, &cfg, (cfg.n_embd as f32).sqrt())?;
+        let blocks = (0..cfg.n_layer)
+            .map(|il| {
+                let n = |s: &str| format!("blk.{il}.{s}.weight");
+                Ok(Block {
+                    attn_norm: norm(file, &n("attn_norm"))?,
+                    attn_q: tensor(file, &n("attn_q"))?,
+                    attn_k: tensor(file, &n("attn_k"))?,
+                    attn_v: tensor(file, &n("attn_v"))?,
+                    attn_q_norm: norm(file, &n("attn_q_norm"))?,
+                    attn_k_norm: norm(file, &n("attn_k_norm"))?,
+                    attn_output: tensor(file, &n("attn_output"))?,
+                    post_attention_norm: norm(file, &n("post_attention_norm"))?,
+                    ffn_norm: norm(file, &n("ffn_norm"))?,
+                    ffn_gate: tensor(file, &n("ffn_gate"))?,
+                    ffn_up: tensor(file, &n("ffn_up"))?,
+                    ffn_down: tensor(file, &n("ffn_down"))?,
+                    post_ffw_norm: norm(file, &n("post_ffw_norm"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Gemma3 { cfg, common, blocks })
+    }
+}
+
+impl Layers for Gemma3 {
+    fn cfg(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn common(&self) -> &CommonWeights {
+        &self.common
+    }
+
+    fn run_layers(&self, n: usize, pos0: usize, cache: &mut KvCache, s: &mut ForwardScratch, pool: &ThreadPool) {
+        let c = &self.cfg;
+        let (n_embd, q_dim, kv_dim, n_ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
+        s.rope.fill(pos0, n, c.rope_dim, c.rope_freq_base, c.rope_freq_scale, None);
+        // The sliding-window layers are trained without position scaling.
+        s.rope_local.fill(pos0, n, c.rope_dim, c.rope_freq_base_local, 1.0, None);
+        let x = &mut s.x[..n * n_embd];
+        let xn = &mut s.xn[..n * n_embd];
+        let (q, k, v) = (&mut s.q[..n * q_dim], &mut s.k[..n * kv_dim], &mut s.v[..n * kv_dim]);
+        let att = &mut s.att[..n * q_dim];
+        let proj = &mut s.proj[..n * n_embd];
+        let (gate, up) = (&mut s.gate[..n * n_ff], &mut s.up[..n * n_ff]);
+        let mm = &mut s.mm;
+
+        for (il, b) in self.blocks.iter().enumerate() {
+            let swa = c.is_swa_layer(il);
+            let rope = if swa { &s.rope_local } else { &s.rope };
+
+            // Attention.
+            rms_norm_into(x, xn, &b.attn_norm, c.norm_eps);
+            matmul(&b.attn_q, xn, n, q, mm, pool);
+            matmul(&b.attn_k, xn, n, k, mm, pool);
+            matmul(&b.attn_v, xn, n, v, mm, pool);
+            rms_norm(q, &b.attn_q_norm, c.norm_eps); // per head: rows of head_dim
+            rms_norm(k, &b.attn_k_norm, c.norm_eps);
+            rope.apply(q, c.head_dim, c.rope_style);
+            rope.apply(k, c.head_dim, c.rope_style);
+            cache.store(il, pos0, k, v);
+            let params = AttnParams {
+                n_head: c.n_head,
+                n_head_kv: c.n_head_kv,
+                head_dim: c.head_dim,
+                pos0,
+                n_tokens: n,
+                window: if swa { c.sliding_window } else { None },
+                scale: c.attn_scale,
+            };
+            attention(&params, q, cache.k_layer(il), cache.v_layer(il), att, &mut s.scores, pool);
+            matmul(&b.attn_output, att, n, proj, mm, pool);
+            rms_norm(proj, &b.post_attention_norm, c.norm_eps);
+            add_assign(x, proj);
+
+            // GELU-gated feed-forward.
+            rms_norm_into(x, xn, &b.ffn_norm, c.norm_eps);
+            matmul(&b.ffn_gate, xn, n, gate, mm, pool);
+            matmul(&b.ffn_up, xn, n, up, mm, pool);
+            gelu_mul(gate, up);
+            matmul(&b.ffn_down, gate, n, proj, mm, pool);
+            rms_norm(proj, &b.post_ffw_norm, c.norm_eps);
+            add_assign(x, proj);
+        }
+    }
+}
+
+impl Model for Gemma3 {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn forward<'s>(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        scratch: &'s mut ForwardScratch,
+        pool: &ThreadPool,
+        all_logits: bool,
+    ) -> Result<&'s [f32]> {
+        run_forward(self, tokens, cache, scratch, pool, all_logits)
+    }
+}

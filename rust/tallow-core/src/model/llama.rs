@@ -1,0 +1,137 @@
+//! `llama`: pre-norm decoder with RMSNorm, grouped-query attention, RoPE (GGML mode 0,
+//! adjacent pairs) and a SwiGLU feed-forward. Llama 1/2/3, Mistral, TinyLlama, SmolLM2.
+
+use super::attention::{attention, AttnParams};
+use super::layers::{add_assign, rms_norm_into, silu_mul};
+use super::{norm, run_forward, tensor, CommonWeights, ForwardScratch, Layers, Model, ModelConfig};
+use crate::error::Result;
+use crate::gguf::GgufFile;
+use crate::kv_cache::KvCache;
+use crate::quant::{matmul, QTensor};
+use crate::threadpool::ThreadPool;
+use std::sync::Arc;
+
+/// One decoder block's weights. Matrices are `[rows, cols]` = `[out, in]`.
+struct Block {
+    /// `[n_embd]`
+    attn_norm: Vec<f32>,
+    /// `[n_head * head_dim, n_embd]`
+    attn_q: QTensor,
+    /// `[n_head_kv * head_dim, n_embd]`
+    attn_k: QTensor,
+    /// `[n_head_kv * head_dim, n_embd]`
+    attn_v: QTensor,
+    /// `[n_embd, n_head * head_dim]`
+    attn_output: QTensor,
+    /// `[n_embd]`
+    ffn_norm: Vec<f32>,
+    /// `[n_ff, n_embd]`
+    ffn_gate: QTensor,
+    /// `[n_ff, n_embd]`
+    ffn_up: QTensor,
+    /// `[n_embd, n_ff]`
+    ffn_down: QTensor,
+}
+
+pub(crate) struct Llama {
+    cfg: ModelConfig,
+    common: CommonWeights,
+    blocks: Vec<Block>,
+    /// Llama 3.1 `rope_freqs`: per-pair divisors of the rotation frequency, `[rope_dim / 2]`.
+    rope_freqs: Option<Vec<f32>>,
+}
+
+impl Llama {
+    pub(crate) fn load(file: &Arc<GgufFile>, cfg: ModelConfig) -> Result<Llama> {
+        let common = CommonWeights::load(file, &cfg, 1.0)?;
+        let rope_freqs = if cfg.has_rope_freqs { Some(norm(file, "rope_freqs.weight")?) } else { None };
+        let blocks = (0..cfg.n_layer)
+            .map(|il| {
+                let n = |s: &str| format!("blk.{il}.{s}.weight");
+                Ok(Block {
+                    attn_norm: norm(file, &n("attn_norm"))?,
+                    attn_q: tensor(file, &n("attn_q"))?,
+                    attn_k: tensor(file, &n("attn_k"))?,
+                    attn_v: tensor(file, &n("attn_v"))?,
+                    attn_output: tensor(file, &n("attn_output"))?,
+                    ffn_norm: norm(file, &n("ffn_norm"))?,
+                    ffn_gate: tensor(file, &n("ffn_gate"))?,
+                    ffn_up: tensor(file, &n("ffn_up"))?,
+                    ffn_down: tensor(file, &n("ffn_down"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Llama { cfg, common, blocks, rope_freqs })
+    }
+}
+
+impl Layers for Llama {
+    fn cfg(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn common(&self) -> &CommonWeights {
+        &self.common
+    }
+
+    fn run_layers(&self, n: usize, pos0: usize, cache: &mut KvCache, s: &mut ForwardScratch, pool: &ThreadPool) {
+        let c = &self.cfg;
+        let (n_embd, q_dim, kv_dim, n_ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
+        s.rope.fill(pos0, n, c.rope_dim, c.rope_freq_base, c.rope_freq_scale, self.rope_freqs.as_deref());
+        let params = AttnParams {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim: c.head_dim,
+            pos0,
+            n_tokens: n,
+            window: None,
+            scale: c.attn_scale,
+        };
+        let x = &mut s.x[..n * n_embd];
+        let xn = &mut s.xn[..n * n_embd];
+        let (q, k, v) = (&mut s.q[..n * q_dim], &mut s.k[..n * kv_dim], &mut s.v[..n * kv_dim]);
+        let att = &mut s.att[..n * q_dim];
+        let proj = &mut s.proj[..n * n_embd];
+        let (gate, up) = (&mut s.gate[..n * n_ff], &mut s.up[..n * n_ff]);
+        let mm = &mut s.mm;
+
+        for (il, b) in self.blocks.iter().enumerate() {
+            // Attention.
+            rms_norm_into(x, xn, &b.attn_norm, c.norm_eps);
+            matmul(&b.attn_q, xn, n, q, mm, pool);
+            matmul(&b.attn_k, xn, n, k, mm, pool);
+            matmul(&b.attn_v, xn, n, v, mm, pool);
+            s.rope.apply(q, c.head_dim, c.rope_style);
+            s.rope.apply(k, c.head_dim, c.rope_style);
+            cache.store(il, pos0, k, v);
+            attention(&params, q, cache.k_layer(il), cache.v_layer(il), att, &mut s.scores, pool);
+            matmul(&b.attn_output, att, n, proj, mm, pool);
+            add_assign(x, proj);
+
+            // SwiGLU feed-forward.
+            rms_norm_into(x, xn, &b.ffn_norm, c.norm_eps);
+            matmul(&b.ffn_gate, xn, n, gate, mm, pool);
+            matmul(&b.ffn_up, xn, n, up, mm, pool);
+            silu_mul(gate, up);
+            matmul(&b.ffn_down, gate, n, proj, mm, pool);
+            add_assign(x, proj);
+        }
+    }
+}
+
+impl Model for Llama {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn forward<'s>(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        scratch: &'s mut ForwardScratch,
+        pool: &ThreadPool,
+        all_logits: bool,
+    ) -> Result<&'s [f32]> {
+        run_forward(self, tokens, cache, scratch, pool, all_logits)
+    }
+}
