@@ -63,12 +63,13 @@ impl Engine {
         if config.n_threads == 0 {
             return Err(Error::invalid("n_threads", "must be at least 1"));
         }
+        let scratch = model.new_scratch(config.n_batch)?;
         let shared = Arc::new(Shared { model, tokenizer, config });
         let (tx, rx) = mpsc::channel::<Job>();
         let worker = shared.clone();
         std::thread::Builder::new()
             .name("tallow-engine".into())
-            .spawn(move || run_loop(&worker, rx))
+            .spawn(move || run_loop(&worker, scratch, rx))
             .map_err(|e| Error::Internal(format!("cannot start the engine thread: {e}")))?;
         Ok(Engine { shared, queue: Mutex::new(Some(tx)) })
     }
@@ -139,11 +140,11 @@ struct Worker<'a> {
     default_seq: Option<CachedSequence>,
 }
 
-fn run_loop(shared: &Shared, rx: mpsc::Receiver<Job>) {
+fn run_loop(shared: &Shared, scratch: ForwardScratch, rx: mpsc::Receiver<Job>) {
     let mut worker = Worker {
         shared,
         pool: ThreadPool::new(shared.config.n_threads),
-        scratch: shared.model.new_scratch(shared.config.n_batch),
+        scratch,
         logits: vec![0.0; shared.model.config().n_vocab],
         default_seq: None,
     };
@@ -158,8 +159,9 @@ fn run_loop(shared: &Shared, rx: mpsc::Receiver<Job>) {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
-                // Scratch may be half-written; start from clean state.
-                worker.scratch = shared.model.new_scratch(shared.config.n_batch);
+                // Scratch contents are rewritten by every forward; the cached sequence may be
+                // half-updated, so drop it.
+                worker.default_seq = None;
                 Error::Internal(format!("engine panicked: {msg}"))
             }
         };
@@ -169,8 +171,9 @@ fn run_loop(shared: &Shared, rx: mpsc::Receiver<Job>) {
 
 impl Worker<'_> {
     fn forward(&mut self, tokens: &[u32], seq: &mut CachedSequence) -> Result<()> {
-        let logits = self.shared.model.forward(tokens, &mut seq.cache, &mut self.scratch, &self.pool, false)?;
-        self.logits.copy_from_slice(&logits[logits.len() - self.logits.len()..]);
+        let out = self.shared.model.forward(tokens, &mut seq.cache, &mut self.scratch, &self.pool, false)?;
+        let n_vocab = self.logits.len();
+        self.logits.copy_from_slice(&out[out.len() - n_vocab..]);
         seq.tokens.extend_from_slice(tokens);
         Ok(())
     }
