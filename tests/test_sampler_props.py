@@ -424,7 +424,7 @@ BAD = [
     ("temperature", float("nan")),
     ("temperature", -1.0),
     ("temperature", float("inf")),
-    ("top_p", float(np.nextafter(1.0, 2.0))),
+    ("top_p", 1.0001),  # the binding stores float32: 1 + 2**-52 would round to a valid 1.0
     ("top_p", 1.5),
     ("top_p", -0.1),
     ("top_p", float("nan")),

@@ -189,7 +189,9 @@ fn penalties() {
         repeat_last_n: n as i32,
         ..neutral()
     };
-    let cases: [(&[u32], f32, f32, f32, [f32; 5]); 6] = [
+    // (history, repeat, frequency, presence, expected)
+    type Case<'a> = (&'a [u32], f32, f32, f32, [f32; 5]);
+    let cases: [Case; 6] = [
         (&[0], 50.0, 0.0, 0.0, [0.0, 0.25, 0.25, 0.25, 0.25]),
         (&[0, 1, 2], 50.0, 0.0, 0.0, [0.0, 0.0, 0.0, 0.5, 0.5]),
         (&[0, 1, 2, 0, 0], 50.0, 0.0, 0.0, [0.0, 0.0, 0.0, 0.5, 0.5]),
