@@ -3,11 +3,13 @@
 //! Data path: [`gguf`] file -> [`tokenizer`] -> [`model`] forward over [`quant`] kernels ->
 //! [`sampler`] -> [`engine`] events.
 
+pub mod chat_template;
 pub mod error;
 pub mod gguf;
 pub mod kv_cache;
 pub mod model;
 pub mod quant;
+pub mod sampler;
 pub mod threadpool;
 
 pub use error::{Error, GgufError, Result};
