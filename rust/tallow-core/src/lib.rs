@@ -11,5 +11,6 @@ pub mod model;
 pub mod quant;
 pub mod sampler;
 pub mod threadpool;
+pub mod tokenizer;
 
 pub use error::{Error, GgufError, Result};
