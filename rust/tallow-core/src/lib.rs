@@ -4,9 +4,12 @@
 //! [`sampler`] -> [`engine`] events.
 
 pub mod chat_template;
+pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod info;
 pub mod kv_cache;
+mod load;
 pub mod model;
 pub mod quant;
 pub mod sampler;
@@ -14,3 +17,5 @@ pub mod threadpool;
 pub mod tokenizer;
 
 pub use error::{Error, GgufError, Result};
+pub use info::build_info;
+pub use load::{load, LoadedModel};

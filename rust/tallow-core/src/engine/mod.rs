@@ -205,7 +205,8 @@ impl Worker<'_> {
         }
 
         let mut sampler = Sampler::new(job.params.sampling.clone())?;
-        let mut decoder = StreamDecoder::new(self.shared.tokenizer.clone());
+        // Control tokens render as nothing, as in llama.cpp's default detokenization.
+        let mut decoder = StreamDecoder::new(true);
         let mut stop = StopMatcher::new(&job.params.stop);
         let mut n_gen = 0;
         let finish = loop {
@@ -220,7 +221,7 @@ impl Worker<'_> {
             if !job.params.ignore_eos && self.shared.tokenizer.is_eog(id) {
                 break FinishReason::Stop;
             }
-            let piece = decoder.push(id);
+            let piece = decoder.push(&self.shared.tokenizer, id).unwrap_or_default();
             let (text, stopped) = match stop.push(&piece) {
                 StopOutcome::Emit(t) => (t, false),
                 StopOutcome::Stop(t) => (t, true),
@@ -238,7 +239,7 @@ impl Worker<'_> {
         };
         if finish != FinishReason::Cancelled {
             // Release text held back for an incomplete character or a possible stop string.
-            let mut rest = decoder.flush();
+            let mut rest = decoder.flush().unwrap_or_default();
             rest = match stop.push(&rest) {
                 StopOutcome::Emit(t) => t + &stop.flush(),
                 StopOutcome::Stop(t) => t,
