@@ -48,7 +48,9 @@ pub struct ThreadPool {
 
 impl std::fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ThreadPool").field("n_threads", &self.n_threads).finish()
+        f.debug_struct("ThreadPool")
+            .field("n_threads", &self.n_threads)
+            .finish()
     }
 }
 
@@ -72,7 +74,12 @@ impl ThreadPool {
                     .expect("spawning a worker thread")
             })
             .collect();
-        ThreadPool { n_threads, shared, workers, run_lock: Mutex::new(()) }
+        ThreadPool {
+            n_threads,
+            shared,
+            workers,
+            run_lock: Mutex::new(()),
+        }
     }
 
     pub fn n_threads(&self) -> usize {

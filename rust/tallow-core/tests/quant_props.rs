@@ -6,7 +6,8 @@
 //! (row, token).
 
 use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8_0,
 };
 use candle_core::quantized::GgmlType;
 use half::{bf16, f16};
@@ -34,19 +35,58 @@ const SUPPORTED: [QType; 13] = [
 macro_rules! with_block {
     ($qtype:expr, $T:ident => $body:expr) => {
         match $qtype {
-            QType::F32 => { type $T = f32; $body }
-            QType::F16 => { type $T = f16; $body }
-            QType::BF16 => { type $T = bf16; $body }
-            QType::Q4_0 => { type $T = BlockQ4_0; $body }
-            QType::Q4_1 => { type $T = BlockQ4_1; $body }
-            QType::Q5_0 => { type $T = BlockQ5_0; $body }
-            QType::Q5_1 => { type $T = BlockQ5_1; $body }
-            QType::Q8_0 => { type $T = BlockQ8_0; $body }
-            QType::Q2_K => { type $T = BlockQ2K; $body }
-            QType::Q3_K => { type $T = BlockQ3K; $body }
-            QType::Q4_K => { type $T = BlockQ4K; $body }
-            QType::Q5_K => { type $T = BlockQ5K; $body }
-            QType::Q6_K => { type $T = BlockQ6K; $body }
+            QType::F32 => {
+                type $T = f32;
+                $body
+            }
+            QType::F16 => {
+                type $T = f16;
+                $body
+            }
+            QType::BF16 => {
+                type $T = bf16;
+                $body
+            }
+            QType::Q4_0 => {
+                type $T = BlockQ4_0;
+                $body
+            }
+            QType::Q4_1 => {
+                type $T = BlockQ4_1;
+                $body
+            }
+            QType::Q5_0 => {
+                type $T = BlockQ5_0;
+                $body
+            }
+            QType::Q5_1 => {
+                type $T = BlockQ5_1;
+                $body
+            }
+            QType::Q8_0 => {
+                type $T = BlockQ8_0;
+                $body
+            }
+            QType::Q2_K => {
+                type $T = BlockQ2K;
+                $body
+            }
+            QType::Q3_K => {
+                type $T = BlockQ3K;
+                $body
+            }
+            QType::Q4_K => {
+                type $T = BlockQ4K;
+                $body
+            }
+            QType::Q5_K => {
+                type $T = BlockQ5K;
+                $body
+            }
+            QType::Q6_K => {
+                type $T = BlockQ6K;
+                $body
+            }
             other => panic!("{other} is not supported"),
         }
     };
@@ -54,7 +94,10 @@ macro_rules! with_block {
 
 fn to_bytes<T>(blocks: &[T]) -> Vec<u8> {
     // SAFETY: candle's block types are repr(C) plain data without padding.
-    unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks)) }.to_vec()
+    unsafe {
+        std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks))
+    }
+    .to_vec()
 }
 
 fn quantize<T: GgmlType>(xs: &[f32]) -> Vec<T> {
@@ -78,7 +121,13 @@ fn floats(seed: u64, n: usize, scale: f32) -> Vec<f32> {
 
 /// candle's reference product for one weight type: quantize each token with candle, then one
 /// `vec_dot_unopt` per (token, row). Returns `y` `[n_tokens, rows]`.
-fn reference_matmul<T: GgmlType>(w: &[T], rows: usize, cols: usize, x: &[f32], n_tokens: usize) -> Vec<f32> {
+fn reference_matmul<T: GgmlType>(
+    w: &[T],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n_tokens: usize,
+) -> Vec<f32> {
     let nb_w = cols / T::BLCK_SIZE;
     let mut y = vec![0f32; n_tokens * rows];
     for t in 0..n_tokens {

@@ -12,14 +12,14 @@ fn every_index_runs_once_per_run_many_times() {
         let pool = ThreadPool::new(n);
         assert_eq!(pool.n_threads(), n);
         let counts: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-        for _ in 0..2000 {
+        for _ in 0..500 {
             pool.run(&|i, nn| {
                 assert_eq!(nn, n);
                 counts[i].fetch_add(1, Ordering::Relaxed);
             });
         }
         for c in &counts {
-            assert_eq!(c.load(Ordering::Relaxed), 2000);
+            assert_eq!(c.load(Ordering::Relaxed), 500);
         }
     }
 }

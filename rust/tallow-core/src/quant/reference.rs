@@ -5,7 +5,8 @@ use super::matmul::{MatmulScratch, SyncPtr};
 use super::{QTensor, QType};
 use crate::threadpool::{split_range, ThreadPool};
 use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8_0,
 };
 use candle_core::quantized::GgmlType;
 use half::{bf16, f16};
@@ -14,19 +15,58 @@ use half::{bf16, f16};
 macro_rules! with_block_type {
     ($qtype:expr, $T:ident => $body:expr) => {
         match $qtype {
-            QType::F32 => { type $T = f32; $body }
-            QType::F16 => { type $T = f16; $body }
-            QType::BF16 => { type $T = bf16; $body }
-            QType::Q4_0 => { type $T = BlockQ4_0; $body }
-            QType::Q4_1 => { type $T = BlockQ4_1; $body }
-            QType::Q5_0 => { type $T = BlockQ5_0; $body }
-            QType::Q5_1 => { type $T = BlockQ5_1; $body }
-            QType::Q8_0 => { type $T = BlockQ8_0; $body }
-            QType::Q2_K => { type $T = BlockQ2K; $body }
-            QType::Q3_K => { type $T = BlockQ3K; $body }
-            QType::Q4_K => { type $T = BlockQ4K; $body }
-            QType::Q5_K => { type $T = BlockQ5K; $body }
-            QType::Q6_K => { type $T = BlockQ6K; $body }
+            QType::F32 => {
+                type $T = f32;
+                $body
+            }
+            QType::F16 => {
+                type $T = f16;
+                $body
+            }
+            QType::BF16 => {
+                type $T = bf16;
+                $body
+            }
+            QType::Q4_0 => {
+                type $T = BlockQ4_0;
+                $body
+            }
+            QType::Q4_1 => {
+                type $T = BlockQ4_1;
+                $body
+            }
+            QType::Q5_0 => {
+                type $T = BlockQ5_0;
+                $body
+            }
+            QType::Q5_1 => {
+                type $T = BlockQ5_1;
+                $body
+            }
+            QType::Q8_0 => {
+                type $T = BlockQ8_0;
+                $body
+            }
+            QType::Q2_K => {
+                type $T = BlockQ2K;
+                $body
+            }
+            QType::Q3_K => {
+                type $T = BlockQ3K;
+                $body
+            }
+            QType::Q4_K => {
+                type $T = BlockQ4K;
+                $body
+            }
+            QType::Q5_K => {
+                type $T = BlockQ5K;
+                $body
+            }
+            QType::Q6_K => {
+                type $T = BlockQ6K;
+                $body
+            }
             other => unreachable!("{other} is rejected by check_supported at load"),
         }
     };
@@ -35,8 +75,15 @@ macro_rules! with_block_type {
 /// Views raw GGUF bytes as blocks of `T`.
 pub(crate) fn as_blocks<T: GgmlType>(bytes: &[u8]) -> &[T] {
     let size = std::mem::size_of::<T>();
-    assert!(bytes.len() % size == 0, "byte length {} is not a whole number of blocks", bytes.len());
-    assert!(bytes.as_ptr() as usize % std::mem::align_of::<T>() == 0, "misaligned blocks");
+    assert!(
+        bytes.len().is_multiple_of(size),
+        "byte length {} is not a whole number of blocks",
+        bytes.len()
+    );
+    assert!(
+        (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()),
+        "misaligned blocks"
+    );
     // SAFETY: length and alignment checked above; the block types are repr(C) plain data
     // (ints and floats) for which every bit pattern is valid.
     unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, bytes.len() / size) }
@@ -59,8 +106,24 @@ pub fn matmul_candle(
     scratch: &mut MatmulScratch,
     pool: &ThreadPool,
 ) {
-    assert_eq!(x.len(), n_tokens * w.cols, "matmul {}: x has {} values, want {}x{}", w.name, x.len(), n_tokens, w.cols);
-    assert_eq!(y.len(), n_tokens * w.rows, "matmul {}: y has {} values, want {}x{}", w.name, y.len(), n_tokens, w.rows);
+    assert_eq!(
+        x.len(),
+        n_tokens * w.cols,
+        "matmul {}: x has {} values, want {}x{}",
+        w.name,
+        x.len(),
+        n_tokens,
+        w.cols
+    );
+    assert_eq!(
+        y.len(),
+        n_tokens * w.rows,
+        "matmul {}: y has {} values, want {}x{}",
+        w.name,
+        y.len(),
+        n_tokens,
+        w.rows
+    );
     with_block_type!(w.qtype, T => matmul_typed::<T>(w, x, n_tokens, y, scratch, pool))
 }
 
@@ -77,7 +140,10 @@ fn matmul_typed<T: GgmlType>(
     let nb_w = cols / T::BLCK_SIZE;
     let xq = scratch.blocks::<T::VecDotType>(n_tokens * nb_x);
     for t in 0..n_tokens {
-        T::VecDotType::from_float(&x[t * cols..(t + 1) * cols], &mut xq[t * nb_x..(t + 1) * nb_x]);
+        T::VecDotType::from_float(
+            &x[t * cols..(t + 1) * cols],
+            &mut xq[t * nb_x..(t + 1) * nb_x],
+        );
     }
     let xq: &[T::VecDotType] = xq;
     let wb = as_blocks::<T>(w.data());
