@@ -5,12 +5,22 @@
 //! llama.cpp does, then takes integer dot products row by row. candle-core's block types and
 //! routines are the reference implementation (`reference.rs`).
 
+pub mod blocks;
+mod kernels;
+mod matmul;
 mod qtype;
 mod reference;
+mod scalar;
 mod tensor;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
 
+pub use kernels::{kernels, Kernels, VecDotFn};
+pub use matmul::{matmul, matmul_with, MatmulScratch};
 pub use qtype::QType;
-pub use reference::{dequantize_row, matmul, MatmulScratch};
+pub use reference::{dequantize_row, matmul_candle};
 pub use tensor::QTensor;
 
 use crate::error::{Error, Result};
@@ -32,4 +42,23 @@ pub fn check_supported(name: &str, qtype: QType) -> Result<()> {
             "tensor {name:?} has type {qtype}, which tallow does not support yet"
         )))
     }
+}
+
+/// The activation block type a weight type's dot product takes (`None` for float types).
+pub fn act_type(qtype: QType) -> Option<QType> {
+    use QType::*;
+    match qtype {
+        Q4_0 | Q5_0 | Q8_0 => Some(Q8_0),
+        Q4_1 | Q5_1 => Some(Q8_1),
+        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K => Some(Q8_K),
+        _ => None,
+    }
+}
+
+/// Whether this CPU has what `x86_avx2.rs` needs.
+#[cfg(target_arch = "x86_64")]
+fn x86_avx2_detected() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
 }

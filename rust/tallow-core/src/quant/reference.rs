@@ -1,6 +1,7 @@
 //! Reference products over candle-core's GGML block types. Correct on every CPU; the
 //! SIMD kernels are checked against these.
 
+use super::matmul::{MatmulScratch, SyncPtr};
 use super::{QTensor, QType};
 use crate::threadpool::{split_range, ThreadPool};
 use candle_core::quantized::k_quants::{
@@ -75,12 +76,12 @@ macro_rules! with_block_type {
 pub(crate) fn as_blocks<T: GgmlType>(bytes: &[u8]) -> &[T] {
     let size = std::mem::size_of::<T>();
     assert!(
-        bytes.len() % size == 0,
+        bytes.len().is_multiple_of(size),
         "byte length {} is not a whole number of blocks",
         bytes.len()
     );
     assert!(
-        bytes.as_ptr() as usize % std::mem::align_of::<T>() == 0,
+        (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()),
         "misaligned blocks"
     );
     // SAFETY: length and alignment checked above; the block types are repr(C) plain data
@@ -93,32 +94,11 @@ pub fn dequantize_row(qtype: QType, bytes: &[u8], out: &mut [f32]) {
     with_block_type!(qtype, T => T::to_float(as_blocks::<T>(bytes), out))
 }
 
-/// Reusable buffer for quantized activations, so a decode step allocates nothing once warm.
-#[derive(Default)]
-pub struct MatmulScratch {
-    buf: Vec<u64>,
-}
-
-impl MatmulScratch {
-    fn blocks<T: GgmlType>(&mut self, n: usize) -> &mut [T] {
-        let bytes = n * std::mem::size_of::<T>();
-        if self.buf.len() * 8 < bytes {
-            self.buf.resize(bytes.div_ceil(8), 0);
-        }
-        // SAFETY: the buffer holds at least `bytes` bytes, is 8-aligned (enough for every block
-        // type) and every bit pattern is a valid block.
-        unsafe { std::slice::from_raw_parts_mut(self.buf.as_mut_ptr() as *mut T, n) }
-    }
-}
-
-struct SyncPtr(*mut f32);
-// SAFETY: workers write disjoint row ranges of the output.
-unsafe impl Sync for SyncPtr {}
-
-/// `y[t * rows + r] = Σ_c W[r, c] · x[t * cols + c]` for `t in 0..n_tokens`.
+/// candle's generic product (its `from_float` + `vec_dot` per row and token): the baseline the
+/// benchmarks compare against, and tallow's path for F32/F16/BF16 weights.
 ///
 /// `x` is `[n_tokens, cols]`, `y` is `[n_tokens, rows]`, both row-major.
-pub fn matmul(
+pub fn matmul_candle(
     w: &QTensor,
     x: &[f32],
     n_tokens: usize,

@@ -52,7 +52,7 @@ impl QTensor {
         let rows = t.shape.get(1).copied().unwrap_or(1) as usize;
         let data = file.tensor_data(t);
         let align = super::block_align(t.qtype);
-        let bytes = if (data.as_ptr() as usize) % align == 0 {
+        let bytes = if (data.as_ptr() as usize).is_multiple_of(align) {
             let start = (file.data_offset() + t.offset) as usize;
             Bytes::Mapped {
                 file: file.clone(),

@@ -1,0 +1,127 @@
+//! Quick per-type timing of tallow's quantized matmul against candle's path, one thread.
+//!
+//! `CARGO_PROFILE_DEV_OPT_LEVEL=3 cargo run -p tallow-core --example quant_speed`
+//! (dependencies are already built at opt-level 3 in the dev profile). Prints, per weight
+//! type, µs per product for decode (1 token) and prefill (16 tokens): candle's generic path
+//! (`matmul_candle`: candle's `from_float` + `vec_dot`), tallow's scalar table, and the table
+//! this CPU gets (`kernels()`), with the speed-up over candle.
+
+use std::time::{Duration, Instant};
+use tallow_core::quant::{
+    kernels, matmul_candle, matmul_with, Kernels, MatmulScratch, QTensor, QType,
+};
+use tallow_core::threadpool::ThreadPool;
+
+fn floats(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Median µs per call of `f` over ~`budget`.
+fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < budget || samples.len() < 5 {
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    samples[samples.len() / 2]
+}
+
+fn main() {
+    let (rows, cols) = (1024, 2048);
+    let pool = ThreadPool::new(1);
+    let best = kernels();
+    let scalar = Kernels::scalar();
+    let budget = Duration::from_millis(300);
+    println!(
+        "kernels: {}; W {rows}x{cols}, 1 thread, median µs per matmul",
+        best.name()
+    );
+    println!(
+        "{:6} {:>6} {:>10} {:>10} {:>10} {:>8}",
+        "type",
+        "tokens",
+        "candle",
+        "scalar",
+        best.name(),
+        "speedup"
+    );
+    let types = [
+        QType::Q4_0,
+        QType::Q4_1,
+        QType::Q5_0,
+        QType::Q5_1,
+        QType::Q8_0,
+        QType::Q2_K,
+        QType::Q3_K,
+        QType::Q4_K,
+        QType::Q5_K,
+        QType::Q6_K,
+    ];
+    for qtype in types {
+        let wf = floats(1, rows * cols);
+        let bytes = quantize(qtype, &wf);
+        let w = QTensor::from_bytes("w", qtype, rows, cols, &bytes).unwrap();
+        for n_tokens in [1usize, 16] {
+            let x = floats(2, n_tokens * cols);
+            let mut y = vec![0f32; n_tokens * rows];
+            let mut scratch = MatmulScratch::default();
+            let c = time(budget, || {
+                matmul_candle(&w, &x, n_tokens, &mut y, &mut scratch, &pool)
+            });
+            let s = time(budget, || {
+                matmul_with(&scalar, &w, &x, n_tokens, &mut y, &mut scratch, &pool)
+            });
+            let b = time(budget, || {
+                matmul_with(best, &w, &x, n_tokens, &mut y, &mut scratch, &pool)
+            });
+            println!(
+                "{:6} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>7.2}x",
+                qtype.name(),
+                n_tokens,
+                c,
+                s,
+                b,
+                c / b
+            );
+        }
+    }
+}
+
+fn quantize(qtype: QType, xs: &[f32]) -> Vec<u8> {
+    use candle_core::quantized::k_quants::*;
+    use candle_core::quantized::GgmlType;
+    fn q<T: GgmlType>(xs: &[f32]) -> Vec<u8> {
+        let mut b = vec![T::zeros(); xs.len() / T::BLCK_SIZE];
+        T::from_float(xs, &mut b);
+        // SAFETY: candle's blocks are repr(C) plain data.
+        unsafe {
+            std::slice::from_raw_parts(b.as_ptr() as *const u8, std::mem::size_of_val(&b[..]))
+        }
+        .to_vec()
+    }
+    match qtype {
+        QType::Q4_0 => q::<BlockQ4_0>(xs),
+        QType::Q4_1 => q::<BlockQ4_1>(xs),
+        QType::Q5_0 => q::<BlockQ5_0>(xs),
+        QType::Q5_1 => q::<BlockQ5_1>(xs),
+        QType::Q8_0 => q::<BlockQ8_0>(xs),
+        QType::Q2_K => q::<BlockQ2K>(xs),
+        QType::Q3_K => q::<BlockQ3K>(xs),
+        QType::Q4_K => q::<BlockQ4K>(xs),
+        QType::Q5_K => q::<BlockQ5K>(xs),
+        QType::Q6_K => q::<BlockQ6K>(xs),
+        other => panic!("{other}"),
+    }
+}

@@ -1,0 +1,153 @@
+//! `matmul`: quantized weights × f32 activations, through the dispatched kernels.
+//!
+//! Activations are quantized once per call into the scratch buffer (Q8_0, Q8_1 or Q8_K, per the
+//! weight type), then each worker takes a contiguous range of weight rows and multiplies every
+//! row with all tokens while it is in L1, so prefill reads each weight once per call.
+
+use super::blocks::{ActBlock, BlockQ8K, BlockQ8_0, BlockQ8_1};
+use super::kernels::{kernels, Kernels, VecDotFn};
+use super::{reference, QTensor, QType};
+use crate::threadpool::{split_range, ThreadPool};
+
+/// Reusable buffer for quantized activations: once it has grown to the largest product of a
+/// model, calls allocate nothing.
+#[derive(Default)]
+pub struct MatmulScratch {
+    buf: Vec<u64>,
+}
+
+impl MatmulScratch {
+    /// `n` blocks of `T` (zeroed on growth, otherwise left over from earlier calls).
+    pub(crate) fn blocks<T>(&mut self, n: usize) -> &mut [T] {
+        assert!(std::mem::align_of::<T>() <= 8);
+        let bytes = n
+            .checked_mul(std::mem::size_of::<T>())
+            .expect("scratch size overflows");
+        if self.buf.len() * 8 < bytes {
+            self.buf.resize(bytes.div_ceil(8), 0);
+        }
+        // SAFETY: the buffer holds at least `bytes` bytes, is 8-aligned (enough for every block
+        // type) and every bit pattern is a valid block (plain ints and floats).
+        unsafe { std::slice::from_raw_parts_mut(self.buf.as_mut_ptr() as *mut T, n) }
+    }
+
+    /// Bytes currently reserved (tests check that a warm scratch stops growing).
+    pub fn capacity_bytes(&self) -> usize {
+        self.buf.capacity() * 8
+    }
+}
+
+/// A raw output pointer that workers write disjoint parts of.
+pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
+// SAFETY: every user writes only indices no other worker touches in the same `run`.
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+/// `y[t * rows + r] = Σ_c W[r, c] · x[t * cols + c]` for `t in 0..n_tokens`, with the
+/// process-wide kernels ([`kernels()`]).
+///
+/// `x` is `[n_tokens, cols]`, `y` is `[n_tokens, rows]`, both row-major.
+pub fn matmul(
+    w: &QTensor,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+    scratch: &mut MatmulScratch,
+    pool: &ThreadPool,
+) {
+    matmul_with(kernels(), w, x, n_tokens, y, scratch, pool)
+}
+
+/// [`matmul`] with an explicit kernel table (tests and benchmarks compare tables).
+pub fn matmul_with(
+    k: &Kernels,
+    w: &QTensor,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+    scratch: &mut MatmulScratch,
+    pool: &ThreadPool,
+) {
+    assert_eq!(
+        x.len(),
+        n_tokens * w.cols,
+        "matmul {}: x has {} values, want {}x{}",
+        w.name,
+        x.len(),
+        n_tokens,
+        w.cols
+    );
+    assert_eq!(
+        y.len(),
+        n_tokens * w.rows,
+        "matmul {}: y has {} values, want {}x{}",
+        w.name,
+        y.len(),
+        n_tokens,
+        w.rows
+    );
+    let Some(dot) = k.vec_dot_fn(w.qtype) else {
+        // F32/F16/BF16: candle's generic path.
+        return reference::matmul_candle(w, x, n_tokens, y, scratch, pool);
+    };
+    match super::act_type(w.qtype) {
+        Some(QType::Q8_0) => run::<BlockQ8_0>(w, x, n_tokens, y, scratch, pool, dot, &|x, b| {
+            k.quantize_q8_0(x, b)
+        }),
+        Some(QType::Q8_1) => run::<BlockQ8_1>(w, x, n_tokens, y, scratch, pool, dot, &|x, b| {
+            k.quantize_q8_1(x, b)
+        }),
+        Some(QType::Q8_K) => run::<BlockQ8K>(w, x, n_tokens, y, scratch, pool, dot, &|x, b| {
+            k.quantize_q8_k(x, b)
+        }),
+        other => unreachable!("{} pairs with {other:?}", w.qtype),
+    }
+}
+
+fn run<A: ActBlock + Send + Sync>(
+    w: &QTensor,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+    scratch: &mut MatmulScratch,
+    pool: &ThreadPool,
+    dot: VecDotFn,
+    quantize: &(dyn Fn(&[f32], &mut [A]) + Sync),
+) {
+    let (rows, cols) = (w.rows, w.cols);
+    let nb_a = cols / A::BLCK_SIZE; // activation blocks per token
+    let act_row = nb_a * std::mem::size_of::<A>();
+    let xq = scratch.blocks::<A>(n_tokens * nb_a); // [n_tokens, nb_a]
+    if n_tokens == 1 {
+        quantize(x, xq);
+    } else {
+        let xq_ptr = SyncPtr(xq.as_mut_ptr());
+        pool.run(&|i, n| {
+            let p = &xq_ptr;
+            for t in split_range(n_tokens, i, n) {
+                // SAFETY: token t's blocks are disjoint from other workers' tokens and in bounds.
+                let dst = unsafe { std::slice::from_raw_parts_mut(p.0.add(t * nb_a), nb_a) };
+                quantize(&x[t * cols..(t + 1) * cols], dst);
+            }
+        });
+    }
+    let xq_bytes = super::blocks::as_bytes::<A>(xq);
+    let data = w.data();
+    let row_bytes = w
+        .qtype
+        .row_bytes(cols as u64)
+        .expect("QTensor has whole blocks") as usize;
+    assert!(data.len() >= rows * row_bytes && xq_bytes.len() >= n_tokens * act_row);
+    let out = SyncPtr(y.as_mut_ptr());
+    pool.run(&|i, n| {
+        let out = &out;
+        for r in split_range(rows, i, n) {
+            let wr = &data[r * row_bytes..(r + 1) * row_bytes];
+            for t in 0..n_tokens {
+                let at = &xq_bytes[t * act_row..(t + 1) * act_row];
+                // SAFETY: the kernel table matches this CPU; `wr` and `at` hold exactly `cols`
+                // weights and activations. Row r of every token belongs to this worker only.
+                unsafe { *out.0.add(t * rows + r) = dot(cols, wr, at) };
+            }
+        }
+    });
+}
