@@ -96,7 +96,7 @@ pub fn build_info() -> Vec<(&'static str, String)> {
     vec![
         ("version", env!("CARGO_PKG_VERSION").to_string()),
         ("target_arch", std::env::consts::ARCH.to_string()),
-        ("kernels", crate::quant::kernel_name().to_string()),
+        ("kernels", crate::quant::kernels().name().to_string()),
         ("cpu_features", features.join(",")),
         ("n_cpus", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string()),
     ]

@@ -16,10 +16,21 @@ pub const DEFAULT_N_CTX_CAP: usize = 4096;
 /// Prompt tokens per prefill chunk.
 pub const DEFAULT_N_BATCH: usize = 256;
 
+/// Gemma's turn format, for Gemma files that ship without `tokenizer.chat_template` (the
+/// catalog's gemma3-270m is one). System text is folded into the first user turn, as Gemma's
+/// own template does.
+const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% set ns = namespace(system='') %}{% for m in messages %}\
+{% if m['role'] == 'system' %}{% set ns.system = m['content'] + '\n\n' %}{% else %}\
+<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n\
+{% if m['role'] == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}{{ m['content'] | trim }}<end_of_turn>\n\
+{% endif %}{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
+
 pub struct LoadedModel {
     pub engine: Engine,
     pub info: ModelInfo,
-    pub template: Option<ChatTemplate>,
+    /// The chat template, or why there is none usable. Rendering is deferred to `chat()`: a
+    /// broken template must not stop the model from loading.
+    pub template: std::result::Result<ChatTemplate, String>,
 }
 
 pub fn load(path: &Path, n_threads: Option<usize>, n_ctx: Option<usize>) -> Result<LoadedModel> {
@@ -40,12 +51,17 @@ pub fn load(path: &Path, n_threads: Option<usize>, n_ctx: Option<usize>) -> Resu
             format!("vocabulary has {} tokens but the embedding has {} rows", tokenizer.n_vocab(), model.config().n_vocab),
         ));
     }
-    let template = match &info.chat_template {
+    let source = match (&info.chat_template, info.architecture.as_str()) {
+        (Some(src), _) => Some(src.as_str()),
+        (None, "gemma" | "gemma2" | "gemma3") => Some(GEMMA_TEMPLATE),
+        (None, _) => None,
+    };
+    let template = match source {
         Some(src) => {
             let piece = |id: Option<u32>| id.and_then(|t| tokenizer.token_text(t)).unwrap_or("").to_string();
-            Some(ChatTemplate::new(src, &piece(tokenizer.bos()), &piece(tokenizer.eos()))?)
+            ChatTemplate::new(src, &piece(tokenizer.bos()), &piece(tokenizer.eos())).map_err(|e| e.to_string())
         }
-        None => None,
+        None => Err("this model has no chat template (tokenizer.chat_template)".to_string()),
     };
     let n_ctx_train = model.config().n_ctx_train;
     let n_ctx = n_ctx.unwrap_or_else(|| n_ctx_train.clamp(1, DEFAULT_N_CTX_CAP));

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::Arc;
 use tallow_core::chat_template::{ChatMessage, ChatTemplate};
-use tallow_core::engine::{Engine, EngineConfig, GenerateParams, Job, Prompt, Session};
+use tallow_core::engine::{Engine, GenerateParams, Job, Prompt, Session};
 use tallow_core::info::ModelInfo;
 use tallow_core::sampler::SamplingParams;
 
@@ -74,7 +74,7 @@ impl ChatSession {
 pub struct Model {
     engine: Engine,
     info: ModelInfo,
-    template: Option<ChatTemplate>,
+    template: std::result::Result<ChatTemplate, String>,
 }
 
 #[pymethods]
@@ -127,9 +127,7 @@ impl Model {
     #[pyo3(signature = (messages, add_generation_prompt = true))]
     fn apply_chat_template(&self, py: Python<'_>, messages: Vec<(String, String)>, add_generation_prompt: bool) -> PyResult<String> {
         guard(py, || {
-            let t = self.template.as_ref().ok_or_else(|| {
-                tallow_core::Error::Template("this model has no chat template (tokenizer.chat_template)".into())
-            })?;
+            let t = self.template.as_ref().map_err(|e| tallow_core::Error::Template(e.clone()))?;
             let msgs: Vec<ChatMessage> = messages.into_iter().map(|(role, content)| ChatMessage { role, content }).collect();
             t.render(&msgs, add_generation_prompt)
         })
