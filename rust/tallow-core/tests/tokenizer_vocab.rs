@@ -24,9 +24,15 @@ fn check_vocab(name: &str) {
     if inp.ends_with(sep) {
         inputs.pop();
     }
-    let expected: Vec<Vec<u32>> =
-        out.lines().map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect()).collect();
-    assert_eq!(inputs.len(), expected.len(), "{name}: .inp and .out disagree on the number of tests");
+    let expected: Vec<Vec<u32>> = out
+        .lines()
+        .map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(
+        inputs.len(),
+        expected.len(),
+        "{name}: .inp and .out disagree on the number of tests"
+    );
 
     let mut failures = Vec::new();
     for (text, want) in inputs.iter().zip(&expected) {
@@ -35,7 +41,13 @@ fn check_vocab(name: &str) {
             failures.push(format!("  {text:?}\n    want {want:?}\n    got  {got:?}"));
         }
     }
-    assert!(failures.is_empty(), "{name}: {} of {} inputs differ:\n{}", failures.len(), inputs.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{name}: {} of {} inputs differ:\n{}",
+        failures.len(),
+        inputs.len(),
+        failures.join("\n")
+    );
 }
 
 macro_rules! vocab_tests {

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{Model, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, SplitDelimiterBehavior};
+use tokenizers::{
+    Model, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, SplitDelimiterBehavior,
+};
 
 use super::vocab::{is_llama3_pre, Vocab, VocabKind};
 use crate::error::{Error, Result};
@@ -25,7 +27,7 @@ const QWEN35: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])
 const GPT4O: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const CJK: &str = "[一-龥ࠀ-一가-퟿]+";
-const DEEPSEEK_LLM_LETTERS: &str = r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+";
+const DEEPSEEK_LLM_LETTERS: &str = r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\x{1F7D}ᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-\x{1FD3}ῖ-\x{1FDB}ῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+";
 
 /// The split regexes (applied in order, each to every piece the previous ones left) and whether
 /// a piece that is itself a token skips the merges.
@@ -44,13 +46,17 @@ fn pre_tokenizer_for(pre: &str) -> Option<(Vec<&'static str>, bool)> {
         ],
         "deepseek-coder" => vec!["[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", CJK, r"\p{N}"],
         "falcon" => vec![r"[\p{P}\$\+<=>\^~\|`]+", GPT2, "[0-9][0-9][0-9]"],
-        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" | "mellum2" => {
+        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b"
+        | "mellum2" => {
             vec![r"\p{N}", GPT2]
         }
-        "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling" | "jina-es" | "jina-de"
-        | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "exaone4"
-        | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" => vec![GPT2],
-        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2" | "hunyuan" | "solar-open" => {
+        "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling"
+        | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0"
+        | "mellum" | "modern-bert" | "exaone4" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" => {
+            vec![GPT2]
+        }
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2" | "hunyuan"
+        | "solar-open" => {
             vec![QWEN2]
         }
         "qwen35" => vec![QWEN35],
@@ -78,13 +84,18 @@ impl BpeEncoder {
         let (splits, ignore_merges) = match vocab.kind {
             VocabKind::Gemma4 => (None, false),
             _ => {
-                let (regexes, ignore_merges) = pre_tokenizer_for(&vocab.pre)
-                    .ok_or_else(|| Error::unsupported(format!("BPE pre-tokenizer '{}'", vocab.pre)))?;
+                let (regexes, ignore_merges) = pre_tokenizer_for(&vocab.pre).ok_or_else(|| {
+                    Error::unsupported(format!("BPE pre-tokenizer '{}'", vocab.pre))
+                })?;
                 let splits = regexes
                     .into_iter()
                     .map(|re| {
-                        Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
-                            .map_err(|e| tk_err("pre-tokenizer regex", e))
+                        Split::new(
+                            SplitPattern::Regex(re.to_string()),
+                            SplitDelimiterBehavior::Isolated,
+                            false,
+                        )
+                        .map_err(|e| tk_err("pre-tokenizer regex", e))
                     })
                     .collect::<Result<Vec<_>>>()?;
                 (Some(splits), ignore_merges)
@@ -107,8 +118,11 @@ impl BpeEncoder {
                 merges.push((l.clone(), r.clone()));
             }
         }
-        let bpe_vocab: tokenizers::models::bpe::Vocab =
-            vocab.token_to_id.iter().map(|(t, &id)| (t.clone(), id)).collect();
+        let bpe_vocab: tokenizers::models::bpe::Vocab = vocab
+            .token_to_id
+            .iter()
+            .map(|(t, &id)| (t.clone(), id))
+            .collect();
         let model = BPE::builder()
             .vocab_and_merges(bpe_vocab, merges)
             .ignore_merges(ignore_merges)
@@ -124,7 +138,11 @@ impl BpeEncoder {
                 }
             }
         }
-        Ok(BpeEncoder { model, splits, newline_tokens })
+        Ok(BpeEncoder {
+            model,
+            splits,
+            newline_tokens,
+        })
     }
 
     fn encode_word(&self, word: &str, out: &mut Vec<u32>) -> Result<()> {
@@ -135,12 +153,17 @@ impl BpeEncoder {
 
     /// Tokenizes one fragment of ordinary text and appends ids to `out`.
     pub fn encode(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
-        let Some(splits) = &self.splits else { return self.encode_gemma4(text, out) };
+        let Some(splits) = &self.splits else {
+            return self.encode_gemma4(text, out);
+        };
         let mut pretok = PreTokenizedString::from(text);
         for s in splits {
-            s.pre_tokenize(&mut pretok).map_err(|e| tk_err("pre-tokenizer", e))?;
+            s.pre_tokenize(&mut pretok)
+                .map_err(|e| tk_err("pre-tokenizer", e))?;
         }
-        ByteLevel::new(false, false, false).pre_tokenize(&mut pretok).map_err(|e| tk_err("byte-level", e))?;
+        ByteLevel::new(false, false, false)
+            .pre_tokenize(&mut pretok)
+            .map_err(|e| tk_err("byte-level", e))?;
         for (word, _, _) in pretok.get_splits(OffsetReferential::Original, OffsetType::None) {
             self.encode_word(word, out)?;
         }
@@ -153,7 +176,11 @@ impl BpeEncoder {
         let mut rest = escaped.as_str();
         while !rest.is_empty() {
             let newlines = rest.bytes().take_while(|&b| b == b'\n').count();
-            let run_len = if newlines > 0 { newlines } else { rest.find('\n').unwrap_or(rest.len()) };
+            let run_len = if newlines > 0 {
+                newlines
+            } else {
+                rest.find('\n').unwrap_or(rest.len())
+            };
             let (run, tail) = rest.split_at(run_len);
             match self.newline_tokens.get(&newlines).filter(|_| newlines > 0) {
                 Some(&id) => out.push(id),
@@ -162,5 +189,41 @@ impl BpeEncoder {
             rest = tail;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pre_tokenizer_regex_compiles() {
+        let pres = [
+            "default",
+            "llama-bpe",
+            "dbrx",
+            "deepseek-llm",
+            "deepseek-coder",
+            "falcon",
+            "smollm",
+            "gpt-2",
+            "qwen2",
+            "qwen35",
+            "gpt-4o",
+            "tekken",
+        ];
+        for pre in pres {
+            let (regexes, _) = pre_tokenizer_for(pre).unwrap();
+            for re in regexes {
+                if let Err(e) = Split::new(
+                    SplitPattern::Regex(re.to_string()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                ) {
+                    panic!("{pre}: {re:?}: {e:?}");
+                }
+            }
+        }
+        assert!(pre_tokenizer_for("no-such-pre").is_none());
     }
 }

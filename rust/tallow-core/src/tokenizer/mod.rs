@@ -54,7 +54,11 @@ impl Tokenizer {
             VocabKind::Bpe | VocabKind::Gemma4 => Encoder::Bpe(BpeEncoder::new(&vocab)?),
             VocabKind::Wpm => Encoder::Wpm(WpmEncoder::new(&vocab)?),
         };
-        Ok(Tokenizer { vocab, special, encoder })
+        Ok(Tokenizer {
+            vocab,
+            special,
+            encoder,
+        })
     }
 
     pub fn n_vocab(&self) -> usize {
@@ -113,7 +117,9 @@ impl Tokenizer {
     /// out-of-range ids give nothing.
     pub(crate) fn append_piece(&self, id: u32, special: bool, out: &mut Vec<u8>) {
         let v = &self.vocab;
-        let Some(text) = v.texts.get(id as usize) else { return };
+        let Some(text) = v.texts.get(id as usize) else {
+            return;
+        };
         let attr = v.attrs[id as usize];
         if attr.has(TokenAttr::UNKNOWN | TokenAttr::CONTROL) {
             if special {
@@ -193,7 +199,10 @@ impl Tokenizer {
 
     /// Whether the token is a control/unknown token (hidden when decoding with `skip_special`).
     pub fn is_control(&self, id: u32) -> bool {
-        self.vocab.attrs.get(id as usize).is_some_and(|a| a.has(TokenAttr::CONTROL | TokenAttr::UNKNOWN))
+        self.vocab
+            .attrs
+            .get(id as usize)
+            .is_some_and(|a| a.has(TokenAttr::CONTROL | TokenAttr::UNKNOWN))
     }
 }
 
