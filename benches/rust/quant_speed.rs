@@ -7,9 +7,7 @@
 //! this CPU gets (`kernels()`), with the speed-up over candle.
 
 use std::time::{Duration, Instant};
-use tallow_core::quant::{
-    kernels, matmul_candle, matmul_with, Kernels, MatmulScratch, QTensor, QType,
-};
+use tallow_core::quant::{kernels, matmul_candle, matmul_with, Kernels, MatmulScratch, QTensor, QType};
 use tallow_core::threadpool::ThreadPool;
 
 fn floats(seed: u64, n: usize) -> Vec<f32> {
@@ -44,19 +42,8 @@ fn main() {
     let best = kernels();
     let scalar = Kernels::scalar();
     let budget = Duration::from_millis(300);
-    println!(
-        "kernels: {}; W {rows}x{cols}, 1 thread, median µs per matmul",
-        best.name()
-    );
-    println!(
-        "{:6} {:>6} {:>10} {:>10} {:>10} {:>8}",
-        "type",
-        "tokens",
-        "candle",
-        "scalar",
-        best.name(),
-        "speedup"
-    );
+    println!("kernels: {}; W {rows}x{cols}, 1 thread, median µs per matmul", best.name());
+    println!("{:6} {:>6} {:>10} {:>10} {:>10} {:>8}", "type", "tokens", "candle", "scalar", best.name(), "speedup");
     let types = [
         QType::Q4_0,
         QType::Q4_1,
@@ -77,24 +64,10 @@ fn main() {
             let x = floats(2, n_tokens * cols);
             let mut y = vec![0f32; n_tokens * rows];
             let mut scratch = MatmulScratch::default();
-            let c = time(budget, || {
-                matmul_candle(&w, &x, n_tokens, &mut y, &mut scratch, &pool)
-            });
-            let s = time(budget, || {
-                matmul_with(&scalar, &w, &x, n_tokens, &mut y, &mut scratch, &pool)
-            });
-            let b = time(budget, || {
-                matmul_with(best, &w, &x, n_tokens, &mut y, &mut scratch, &pool)
-            });
-            println!(
-                "{:6} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>7.2}x",
-                qtype.name(),
-                n_tokens,
-                c,
-                s,
-                b,
-                c / b
-            );
+            let c = time(budget, || matmul_candle(&w, &x, n_tokens, &mut y, &mut scratch, &pool));
+            let s = time(budget, || matmul_with(&scalar, &w, &x, n_tokens, &mut y, &mut scratch, &pool));
+            let b = time(budget, || matmul_with(best, &w, &x, n_tokens, &mut y, &mut scratch, &pool));
+            println!("{:6} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>7.2}x", qtype.name(), n_tokens, c, s, b, c / b);
         }
     }
 }
@@ -106,10 +79,7 @@ fn quantize(qtype: QType, xs: &[f32]) -> Vec<u8> {
         let mut b = vec![T::zeros(); xs.len() / T::BLCK_SIZE];
         T::from_float(xs, &mut b);
         // SAFETY: candle's blocks are repr(C) plain data.
-        unsafe {
-            std::slice::from_raw_parts(b.as_ptr() as *const u8, std::mem::size_of_val(&b[..]))
-        }
-        .to_vec()
+        unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u8, std::mem::size_of_val(&b[..])) }.to_vec()
     }
     match qtype {
         QType::Q4_0 => q::<BlockQ4_0>(xs),

@@ -46,10 +46,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage { role: role.into(), content: content.into() }
     }
 }
 
@@ -62,10 +59,7 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate")
-            .field("bos_token", &self.bos_token)
-            .field("eos_token", &self.eos_token)
-            .finish()
+        f.debug_struct("ChatTemplate").field("bos_token", &self.bos_token).field("eos_token", &self.eos_token).finish()
     }
 }
 
@@ -79,11 +73,7 @@ impl ChatTemplate {
             )));
         }
         let mut env = Environment::new();
-        let syntax = SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()
-            .map_err(template_error)?;
+        let syntax = SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().map_err(template_error)?;
         env.set_syntax(syntax);
         env.set_fuel(Some(FUEL));
         env.set_recursion_limit(RECURSION_LIMIT);
@@ -91,13 +81,8 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(source))
-            .map_err(template_error)?;
-        Ok(ChatTemplate {
-            env,
-            bos_token: bos_token.to_owned(),
-            eos_token: eos_token.to_owned(),
-        })
+        env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(source)).map_err(template_error)?;
+        Ok(ChatTemplate { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() })
     }
 
     /// Renders the conversation. With `add_generation_prompt` the template appends the header
@@ -129,23 +114,12 @@ impl ChatTemplate {
         ctx.insert("bos_token", Value::from(self.bos_token.as_str()));
         ctx.insert("eos_token", Value::from(self.eos_token.as_str()));
         let ctx = Value::from(ctx);
-        let input_bytes: usize = messages
-            .iter()
-            .map(|m| m.role.len() + m.content.len())
-            .sum();
+        let input_bytes: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
         let limit = MAX_OUTPUT.saturating_add(input_bytes.saturating_mul(2));
-        let tmpl = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(template_error)?;
-        let mut out = CappedWriter {
-            buf: Vec::new(),
-            limit,
-        };
-        tmpl.render_captured_to(ctx, &mut out)
-            .map_err(template_error)?;
-        String::from_utf8(out.buf)
-            .map_err(|_| Error::Template("template produced invalid UTF-8".into()))
+        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(template_error)?;
+        let mut out = CappedWriter { buf: Vec::new(), limit };
+        tmpl.render_captured_to(ctx, &mut out).map_err(template_error)?;
+        String::from_utf8(out.buf).map_err(|_| Error::Template("template produced invalid UTF-8".into()))
     }
 }
 
@@ -160,11 +134,7 @@ fn rewrite_generation_tags(src: &str) -> String {
         let tag = &rest[i + 2..];
         match parse_block_tag(tag) {
             Some((left, word, right, len)) if word == "generation" || word == "endgeneration" => {
-                let body = if word == "generation" {
-                    "if true"
-                } else {
-                    "endif"
-                };
+                let body = if word == "generation" { "if true" } else { "endif" };
                 out.push_str("{%");
                 out.push_str(left);
                 out.push(' ');
@@ -191,21 +161,15 @@ fn parse_block_tag(s: &str) -> Option<(&str, &str, &str, usize)> {
     let l = marker_len(s);
     let after_l = &s[l..];
     let word_start = l + (after_l.len() - after_l.trim_start().len());
-    let word_len = s[word_start..]
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .unwrap_or(s.len() - word_start);
+    let word_len =
+        s[word_start..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(s.len() - word_start);
     let after_word = &s[word_start + word_len..];
     let r_start = word_start + word_len + (after_word.len() - after_word.trim_start().len());
     let r = marker_len(&s[r_start..]);
     if !s[r_start + r..].starts_with("%}") {
         return None;
     }
-    Some((
-        &s[..l],
-        &s[word_start..word_start + word_len],
-        &s[r_start..r_start + r],
-        r_start + r + 2,
-    ))
+    Some((&s[..l], &s[word_start..word_start + word_len], &s[r_start..r_start + r], r_start + r + 2))
 }
 
 /// Output sink that refuses to grow past `limit` bytes.
@@ -217,10 +181,7 @@ struct CappedWriter {
 impl io::Write for CappedWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.buf.len().saturating_add(data.len()) > self.limit {
-            return Err(io::Error::other(format!(
-                "template output exceeds {} bytes",
-                self.limit
-            )));
+            return Err(io::Error::other(format!("template output exceeds {} bytes", self.limit)));
         }
         self.buf.extend_from_slice(data);
         Ok(data.len())
@@ -246,10 +207,7 @@ fn template_error(err: minijinja::Error) -> Error {
 
 /// `raise_exception(msg)`: templates use it to reject conversations they cannot format.
 fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> {
-    Err(minijinja::Error::new(
-        ErrorKind::InvalidOperation,
-        format!("template raised: {msg}"),
-    ))
+    Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("template raised: {msg}")))
 }
 
 /// `tojson` with Python's keywords: `indent` is honoured; `ensure_ascii`, `sort_keys` and
@@ -269,11 +227,7 @@ fn tojson(
         let _: Option<Value> = kwargs.get(key)?;
     }
     kwargs.assert_all_used()?;
-    let rv = minijinja::filters::tojson(
-        value,
-        indent,
-        Kwargs::from_iter(std::iter::empty::<(&str, Value)>()),
-    )?;
+    let rv = minijinja::filters::tojson(value, indent, Kwargs::from_iter(std::iter::empty::<(&str, Value)>()))?;
     // Charge the serialized size like the builtin does, so huge dumps burn fuel.
     if let Some(s) = rv.as_str() {
         state.consume_fuel(s.len() as u64 / 64 + 1)?;
@@ -284,10 +238,7 @@ fn tojson(
 /// `strftime_now(fmt)`: the current UTC time in a subset of C `strftime` (`%Y %y %m %d %e %j
 /// %B %b %A %a %H %M %S %%`); other conversions are copied through.
 fn strftime_now(fmt: String) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     strftime(&fmt, secs)
 }
 
@@ -305,15 +256,7 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-const WEEKDAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
+const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 
 /// Formats `unix_secs` (UTC). Public for tests.
 pub fn strftime(fmt: &str, unix_secs: u64) -> String {

@@ -17,11 +17,7 @@ pub struct GgufError {
 
 impl fmt::Display for GgufError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} (field {}, byte offset {})",
-            self.message, self.field, self.offset
-        )
+        write!(f, "{} (field {}, byte offset {})", self.message, self.field, self.offset)
     }
 }
 
@@ -36,10 +32,7 @@ pub enum Error {
     ContextOverflow(String),
     /// A bad argument from the caller; `param` names it.
     #[error("invalid value for '{param}': {message}")]
-    InvalidArgument {
-        param: &'static str,
-        message: String,
-    },
+    InvalidArgument { param: &'static str, message: String },
     #[error("chat template error: {0}")]
     Template(String),
     #[error("tokenizer error: {0}")]
@@ -52,10 +45,7 @@ pub enum Error {
     #[error("engine overloaded: {0}")]
     Overloaded(String),
     #[error("I/O error on {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     /// A bug in tallow (a caught panic). Never expected; reported instead of aborting.
     #[error("internal error: {0}")]
     Internal(String),
@@ -63,18 +53,11 @@ pub enum Error {
 
 impl Error {
     pub fn gguf(offset: u64, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Gguf(GgufError {
-            offset,
-            field: field.into(),
-            message: message.into(),
-        })
+        Error::Gguf(GgufError { offset, field: field.into(), message: message.into() })
     }
 
     pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
-        Error::InvalidArgument {
-            param,
-            message: message.into(),
-        }
+        Error::InvalidArgument { param, message: message.into() }
     }
 
     pub fn unsupported(message: impl Into<String>) -> Self {

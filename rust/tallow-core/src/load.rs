@@ -48,7 +48,11 @@ pub fn load(path: &Path, n_threads: Option<usize>, n_ctx: Option<usize>) -> Resu
         return Err(Error::gguf(
             file.offset_of("tokenizer.ggml.tokens"),
             "kv[\"tokenizer.ggml.tokens\"]",
-            format!("vocabulary has {} tokens but the embedding has {} rows", tokenizer.n_vocab(), model.config().n_vocab),
+            format!(
+                "vocabulary has {} tokens but the embedding has {} rows",
+                tokenizer.n_vocab(),
+                model.config().n_vocab
+            ),
         ));
     }
     let source = match (&info.chat_template, info.architecture.as_str()) {

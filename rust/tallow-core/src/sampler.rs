@@ -76,68 +76,41 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Settings for deterministic argmax decoding.
     pub fn greedy() -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            ..Default::default()
-        }
+        SamplingParams { temperature: 0.0, ..Default::default() }
     }
 
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<()> {
         let t = self.temperature;
         if !t.is_finite() || t < 0.0 {
-            return Err(Error::invalid(
-                "temperature",
-                format!("must be a finite number >= 0, got {t}"),
-            ));
+            return Err(Error::invalid("temperature", format!("must be a finite number >= 0, got {t}")));
         }
         let p = self.top_p;
         if !(0.0..=1.0).contains(&p) {
-            return Err(Error::invalid(
-                "top_p",
-                format!("must be in [0, 1], got {p}"),
-            ));
+            return Err(Error::invalid("top_p", format!("must be in [0, 1], got {p}")));
         }
         let p = self.min_p;
         if !(0.0..=1.0).contains(&p) {
-            return Err(Error::invalid(
-                "min_p",
-                format!("must be in [0, 1], got {p}"),
-            ));
+            return Err(Error::invalid("min_p", format!("must be in [0, 1], got {p}")));
         }
         let r = self.repeat_penalty;
         if !r.is_finite() || r <= 0.0 {
-            return Err(Error::invalid(
-                "repeat_penalty",
-                format!("must be a finite number > 0, got {r}"),
-            ));
+            return Err(Error::invalid("repeat_penalty", format!("must be a finite number > 0, got {r}")));
         }
         if self.repeat_last_n < -1 {
             return Err(Error::invalid(
                 "repeat_last_n",
-                format!(
-                    "must be >= -1 (-1 = whole history), got {}",
-                    self.repeat_last_n
-                ),
+                format!("must be >= -1 (-1 = whole history), got {}", self.repeat_last_n),
             ));
         }
         if !self.frequency_penalty.is_finite() {
-            return Err(Error::invalid(
-                "frequency_penalty",
-                format!("must be finite, got {}", self.frequency_penalty),
-            ));
+            return Err(Error::invalid("frequency_penalty", format!("must be finite, got {}", self.frequency_penalty)));
         }
         if !self.presence_penalty.is_finite() {
-            return Err(Error::invalid(
-                "presence_penalty",
-                format!("must be finite, got {}", self.presence_penalty),
-            ));
+            return Err(Error::invalid("presence_penalty", format!("must be finite, got {}", self.presence_penalty)));
         }
         if let Some(&(id, b)) = self.logit_bias.iter().find(|(_, b)| b.is_nan()) {
-            return Err(Error::invalid(
-                "logit_bias",
-                format!("bias for token {id} is {b}"),
-            ));
+            return Err(Error::invalid("logit_bias", format!("bias for token {id} is {b}")));
         }
         Ok(())
     }
@@ -148,9 +121,7 @@ impl SamplingParams {
 
     fn penalties_active(&self) -> bool {
         self.repeat_last_n != 0
-            && (self.repeat_penalty != 1.0
-                || self.frequency_penalty != 0.0
-                || self.presence_penalty != 0.0)
+            && (self.repeat_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0)
     }
 }
 
@@ -253,10 +224,7 @@ impl Sampler {
             return Err(Error::invalid("logits", "empty logits row"));
         }
         if u32::try_from(n_vocab).is_err() {
-            return Err(Error::invalid(
-                "logits",
-                format!("{n_vocab} logits exceed the u32 token id range"),
-            ));
+            return Err(Error::invalid("logits", format!("{n_vocab} logits exceed the u32 token id range")));
         }
         self.work.clear();
         self.work.extend_from_slice(logits);
@@ -270,17 +238,11 @@ impl Sampler {
                 return Ok(Some(id as u32));
             }
             if logit.is_finite() {
-                self.cands.push(TokenProb {
-                    id: id as u32,
-                    logit,
-                    p: 0.0,
-                });
+                self.cands.push(TokenProb { id: id as u32, logit, p: 0.0 });
             }
         }
         if self.cands.is_empty() {
-            return Err(Error::Sampling(format!(
-                "all {n_vocab} logits are -inf or NaN"
-            )));
+            return Err(Error::Sampling(format!("all {n_vocab} logits are -inf or NaN")));
         }
 
         if self.params.is_greedy() {
@@ -336,11 +298,7 @@ impl Sampler {
             let c = *count as f32;
             *count = 0;
             let l = &mut self.work[id as usize];
-            *l = if *l <= 0.0 {
-                *l * p.repeat_penalty
-            } else {
-                *l / p.repeat_penalty
-            };
+            *l = if *l <= 0.0 { *l * p.repeat_penalty } else { *l / p.repeat_penalty };
             *l -= c * p.frequency_penalty + p.presence_penalty;
         }
     }
@@ -362,11 +320,7 @@ impl Sampler {
         }
         self.cands.sort_unstable_by(by_logit_desc);
         let max = self.cands[0].logit;
-        let total: f64 = self
-            .cands
-            .iter()
-            .map(|c| (c.logit as f64 - max as f64).exp())
-            .sum();
+        let total: f64 = self.cands.iter().map(|c| (c.logit as f64 - max as f64).exp()).sum();
         let mut cum = 0.0f64;
         let mut keep = self.cands.len();
         for (i, c) in self.cands.iter().enumerate() {
@@ -385,11 +339,7 @@ impl Sampler {
             return;
         }
         // p_i >= min_p * p_max  <=>  logit_i >= logit_max + ln(min_p); the max always survives.
-        let max = self
-            .cands
-            .iter()
-            .map(|c| c.logit)
-            .fold(f32::NEG_INFINITY, f32::max);
+        let max = self.cands.iter().map(|c| c.logit).fold(f32::NEG_INFINITY, f32::max);
         let threshold = max as f64 + (min_p as f64).ln();
         self.cands.retain(|c| c.logit as f64 >= threshold);
     }
@@ -397,11 +347,7 @@ impl Sampler {
     /// Softmax of `logit / T` into `p`; subtracting the max first keeps tiny T from overflowing.
     fn temperature(&mut self) {
         let t = self.params.temperature as f64;
-        let max = self
-            .cands
-            .iter()
-            .map(|c| c.logit)
-            .fold(f32::NEG_INFINITY, f32::max);
+        let max = self.cands.iter().map(|c| c.logit).fold(f32::NEG_INFINITY, f32::max);
         let mut total = 0.0f64;
         for c in &self.cands {
             total += ((c.logit as f64 - max as f64) / t).exp();

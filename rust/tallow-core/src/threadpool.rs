@@ -48,9 +48,7 @@ pub struct ThreadPool {
 
 impl std::fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ThreadPool")
-            .field("n_threads", &self.n_threads)
-            .finish()
+        f.debug_struct("ThreadPool").field("n_threads", &self.n_threads).finish()
     }
 }
 
@@ -74,12 +72,7 @@ impl ThreadPool {
                     .expect("spawning a worker thread")
             })
             .collect();
-        ThreadPool {
-            n_threads,
-            shared,
-            workers,
-            run_lock: Mutex::new(()),
-        }
+        ThreadPool { n_threads, shared, workers, run_lock: Mutex::new(()) }
     }
 
     pub fn n_threads(&self) -> usize {

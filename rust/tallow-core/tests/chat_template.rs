@@ -35,16 +35,12 @@ fn templates_dir() -> PathBuf {
 }
 
 fn model_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/.models")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/.models").join(name)
 }
 
 fn gguf_template(name: &str) -> Option<String> {
     let gguf = GgufFile::open(model_path(name)).unwrap();
-    gguf.get_str("tokenizer.chat_template")
-        .unwrap()
-        .map(str::to_owned)
+    gguf.get_str("tokenizer.chat_template").unwrap().map(str::to_owned)
 }
 
 fn shared_template(name: &str) -> String {
@@ -74,10 +70,7 @@ fn every_shared_template_renders() {
         // Some templates (Gemma 2, ...) refuse a system turn; those must accept the rest.
         // firefunction-v2 is tool-only: it concatenates its `functions` JSON and `datetime` strings.
         let vars: &[(&str, TemplateValue)] = if name.contains("firefunction") {
-            &[
-                ("functions", TemplateValue::from("[]")),
-                ("datetime", TemplateValue::from("2024-07-26")),
-            ]
+            &[("functions", TemplateValue::from("[]")), ("datetime", TemplateValue::from("2024-07-26"))]
         } else {
             &[]
         };
@@ -89,20 +82,12 @@ fn every_shared_template_renders() {
             std::fs::write(PathBuf::from(dir).join(&name), text).unwrap();
         }
         match out {
-            Ok(text)
-                if text.contains("Name three colors.")
-                    && text.contains("Hi. What do you need?") => {}
+            Ok(text) if text.contains("Name three colors.") && text.contains("Hi. What do you need?") => {}
             Ok(text) => failures.push(format!("{name}: conversation missing from output {text:?}")),
             Err(e) => failures.push(format!("{name}: {e}")),
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} templates failed:\n{}",
-        failures.len(),
-        entries.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} templates failed:\n{}", failures.len(), entries.len(), failures.join("\n"));
 }
 
 #[test]
@@ -132,12 +117,7 @@ fn smollm2_chatml_exact() {
 #[test]
 fn gemma_exact() {
     assert_eq!(gguf_template("gemma-3-270m-q4_k_m.gguf"), None);
-    let tmpl = ChatTemplate::new(
-        &shared_template("google-gemma-2-2b-it.jinja"),
-        "<s>",
-        "</s>",
-    )
-    .unwrap();
+    let tmpl = ChatTemplate::new(&shared_template("google-gemma-2-2b-it.jinja"), "<s>", "</s>").unwrap();
     assert_eq!(
         tmpl.render(&no_system_conversation(), true).unwrap(),
         "<s><start_of_turn>user\nHello!<end_of_turn>\n<start_of_turn>model\nHi. What do you need?<end_of_turn>\n\
@@ -152,24 +132,14 @@ fn gemma_exact() {
 
 #[test]
 fn qwen25_and_llama31_exact() {
-    let qwen = ChatTemplate::new(
-        &shared_template("Qwen-Qwen2.5-7B-Instruct.jinja"),
-        "<s>",
-        "</s>",
-    )
-    .unwrap();
+    let qwen = ChatTemplate::new(&shared_template("Qwen-Qwen2.5-7B-Instruct.jinja"), "<s>", "</s>").unwrap();
     assert_eq!(
         qwen.render(&no_system_conversation(), true).unwrap(),
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n\
          <|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\nHi. What do you need?<|im_end|>\n\
          <|im_start|>user\nName three colors.<|im_end|>\n<|im_start|>assistant\n"
     );
-    let llama = ChatTemplate::new(
-        &shared_template("meta-llama-Llama-3.1-8B-Instruct.jinja"),
-        "<s>",
-        "</s>",
-    )
-    .unwrap();
+    let llama = ChatTemplate::new(&shared_template("meta-llama-Llama-3.1-8B-Instruct.jinja"), "<s>", "</s>").unwrap();
     assert_eq!(
         llama.render(&full_conversation(), true).unwrap(),
         "<s><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n\
@@ -183,8 +153,7 @@ fn qwen25_and_llama31_exact() {
 /// Renders `source` and expects a prompt `Error::Template`.
 fn assert_rejected_fast(what: &str, source: &str) {
     let start = Instant::now();
-    let result =
-        ChatTemplate::new(source, "<s>", "</s>").and_then(|t| t.render(&full_conversation(), true));
+    let result = ChatTemplate::new(source, "<s>", "</s>").and_then(|t| t.render(&full_conversation(), true));
     let elapsed = start.elapsed();
     match result {
         Err(Error::Template(_)) => {}
@@ -192,10 +161,7 @@ fn assert_rejected_fast(what: &str, source: &str) {
         Ok(out) => panic!("{what}: rendered {} bytes instead of failing", out.len()),
     }
     // Generous for debug builds on a loaded machine; an unbounded render would take minutes.
-    assert!(
-        elapsed < Duration::from_secs(20),
-        "{what}: took {elapsed:?}"
-    );
+    assert!(elapsed < Duration::from_secs(20), "{what}: took {elapsed:?}");
 }
 
 #[test]
@@ -206,22 +172,13 @@ fn hostile_templates_fail_fast() {
         "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
     );
     assert_rejected_fast("string multiplication", "{{ 'A' * 10**9 }}");
-    assert_rejected_fast(
-        "string multiplication under limit",
-        "{% for i in range(100) %}{{ 'A' * 10**7 }}{% endfor %}",
-    );
+    assert_rejected_fast("string multiplication under limit", "{% for i in range(100) %}{{ 'A' * 10**7 }}{% endfor %}");
     assert_rejected_fast(
         "doubling concatenation",
         "{% set ns = namespace(s='AAAAAAAA') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
     );
-    assert_rejected_fast(
-        "macro recursion",
-        "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
-    );
-    assert_rejected_fast(
-        "recursive loop",
-        "{% for x in [1] recursive %}{{ loop([1]) }}{% endfor %}",
-    );
+    assert_rejected_fast("macro recursion", "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
+    assert_rejected_fast("recursive loop", "{% for x in [1] recursive %}{{ loop([1]) }}{% endfor %}");
     assert_rejected_fast("syntax error", "{% for m in messages %}{{ m.content }}");
     assert_rejected_fast("raise_exception", "{{ raise_exception('nope') }}");
     assert_rejected_fast("oversized source", &"x".repeat(MAX_SOURCE + 1));
@@ -239,13 +196,9 @@ fn ssti_payloads_are_inert() {
         "{% import 'os' as os %}{{ os.system('id') }}",
     ];
     for p in payloads {
-        let out =
-            ChatTemplate::new(p, "<s>", "</s>").and_then(|t| t.render(&full_conversation(), true));
+        let out = ChatTemplate::new(p, "<s>", "</s>").and_then(|t| t.render(&full_conversation(), true));
         if let Ok(text) = out {
-            assert!(
-                !text.contains("class") && !text.contains("root:") && !text.contains("uid="),
-                "{p}: {text:?}"
-            );
+            assert!(!text.contains("class") && !text.contains("root:") && !text.contains("uid="), "{p}: {text:?}");
         }
     }
 }
@@ -266,20 +219,14 @@ fn python_methods_and_filters() {
     // strftime_now renders today's date in the requested format.
     let t = ChatTemplate::new("{{ strftime_now('%Y-%m-%d') }}", "", "").unwrap();
     let date = t.render(&[], false).unwrap();
-    assert!(
-        date.len() == 10 && date.starts_with("20") && date.as_bytes()[4] == b'-',
-        "{date}"
-    );
+    assert!(date.len() == 10 && date.starts_with("20") && date.as_bytes()[4] == b'-', "{date}");
 }
 
 #[test]
 fn generation_tag_is_transparent() {
     let source = "{% for m in messages %}{%- generation -%} [{{ m.content }}] {%- endgeneration -%}{% endfor %}";
     let t = ChatTemplate::new(source, "", "").unwrap();
-    assert_eq!(
-        t.render(&no_system_conversation()[..2], false).unwrap(),
-        "[Hello!][Hi. What do you need?]"
-    );
+    assert_eq!(t.render(&no_system_conversation()[..2], false).unwrap(), "[Hello!][Hi. What do you need?]");
 }
 
 #[test]
@@ -288,10 +235,7 @@ fn strftime_formats() {
         strftime("%Y-%m-%d %H:%M:%S %A %a %B %b %j %y %%", 0),
         "1970-01-01 00:00:00 Thursday Thu January Jan 001 70 %"
     );
-    assert_eq!(
-        strftime("%d %b %Y, %H:%M:%S %A", 1_700_000_000),
-        "14 Nov 2023, 22:13:20 Tuesday"
-    );
+    assert_eq!(strftime("%d %b %Y, %H:%M:%S %A", 1_700_000_000), "14 Nov 2023, 22:13:20 Tuesday");
     assert_eq!(strftime("%Y-%m-%d %j", 951_782_400), "2000-02-29 060"); // leap day
     assert_eq!(strftime("%e|%Q", 86_400 * 31), " 1|%Q");
 }

@@ -96,12 +96,8 @@ fn peak_allocation_is_bounded_by_the_budget() {
     let mut w = GgufWriter::new();
     let tokens: Vec<String> = (0..20_000).map(|i| format!("tok{i}")).collect();
     w.add_kv("tokenizer.ggml.tokens", Value::Array(Array::String(tokens)));
-    w.add_kv(
-        "tokenizer.ggml.scores",
-        Value::Array(Array::F32(vec![0.0; 20_000])),
-    );
-    w.add_tensor("w", &[256, 4], QType::Q4_K, vec![0; 576])
-        .unwrap();
+    w.add_kv("tokenizer.ggml.scores", Value::Array(Array::F32(vec![0.0; 20_000])));
+    w.add_tensor("w", &[256, 4], QType::Q4_K, vec![0; 576]).unwrap();
     let base = w.to_bytes();
     cases.push(("vocab", base.clone()));
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -114,9 +110,7 @@ fn peak_allocation_is_bounded_by_the_budget() {
         // Put hostile words on count/length fields now and then.
         if xorshift(&mut state) % 2 == 0 {
             let i = (xorshift(&mut state) % 256) as usize;
-            m[i..i + 8].copy_from_slice(
-                &(xorshift(&mut state) >> (xorshift(&mut state) % 64)).to_le_bytes(),
-            );
+            m[i..i + 8].copy_from_slice(&(xorshift(&mut state) >> (xorshift(&mut state) % 64)).to_le_bytes());
         }
         cases.push(("mutation", m));
     }
@@ -130,9 +124,6 @@ fn peak_allocation_is_bounded_by_the_budget() {
         }
         // Budgeted metadata plus the file-independent parser overhead (hash maps, field names).
         let bound = metadata_budget(len) + (64 << 10);
-        assert!(
-            peak as u64 <= bound,
-            "{name}: peak {peak} bytes > bound {bound} for a {len}-byte file (loaded: {ok})"
-        );
+        assert!(peak as u64 <= bound, "{name}: peak {peak} bytes > bound {bound} for a {len}-byte file (loaded: {ok})");
     }
 }

@@ -67,10 +67,7 @@ fn save_seed(bytes: &[u8]) {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         bytes.hash(&mut h);
         let _ = std::fs::create_dir_all(&dir);
-        let _ = std::fs::write(
-            std::path::Path::new(&dir).join(format!("{:016x}.gguf", h.finish())),
-            bytes,
-        );
+        let _ = std::fs::write(std::path::Path::new(&dir).join(format!("{:016x}.gguf", h.finish())), bytes);
     }
 }
 
@@ -90,11 +87,7 @@ fn expect_err(bytes: Vec<u8>) -> GgufError {
 fn check(e: &GgufError, offset: u64, field: &str, message_part: &str) {
     assert_eq!(e.field, field, "{e}");
     assert_eq!(e.offset, offset, "{e}");
-    assert!(
-        e.message.contains(message_part),
-        "message {:?} lacks {message_part:?}",
-        e.message
-    );
+    assert!(e.message.contains(message_part), "message {:?} lacks {message_part:?}", e.message);
 }
 
 /// A valid file with one F32 tensor [4, 2] after `kvs`; returns (bytes, offset of tensor info).
@@ -112,31 +105,16 @@ fn g1_header_bad_magic() {
     let mut r = Raw::default();
     r.bytes(b"GGUX").u32(3).u64(0).u64(0);
     check(&expect_err(r.0), 0, "magic", "not a GGUF file");
-    check(
-        &expect_err(b"\x7fELF\x02\x01\x01\0".to_vec()),
-        0,
-        "magic",
-        "not a GGUF file",
-    );
+    check(&expect_err(b"\x7fELF\x02\x01\x01\0".to_vec()), 0, "magic", "not a GGUF file");
     check(&expect_err(vec![]), 0, "magic", "not a GGUF file");
-    check(
-        &expect_err(b"GGU".to_vec()),
-        0,
-        "magic",
-        "shorter than 4 bytes",
-    );
+    check(&expect_err(b"GGU".to_vec()), 0, "magic", "shorter than 4 bytes");
 }
 
 #[test]
 fn g1_header_byte_swapped_magic() {
     let mut r = Raw::default();
     r.bytes(b"FUGG").bytes(&3u32.to_be_bytes()).u64(0).u64(0);
-    check(
-        &expect_err(r.0),
-        0,
-        "magic",
-        "big-endian GGUF is not supported",
-    );
+    check(&expect_err(r.0), 0, "magic", "big-endian GGUF is not supported");
 }
 
 // ---- G2: version -----------------------------------------------------------------------
@@ -160,14 +138,10 @@ fn g2_header_bad_version() {
 fn g2_writer_version_1_file_is_rejected_and_2_3_load() {
     for v in [1, 2, 3] {
         let mut w = GgufWriter::new();
-        w.set_version(v)
-            .add_kv("general.architecture", Value::String("llama".into()));
+        w.set_version(v).add_kv("general.architecture", Value::String("llama".into()));
         let r = GgufFile::from_bytes(w.to_bytes());
         if v == 1 {
-            assert!(
-                matches!(r, Err(Error::Gguf(ref e)) if e.field == "version"),
-                "{r:?}"
-            );
+            assert!(matches!(r, Err(Error::Gguf(ref e)) if e.field == "version"), "{r:?}");
         } else {
             assert_eq!(r.unwrap().version(), v);
         }
@@ -179,15 +153,10 @@ fn g2_writer_version_1_file_is_rejected_and_2_3_load() {
 fn small_valid_file() -> Vec<u8> {
     let mut w = GgufWriter::new();
     w.add_kv("general.architecture", Value::String("llama".into()));
-    w.add_kv(
-        "tokenizer.ggml.tokens",
-        Value::Array(Array::String(vec!["a".into(), "bc".into(), "".into()])),
-    );
+    w.add_kv("tokenizer.ggml.tokens", Value::Array(Array::String(vec!["a".into(), "bc".into(), "".into()])));
     w.add_kv("llama.block_count", Value::U32(2));
-    w.add_f32_tensor("token_embd.weight", &[4, 3], &[1.0; 12])
-        .unwrap();
-    w.add_tensor("blk.0.attn_q.weight", &[32, 2], QType::Q8_0, vec![7; 68])
-        .unwrap();
+    w.add_f32_tensor("token_embd.weight", &[4, 3], &[1.0; 12]).unwrap();
+    w.add_tensor("blk.0.attn_q.weight", &[32, 2], QType::Q8_0, vec![7; 68]).unwrap();
     w.to_bytes()
 }
 
@@ -199,10 +168,7 @@ fn g3_truncated_anywhere() {
     let data_end = full.len() - (96 - 68);
     for len in 0..data_end {
         let e = expect_err(full[..len].to_vec());
-        assert!(
-            e.offset <= len as u64 || e.field == "data",
-            "cut at {len}: {e}"
-        );
+        assert!(e.offset <= len as u64 || e.field == "data", "cut at {len}: {e}");
     }
 }
 
@@ -213,32 +179,17 @@ fn g3_truncated_mid_key_and_mid_tensor_info() {
     r.kv_str("general.architecture", "llama");
     let at = r.pos();
     r.zeros(5);
-    check(
-        &expect_err(r.0),
-        at,
-        "kv[1].key",
-        "file truncated: need 8 bytes, 5 remain",
-    );
+    check(&expect_err(r.0), at, "kv[1].key", "file truncated: need 8 bytes, 5 remain");
     // Mid key bytes.
     let mut r = Raw::header(0, 1);
     r.u64(20).bytes(b"general.arch");
-    check(
-        &expect_err(r.0),
-        24,
-        "kv[0].key",
-        "string length 20 exceeds the 12 bytes left",
-    );
+    check(&expect_err(r.0), 24, "kv[0].key", "string length 20 exceeds the 12 bytes left");
     // Mid tensor info.
     let full = small_valid_file();
     let f = GgufFile::from_bytes(full.clone()).unwrap();
     let info_start = f.offset_of("llama.block_count") + 8 + 17 + 4 + 4;
     let e = expect_err(full[..info_start as usize + 60].to_vec());
-    check(
-        &e,
-        info_start + 57,
-        "tensor_info[1].name",
-        "file truncated: need 8 bytes, 3 remain",
-    );
+    check(&e, info_start + 57, "tensor_info[1].name", "file truncated: need 8 bytes, 3 remain");
 }
 
 #[test]
@@ -246,12 +197,7 @@ fn g3_data_not_enough_data() {
     let full = small_valid_file();
     let f = GgufFile::from_bytes(full.clone()).unwrap();
     let cut = (f.data_offset() + 64 + 68 - 1) as usize;
-    check(
-        &expect_err(full[..cut].to_vec()),
-        f.data_offset(),
-        "data",
-        "tensor data needs 132 bytes",
-    );
+    check(&expect_err(full[..cut].to_vec()), f.data_offset(), "data", "tensor data needs 132 bytes");
 }
 
 // ---- G4: counts ------------------------------------------------------------------------
@@ -259,24 +205,14 @@ fn g3_data_not_enough_data() {
 #[test]
 fn g4_header_bad_n_tensors() {
     for n in [u64::MAX, 1 << 63, 1 << 31, 1000] {
-        check(
-            &expect_err(Raw::header(n, 0).0),
-            8,
-            "n_tensors",
-            "tensors cannot fit",
-        );
+        check(&expect_err(Raw::header(n, 0).0), 8, "n_tensors", "tensors cannot fit");
     }
 }
 
 #[test]
 fn g4_header_bad_n_kv() {
     for n in [u64::MAX, 1 << 63, 1 << 31, 1] {
-        check(
-            &expect_err(Raw::header(0, n).0),
-            16,
-            "n_kv",
-            "metadata entries cannot fit",
-        );
+        check(&expect_err(Raw::header(0, n).0), 16, "n_kv", "metadata entries cannot fit");
     }
 }
 
@@ -305,34 +241,19 @@ fn g5_string_value_length_beyond_file() {
     r.str("general.name").u32(8);
     let at = r.pos();
     r.u64(u64::MAX - 1).bytes(b"abc");
-    check(
-        &expect_err(r.0),
-        at,
-        "kv[\"general.name\"]",
-        "string length 18446744073709551614 exceeds the 3 bytes left",
-    );
+    check(&expect_err(r.0), at, "kv[\"general.name\"]", "string length 18446744073709551614 exceeds the 3 bytes left");
 }
 
 // ---- G6: arrays ------------------------------------------------------------------------
 
 #[test]
 fn g6_array_count_huge() {
-    for (elem, count) in [
-        (8u32, u64::MAX),
-        (8, 1 << 31),
-        (0, 1 << 40),
-        (10, u64::MAX / 4),
-    ] {
+    for (elem, count) in [(8u32, u64::MAX), (8, 1 << 31), (0, 1 << 40), (10, u64::MAX / 4)] {
         let mut r = Raw::header(0, 1);
         r.str("tokenizer.ggml.tokens").u32(9).u32(elem);
         let at = r.pos();
         r.u64(count).zeros(64);
-        check(
-            &expect_err(r.0),
-            at,
-            "kv[\"tokenizer.ggml.tokens\"].count",
-            "cannot fit in the 64 bytes left",
-        );
+        check(&expect_err(r.0), at, "kv[\"tokenizer.ggml.tokens\"].count", "cannot fit in the 64 bytes left");
     }
 }
 
@@ -346,10 +267,7 @@ fn g6_many_empty_strings_stay_within_budget() {
         r.u64(0);
     }
     let f = GgufFile::from_bytes(r.0).unwrap();
-    assert_eq!(
-        f.get_array("tokenizer.ggml.tokens").unwrap().unwrap().len(),
-        n as usize
-    );
+    assert_eq!(f.get_array("tokenizer.ggml.tokens").unwrap().unwrap().len(), n as usize);
 }
 
 #[test]
@@ -374,12 +292,7 @@ fn g7_nested_arrays() {
     for _ in 0..10_000 {
         r.u32(9).u64(1);
     }
-    check(
-        &expect_err(r.0),
-        at,
-        "kv[\"a\"].elem_type",
-        "arrays of arrays are not supported",
-    );
+    check(&expect_err(r.0), at, "kv[\"a\"].elem_type", "arrays of arrays are not supported");
 }
 
 // ---- G8: value types -------------------------------------------------------------------
@@ -391,24 +304,14 @@ fn g8_kv_bad_type() {
         r.str("general.name");
         let at = r.pos();
         r.u32(ty).u64(0);
-        check(
-            &expect_err(r.0),
-            at,
-            "kv[\"general.name\"].type",
-            &format!("unknown value type {ty}"),
-        );
+        check(&expect_err(r.0), at, "kv[\"general.name\"].type", &format!("unknown value type {ty}"));
     }
     // Inside an array too.
     let mut r = Raw::header(0, 1);
     r.str("a").u32(9);
     let at = r.pos();
     r.u32(13).u64(0);
-    check(
-        &expect_err(r.0),
-        at,
-        "kv[\"a\"].elem_type",
-        "unknown value type 13",
-    );
+    check(&expect_err(r.0), at, "kv[\"a\"].elem_type", "unknown value type 13");
 }
 
 // ---- G9: bool --------------------------------------------------------------------------
@@ -425,12 +328,7 @@ fn g9_bool_byte_2() {
     r.str("b").u32(9).u32(7).u64(3).u8(1).u8(0);
     let at = r.pos();
     r.u8(0xff);
-    check(
-        &expect_err(r.0),
-        at,
-        "kv[\"b\"][2]",
-        "invalid bool byte 255",
-    );
+    check(&expect_err(r.0), at, "kv[\"b\"][2]", "invalid bool byte 255");
 }
 
 // ---- G10/G11: keys ---------------------------------------------------------------------
@@ -439,17 +337,11 @@ fn g9_bool_byte_2() {
 fn g10_kv_duplicate_key() {
     let mut r = Raw::header(0, 3);
     let first = r.pos();
-    r.kv_u32("general.alignment", 32)
-        .kv_str("general.name", "x");
+    r.kv_u32("general.alignment", 32).kv_str("general.name", "x");
     let second = r.pos();
     r.kv_u32("general.alignment", 64);
     let e = expect_err(r.0);
-    check(
-        &e,
-        second,
-        "kv[\"general.alignment\"]",
-        &format!("duplicate metadata key (first at byte {first})"),
-    );
+    check(&e, second, "kv[\"general.alignment\"]", &format!("duplicate metadata key (first at byte {first})"));
 }
 
 #[test]
@@ -458,12 +350,7 @@ fn g11_kv_empty_key() {
     r.kv_u32("ok", 1);
     let at = r.pos();
     r.kv_u32("", 1);
-    check(
-        &expect_err(r.0),
-        at,
-        "kv[1].key",
-        "name must be 1..=65535 bytes, got 0",
-    );
+    check(&expect_err(r.0), at, "kv[1].key", "name must be 1..=65535 bytes, got 0");
 }
 
 #[test]
@@ -483,12 +370,7 @@ fn g12_alignment_zero() {
         },
         1,
     );
-    check(
-        &expect_err(bytes),
-        24,
-        "kv[\"general.alignment\"]",
-        "alignment 0 is not a power of two",
-    );
+    check(&expect_err(bytes), 24, "kv[\"general.alignment\"]", "alignment 0 is not a power of two");
 }
 
 #[test]
@@ -500,33 +382,20 @@ fn g13_kv_bad_align() {
             },
             1,
         );
-        check(
-            &expect_err(bytes),
-            24,
-            "kv[\"general.alignment\"]",
-            &format!("alignment {a} is not a power of two"),
-        );
+        check(&expect_err(bytes), 24, "kv[\"general.alignment\"]", &format!("alignment {a} is not a power of two"));
     }
 }
 
 #[test]
 fn g13_kv_wrong_type_align() {
-    for (ty, value, name) in [
-        (5u32, vec![32u8, 0, 0, 0], "I32"),
-        (10, vec![32, 0, 0, 0, 0, 0, 0, 0], "U64"),
-    ] {
+    for (ty, value, name) in [(5u32, vec![32u8, 0, 0, 0], "I32"), (10, vec![32, 0, 0, 0, 0, 0, 0, 0], "U64")] {
         let bytes = one_tensor_file(
             |r| {
                 r.str("general.alignment").u32(ty).bytes(&value);
             },
             1,
         );
-        check(
-            &expect_err(bytes),
-            24,
-            "kv[\"general.alignment\"]",
-            &format!("must be a u32, found {name}"),
-        );
+        check(&expect_err(bytes), 24, "kv[\"general.alignment\"]", &format!("must be a u32, found {name}"));
     }
     let bytes = one_tensor_file(
         |r| {
@@ -534,12 +403,7 @@ fn g13_kv_wrong_type_align() {
         },
         1,
     );
-    check(
-        &expect_err(bytes),
-        24,
-        "kv[\"general.alignment\"]",
-        "must be a u32, found String",
-    );
+    check(&expect_err(bytes), 24, "kv[\"general.alignment\"]", "must be a u32, found String");
 }
 
 #[test]
@@ -552,10 +416,7 @@ fn custom_alignment_loads() {
     assert_eq!(f.alignment(), 64);
     assert_eq!(f.data_offset() % 64, 0);
     assert_eq!(f.tensor("b").unwrap().offset, 64);
-    assert_eq!(
-        f.tensor_data(f.tensor("b").unwrap()),
-        [4f32.to_le_bytes(), 5f32.to_le_bytes()].concat()
-    );
+    assert_eq!(f.tensor_data(f.tensor("b").unwrap()), [4f32.to_le_bytes(), 5f32.to_le_bytes()].concat());
 }
 
 // ---- G14–G20: tensor shapes and types ---------------------------------------------------
@@ -575,23 +436,16 @@ fn g14_tensors_bad_n_dims() {
         let (bytes, at) = tensor_file(|r| {
             r.str("t").u32(n).u64(1).u64(1).u64(1).u64(1).u64(1);
         });
-        check(
-            &expect_err(bytes),
-            at + 9,
-            "tensor_info[0].n_dims",
-            &format!("{n} dimensions (at most 4)"),
-        );
+        check(&expect_err(bytes), at + 9, "tensor_info[0].n_dims", &format!("{n} dimensions (at most 4)"));
     }
 }
 
 #[test]
 fn g15_zero_dim_tensors_load() {
     let mut w = GgufWriter::new();
-    w.add_tensor("scalar", &[], QType::F32, 1f32.to_le_bytes().to_vec())
-        .unwrap();
+    w.add_tensor("scalar", &[], QType::F32, 1f32.to_le_bytes().to_vec()).unwrap();
     w.add_tensor("empty", &[0, 4], QType::Q4_K, vec![]).unwrap();
-    w.add_tensor("empty2", &[256, 0, 3], QType::Q6_K, vec![])
-        .unwrap();
+    w.add_tensor("empty2", &[256, 0, 3], QType::Q6_K, vec![]).unwrap();
     w.add_f32_tensor("after", &[2], &[1.0, 2.0]).unwrap();
     let f = GgufFile::from_bytes(w.to_bytes()).unwrap();
     let s = f.tensor("scalar").unwrap();
@@ -609,21 +463,11 @@ fn g16_tensors_bad_shape() {
     let (bytes, at) = tensor_file(|r| {
         r.tensor_info("t", &[4, u64::MAX], 0, 0);
     });
-    check(
-        &expect_err(bytes),
-        at + 9 + 4 + 8,
-        "tensor_info[0].ne[1]",
-        "negative dimension -1",
-    );
+    check(&expect_err(bytes), at + 9 + 4 + 8, "tensor_info[0].ne[1]", "negative dimension -1");
     let (bytes, at) = tensor_file(|r| {
         r.tensor_info("t", &[1 << 63], 0, 0);
     });
-    check(
-        &expect_err(bytes),
-        at + 9 + 4,
-        "tensor_info[0].ne[0]",
-        "negative dimension",
-    );
+    check(&expect_err(bytes), at + 9 + 4, "tensor_info[0].ne[0]", "negative dimension");
 }
 
 #[test]
@@ -631,31 +475,16 @@ fn g17_tensors_ne_too_big() {
     let (bytes, at) = tensor_file(|r| {
         r.tensor_info("t", &[1 << 32, 1 << 32], 0, 0);
     });
-    check(
-        &expect_err(bytes),
-        at + 9 + 4 + 8,
-        "tensor_info[0].ne[1]",
-        "element count overflows",
-    );
+    check(&expect_err(bytes), at + 9 + 4 + 8, "tensor_info[0].ne[1]", "element count overflows");
     let (bytes, at) = tensor_file(|r| {
         r.tensor_info("t", &[i64::MAX as u64, 2, 1, 1], 0, 0);
     });
-    check(
-        &expect_err(bytes),
-        at + 9 + 4 + 8,
-        "tensor_info[0].ne[1]",
-        "element count overflows",
-    );
+    check(&expect_err(bytes), at + 9 + 4 + 8, "tensor_info[0].ne[1]", "element count overflows");
     let m = 4 * (i32::MAX as u64);
     let (bytes, at) = tensor_file(|r| {
         r.tensor_info("t", &[m, m, m, m], 0, 0);
     });
-    check(
-        &expect_err(bytes),
-        at + 9 + 4 + 8,
-        "tensor_info[0].ne[1]",
-        "element count overflows",
-    );
+    check(&expect_err(bytes), at + 9 + 4 + 8, "tensor_info[0].ne[1]", "element count overflows");
 }
 
 #[test]
@@ -692,12 +521,7 @@ fn g19_row_not_multiple_of_block() {
     let (bytes, at) = tensor_file(|r| {
         r.tensor_info("t", &[], QType::Q4_0 as u32, 0);
     });
-    check(
-        &expect_err(bytes),
-        at + 9 + 4,
-        "tensor_info[0].ne[0]",
-        "row length 1 is not a multiple",
-    );
+    check(&expect_err(bytes), at + 9 + 4, "tensor_info[0].ne[0]", "row length 1 is not a multiple");
 }
 
 #[test]
@@ -725,12 +549,7 @@ fn g21_tensors_bad_name_size() {
     let (bytes, at) = tensor_file(|r| {
         r.tensor_info(&long, &[4], 0, 0);
     });
-    check(
-        &expect_err(bytes),
-        at,
-        "tensor_info[0].name",
-        "name must be 1..=63 bytes, got 64",
-    );
+    check(&expect_err(bytes), at, "tensor_info[0].name", "name must be 1..=63 bytes, got 64");
     let (bytes, at) = tensor_file(|r| {
         r.tensor_info("", &[4], 0, 0);
     });
@@ -738,12 +557,7 @@ fn g21_tensors_bad_name_size() {
     let (bytes, at) = tensor_file(|r| {
         r.u64(3).bytes(b"a\xffb").u32(1).u64(4).u32(0).u64(0);
     });
-    check(
-        &expect_err(bytes),
-        at,
-        "tensor_info[0].name",
-        "not valid UTF-8",
-    );
+    check(&expect_err(bytes), at, "tensor_info[0].name", "not valid UTF-8");
     let ok = "y".repeat(63);
     let (bytes, _) = tensor_file(|r| {
         r.tensor_info(&ok, &[4], 0, 0);
@@ -772,9 +586,7 @@ fn two_tensor_file(second_offset: u64) -> (Vec<u8>, u64) {
     let mut r = Raw::header(2, 0);
     r.tensor_info("a", &[8], 0, 0);
     let at = r.pos() + 9 + 4 + 8 + 4;
-    r.tensor_info("b", &[8], 0, second_offset)
-        .pad(32)
-        .zeros(1024);
+    r.tensor_info("b", &[8], 0, second_offset).pad(32).zeros(1024);
     (r.0, at)
 }
 
@@ -782,23 +594,13 @@ fn two_tensor_file(second_offset: u64) -> (Vec<u8>, u64) {
 fn g23_tensors_bad_offset() {
     for off in [u64::MAX, 1 << 63, 4096] {
         let (bytes, at) = two_tensor_file(off);
-        check(
-            &expect_err(bytes),
-            at,
-            "tensor_info[1].offset",
-            &format!("has offset {off}, expected 32"),
-        );
+        check(&expect_err(bytes), at, "tensor_info[1].offset", &format!("has offset {off}, expected 32"));
     }
     // Past EOF for the last tensor: the data section check catches it.
     let mut r = Raw::header(1, 0);
     r.tensor_info("a", &[1024], 0, 0).pad(32).zeros(100);
     let data = r.0.len() as u64 - 100;
-    check(
-        &expect_err(r.0),
-        data,
-        "data",
-        "tensor data needs 4096 bytes",
-    );
+    check(&expect_err(r.0), data, "data", "tensor data needs 4096 bytes");
 }
 
 #[test]
@@ -806,25 +608,12 @@ fn g24_tensors_bad_align_overlap_gap() {
     // Unaligned (TENSORS_BAD_ALIGN), overlapping, gap (INCONSISTENT_ALIGN).
     for off in [1u64, 0, 16, 64] {
         let (bytes, at) = two_tensor_file(off);
-        check(
-            &expect_err(bytes),
-            at,
-            "tensor_info[1].offset",
-            "expected 32 (tensor data must be contiguous",
-        );
+        check(&expect_err(bytes), at, "tensor_info[1].offset", "expected 32 (tensor data must be contiguous");
     }
     // Out of order: the first tensor does not start at 0.
     let mut r = Raw::header(2, 0);
-    r.tensor_info("a", &[8], 0, 32)
-        .tensor_info("b", &[8], 0, 0)
-        .pad(32)
-        .zeros(64);
-    check(
-        &expect_err(r.0),
-        24 + 9 + 4 + 8 + 4,
-        "tensor_info[0].offset",
-        "has offset 32, expected 0",
-    );
+    r.tensor_info("a", &[8], 0, 32).tensor_info("b", &[8], 0, 0).pad(32).zeros(64);
+    check(&expect_err(r.0), 24 + 9 + 4 + 8 + 4, "tensor_info[0].offset", "has offset 32, expected 0");
 }
 
 #[test]
@@ -833,15 +622,8 @@ fn g25_data_mem_size_overflow() {
     let mut r = Raw::header(2, 0);
     r.tensor_info("a", &[i64::MAX as u64], QType::I8 as u32, 0);
     let at = r.pos() + 9 + 4 + 8 + 4;
-    r.tensor_info("b", &[i64::MAX as u64], QType::I8 as u32, 1 << 63)
-        .pad(32)
-        .zeros(64);
-    check(
-        &expect_err(r.0),
-        at,
-        "tensor_info[1].offset",
-        "data section size overflows",
-    );
+    r.tensor_info("b", &[i64::MAX as u64], QType::I8 as u32, 1 << 63).pad(32).zeros(64);
+    check(&expect_err(r.0), at, "tensor_info[1].offset", "data section size overflows");
 }
 
 // ---- G30 and I/O -----------------------------------------------------------------------
@@ -857,10 +639,7 @@ fn g30_open_truncated_file_directory_and_missing() {
     std::fs::write(&path, b"").unwrap();
     assert!(matches!(GgufFile::open(&path), Err(Error::Gguf(ref e)) if e.field == "magic"));
     assert!(matches!(GgufFile::open(&dir), Err(Error::Io { .. })));
-    assert!(matches!(
-        GgufFile::open(dir.join("missing.gguf")),
-        Err(Error::Io { .. })
-    ));
+    assert!(matches!(GgufFile::open(dir.join("missing.gguf")), Err(Error::Io { .. })));
     std::fs::write(&path, &full).unwrap();
     assert_eq!(GgufFile::open(&path).unwrap().tensors().len(), 2);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -874,12 +653,7 @@ fn file_offset_embedded_gguf() {
     let mut with_prefix = vec![0xAB; 13];
     with_prefix.extend_from_slice(&gguf);
     // Read from the start, the prefix is not a GGUF.
-    check(
-        &expect_err(with_prefix.clone()),
-        0,
-        "magic",
-        "not a GGUF file",
-    );
+    check(&expect_err(with_prefix.clone()), 0, "magic", "not a GGUF file");
     let f = GgufFile::from_bytes_at(with_prefix.clone(), 13).unwrap();
     let g = GgufFile::from_bytes(gguf.clone()).unwrap();
     assert_eq!(f.start(), 13);
@@ -919,17 +693,13 @@ fn bytes_after_end_are_ignored() {
 #[test]
 fn control_characters_in_strings_are_kept_verbatim() {
     let mut r = Raw::header(0, 3);
-    r.kv_str("general.name", "a\x1b[2J\nb\0c")
-        .kv_str("key\twith\x07bell", "x");
+    r.kv_str("general.name", "a\x1b[2J\nb\0c").kv_str("key\twith\x07bell", "x");
     r.str("general.description").u32(8).u64(3).bytes(b"\xffok");
     let f = GgufFile::from_bytes(r.0).unwrap();
     assert_eq!(f.get_str("general.name").unwrap(), Some("a\x1b[2J\nb\0c"));
     assert_eq!(f.get_str("key\twith\x07bell").unwrap(), Some("x"));
     // Invalid UTF-8 in values is kept readable, not refused.
-    assert_eq!(
-        f.get_str("general.description").unwrap(),
-        Some("\u{fffd}ok")
-    );
+    assert_eq!(f.get_str("general.description").unwrap(), Some("\u{fffd}ok"));
 }
 
 #[test]
@@ -940,16 +710,11 @@ fn typed_getters_report_key_and_offset() {
     r.kv_str("llama.block_count", "many");
     let f = GgufFile::from_bytes(r.0).unwrap();
     match f.get_u64("llama.block_count") {
-        Err(Error::Gguf(e)) => check(
-            &e,
-            at,
-            "kv[\"llama.block_count\"]",
-            "expected a non-negative integer, found String",
-        ),
+        Err(Error::Gguf(e)) => {
+            check(&e, at, "kv[\"llama.block_count\"]", "expected a non-negative integer, found String")
+        }
         r => panic!("{r:?}"),
     }
     assert_eq!(f.get_u64("missing").unwrap(), None);
-    assert!(
-        matches!(f.architecture(), Err(Error::Gguf(ref e)) if e.message.contains("general.architecture"))
-    );
+    assert!(matches!(f.architecture(), Err(Error::Gguf(ref e)) if e.message.contains("general.architecture")));
 }

@@ -20,11 +20,7 @@ fn parses_every_vocab_file() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "gguf") {
             let f = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(
-                f.get_array("tokenizer.ggml.tokens").unwrap().is_some(),
-                "{}",
-                path.display()
-            );
+            assert!(f.get_array("tokenizer.ggml.tokens").unwrap().is_some(), "{}", path.display());
             n += 1;
         }
     }
@@ -33,10 +29,9 @@ fn parses_every_vocab_file() {
 
 #[test]
 fn parses_catalog_models() {
-    for (name, arch, n_tensors) in [
-        ("smollm2-135m-q4_1.gguf", "llama", 272),
-        ("gemma-3-270m-q4_k_m.gguf", "gemma3", 236),
-    ] {
+    for (name, arch, n_tensors) in
+        [("smollm2-135m-q4_1.gguf", "llama", 272), ("gemma-3-270m-q4_k_m.gguf", "gemma3", 236)]
+    {
         let path = repo().join("tests/.models").join(name);
         let f = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(f.architecture().unwrap(), arch);

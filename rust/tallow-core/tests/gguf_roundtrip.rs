@@ -63,17 +63,13 @@ struct TensorSpec {
 }
 
 fn tensor() -> impl Strategy<Value = TensorSpec> {
-    (
-        prop::sample::select(QType::ALL.to_vec()),
-        0..3u64,
-        prop::collection::vec(0..4u64, 0..3),
-        any::<u8>(),
-    )
-        .prop_map(|(qtype, blocks, rest, seed)| {
+    (prop::sample::select(QType::ALL.to_vec()), 0..3u64, prop::collection::vec(0..4u64, 0..3), any::<u8>()).prop_map(
+        |(qtype, blocks, rest, seed)| {
             let mut shape = vec![blocks * qtype.block_size() as u64];
             shape.extend(rest);
             TensorSpec { qtype, shape, seed }
-        })
+        },
+    )
 }
 
 fn n_bytes(t: &TensorSpec) -> usize {
@@ -139,25 +135,14 @@ fn seed_file() -> Vec<u8> {
     w.add_kv("general.alignment", Value::U32(32));
     w.add_kv(
         "tokenizer.ggml.tokens",
-        Value::Array(Array::String(vec![
-            "<s>".into(),
-            "a".into(),
-            "".into(),
-            "bc".into(),
-        ])),
+        Value::Array(Array::String(vec!["<s>".into(), "a".into(), "".into(), "bc".into()])),
     );
-    w.add_kv(
-        "tokenizer.ggml.scores",
-        Value::Array(Array::F32(vec![0.0, -1.0, -2.0, -3.0])),
-    );
+    w.add_kv("tokenizer.ggml.scores", Value::Array(Array::F32(vec![0.0, -1.0, -2.0, -3.0])));
     w.add_kv("llama.block_count", Value::U32(1));
     w.add_kv("flag", Value::Bool(true));
-    w.add_f32_tensor("token_embd.weight", &[4, 4], &[0.5; 16])
-        .unwrap();
-    w.add_tensor("blk.0.attn_q.weight", &[32, 2], QType::Q4_0, vec![3; 36])
-        .unwrap();
-    w.add_tensor("blk.0.ffn_up.weight", &[256], QType::Q4_K, vec![1; 144])
-        .unwrap();
+    w.add_f32_tensor("token_embd.weight", &[4, 4], &[0.5; 16]).unwrap();
+    w.add_tensor("blk.0.attn_q.weight", &[32, 2], QType::Q4_0, vec![3; 36]).unwrap();
+    w.add_tensor("blk.0.ffn_up.weight", &[256], QType::Q4_K, vec![1; 144]).unwrap();
     w.to_bytes()
 }
 

@@ -46,10 +46,7 @@ fn weight_bytes(qtype: QType, xs: &[f32]) -> Vec<u8> {
         let mut b = vec![T::zeros(); xs.len() / T::BLCK_SIZE];
         T::from_float(xs, &mut b);
         // SAFETY: repr(C) plain data.
-        unsafe {
-            std::slice::from_raw_parts(b.as_ptr() as *const u8, std::mem::size_of_val(&b[..]))
-        }
-        .to_vec()
+        unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u8, std::mem::size_of_val(&b[..])) }.to_vec()
     }
     match qtype {
         QType::Q4_0 => q::<BlockQ4_0>(xs),
@@ -70,37 +67,17 @@ fn weight_bytes(qtype: QType, xs: &[f32]) -> Vec<u8> {
 fn act_bytes(k: &Kernels, qtype: QType, x: &[f32]) -> Vec<u8> {
     match tallow_core::quant::act_type(qtype).unwrap() {
         QType::Q8_0 => {
-            let mut b = vec![
-                BlockQ8_0 {
-                    d: Default::default(),
-                    qs: [0; 32]
-                };
-                x.len() / 32
-            ];
+            let mut b = vec![BlockQ8_0 { d: Default::default(), qs: [0; 32] }; x.len() / 32];
             k.quantize_q8_0(x, &mut b);
             as_bytes(&b).to_vec()
         }
         QType::Q8_1 => {
-            let mut b = vec![
-                BlockQ8_1 {
-                    d: Default::default(),
-                    s: Default::default(),
-                    qs: [0; 32]
-                };
-                x.len() / 32
-            ];
+            let mut b = vec![BlockQ8_1 { d: Default::default(), s: Default::default(), qs: [0; 32] }; x.len() / 32];
             k.quantize_q8_1(x, &mut b);
             as_bytes(&b).to_vec()
         }
         _ => {
-            let mut b = vec![
-                BlockQ8K {
-                    d: 0.0,
-                    qs: [0; 256],
-                    bsums: [0; 16]
-                };
-                x.len() / 256
-            ];
+            let mut b = vec![BlockQ8K { d: 0.0, qs: [0; 256], bsums: [0; 16] }; x.len() / 256];
             k.quantize_q8_k(x, &mut b);
             as_bytes(&b).to_vec()
         }
@@ -111,9 +88,7 @@ fn act_bytes(k: &Kernels, qtype: QType, x: &[f32]) -> Vec<u8> {
 fn aligned(bytes: &[u8]) -> (Vec<u64>, usize) {
     let mut v = vec![0u64; bytes.len().div_ceil(8)];
     // SAFETY: v has room for bytes.len() bytes.
-    unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, bytes.len())
-    };
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, bytes.len()) };
     (v, bytes.len())
 }
 fn view(a: &(Vec<u64>, usize)) -> &[u8] {
@@ -141,24 +116,15 @@ fn tricky(seed: u64, n: usize) -> Vec<f32> {
 #[test]
 fn the_process_wide_choice_is_named() {
     let name = kernels().name();
-    assert!(
-        ["avx512vnni", "avx2", "neon", "scalar"].contains(&name),
-        "{name}"
-    );
+    assert!(["avx512vnni", "avx2", "neon", "scalar"].contains(&name), "{name}");
     let available: Vec<_> = Kernels::available().iter().map(|k| k.name()).collect();
     assert!(available.contains(&name), "{name} not in {available:?}");
     assert_eq!(Kernels::scalar().name(), "scalar");
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
         assert!(available.contains(&"avx2"));
         if std::env::var("TALLOW_KERNELS").is_err() {
-            assert_ne!(
-                name, "scalar",
-                "a SIMD table must be chosen on an AVX2 machine"
-            );
+            assert_ne!(name, "scalar", "a SIMD table must be chosen on an AVX2 machine");
         }
     }
 }
@@ -208,14 +174,8 @@ fn matmul_is_a_loop_of_vec_dots() {
     for k in Kernels::available() {
         let mut scratch = MatmulScratch::default();
         for qtype in QUANTIZED {
-            let w = QTensor::from_bytes(
-                "w",
-                qtype,
-                rows,
-                cols,
-                &weight_bytes(qtype, &floats(7, rows * cols, 1.0)),
-            )
-            .unwrap();
+            let w = QTensor::from_bytes("w", qtype, rows, cols, &weight_bytes(qtype, &floats(7, rows * cols, 1.0)))
+                .unwrap();
             let x = floats(11, n_tokens * cols, 1.0);
             let mut got = vec![f32::NAN; n_tokens * rows];
             matmul_with(&k, &w, &x, n_tokens, &mut got, &mut scratch, &pool);
@@ -224,12 +184,7 @@ fn matmul_is_a_loop_of_vec_dots() {
                 for r in 0..rows {
                     let wr = aligned(w.row(r));
                     let want = k.vec_dot(qtype, cols, view(&wr), view(&a));
-                    assert_eq!(
-                        got[t * rows + r].to_bits(),
-                        want.to_bits(),
-                        "{} {qtype} t={t} r={r}",
-                        k.name()
-                    );
+                    assert_eq!(got[t * rows + r].to_bits(), want.to_bits(), "{} {qtype} t={t} r={r}", k.name());
                 }
             }
         }
@@ -241,28 +196,15 @@ fn matmul_is_a_loop_of_vec_dots() {
 fn warm_scratch_does_not_grow() {
     let pool = ThreadPool::new(2);
     let mut scratch = MatmulScratch::default();
-    let w = QTensor::from_bytes(
-        "w",
-        QType::Q4_1,
-        9,
-        256,
-        &weight_bytes(QType::Q4_1, &floats(3, 9 * 256, 1.0)),
-    )
-    .unwrap();
+    let w =
+        QTensor::from_bytes("w", QType::Q4_1, 9, 256, &weight_bytes(QType::Q4_1, &floats(3, 9 * 256, 1.0))).unwrap();
     let x = floats(5, 4 * 256, 1.0);
     let mut y = vec![0f32; 4 * 9];
     tallow_core::quant::matmul(&w, &x, 4, &mut y, &mut scratch, &pool);
     let cap = scratch.capacity_bytes();
     assert!(cap > 0);
     for n_tokens in [1, 4, 2] {
-        tallow_core::quant::matmul(
-            &w,
-            &x[..n_tokens * 256],
-            n_tokens,
-            &mut y[..n_tokens * 9],
-            &mut scratch,
-            &pool,
-        );
+        tallow_core::quant::matmul(&w, &x[..n_tokens * 256], n_tokens, &mut y[..n_tokens * 9], &mut scratch, &pool);
         assert_eq!(scratch.capacity_bytes(), cap);
     }
 }

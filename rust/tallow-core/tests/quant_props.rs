@@ -6,8 +6,7 @@
 //! (row, token).
 
 use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8_0,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
 };
 use candle_core::quantized::GgmlType;
 use half::{bf16, f16};
@@ -94,10 +93,7 @@ macro_rules! with_block {
 
 fn to_bytes<T>(blocks: &[T]) -> Vec<u8> {
     // SAFETY: candle's block types are repr(C) plain data without padding.
-    unsafe {
-        std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks))
-    }
-    .to_vec()
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks)) }.to_vec()
 }
 
 fn quantize<T: GgmlType>(xs: &[f32]) -> Vec<T> {
@@ -121,13 +117,7 @@ fn floats(seed: u64, n: usize, scale: f32) -> Vec<f32> {
 
 /// candle's reference product for one weight type: quantize each token with candle, then one
 /// `vec_dot_unopt` per (token, row). Returns `y` `[n_tokens, rows]`.
-fn reference_matmul<T: GgmlType>(
-    w: &[T],
-    rows: usize,
-    cols: usize,
-    x: &[f32],
-    n_tokens: usize,
-) -> Vec<f32> {
+fn reference_matmul<T: GgmlType>(w: &[T], rows: usize, cols: usize, x: &[f32], n_tokens: usize) -> Vec<f32> {
     let nb_w = cols / T::BLCK_SIZE;
     let mut y = vec![0f32; n_tokens * rows];
     for t in 0..n_tokens {

@@ -7,14 +7,7 @@ use tallow_core::Error;
 
 /// Every filter off, temperature 1.
 fn neutral() -> SamplingParams {
-    SamplingParams {
-        temperature: 1.0,
-        top_k: 0,
-        top_p: 1.0,
-        min_p: 0.0,
-        seed: Some(7),
-        ..Default::default()
-    }
+    SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: Some(7), ..Default::default() }
 }
 
 fn dist(params: &SamplingParams, logits: &[f32], history: &[u32]) -> Vec<TokenProb> {
@@ -64,21 +57,8 @@ fn wild_logits_strategy() -> impl Strategy<Value = Vec<f32>> {
 fn params_strategy() -> impl Strategy<Value = SamplingParams> {
     (
         prop_oneof![Just(0.0f32), Just(1e-8), Just(1.0), Just(1e4), 0.05f32..3.0],
-        prop_oneof![
-            Just(0i32),
-            Just(1),
-            Just(2),
-            Just(i32::MAX),
-            Just(-5),
-            0i32..70
-        ],
-        prop_oneof![
-            Just(0.0f32),
-            Just(1e-6),
-            Just(1.0 - f32::EPSILON),
-            Just(1.0),
-            0.0f32..1.0
-        ],
+        prop_oneof![Just(0i32), Just(1), Just(2), Just(i32::MAX), Just(-5), 0i32..70],
+        prop_oneof![Just(0.0f32), Just(1e-6), Just(1.0 - f32::EPSILON), Just(1.0), 0.0f32..1.0],
         prop_oneof![Just(0.0f32), Just(1.0), 0.0f32..1.0],
         any::<u64>(),
     )
@@ -354,12 +334,7 @@ fn s7_temperature_one_is_softmax() {
 fn s7_tiny_temperature_is_argmax() {
     let logits = [1.0f32, 2.0, 1.999, -5.0];
     for seed in 0..50 {
-        let mut s = Sampler::new(SamplingParams {
-            temperature: 1e-8,
-            seed: Some(seed),
-            ..neutral()
-        })
-        .unwrap();
+        let mut s = Sampler::new(SamplingParams { temperature: 1e-8, seed: Some(seed), ..neutral() }).unwrap();
         assert_eq!(s.sample(&logits, &[]).unwrap(), 1);
     }
 }
@@ -368,65 +343,34 @@ fn s7_tiny_temperature_is_argmax() {
 fn s8_different_seeds_differ() {
     let logits = vec![0.0f32; 1000];
     let run = |seed| {
-        let mut s = Sampler::new(SamplingParams {
-            seed: Some(seed),
-            ..neutral()
-        })
-        .unwrap();
-        (0..20)
-            .map(|_| s.sample(&logits, &[]).unwrap())
-            .collect::<Vec<_>>()
+        let mut s = Sampler::new(SamplingParams { seed: Some(seed), ..neutral() }).unwrap();
+        (0..20).map(|_| s.sample(&logits, &[]).unwrap()).collect::<Vec<_>>()
     };
     assert_eq!(run(1), run(1));
     assert_ne!(run(1), run(2));
     // reseed restarts the stream.
-    let mut s = Sampler::new(SamplingParams {
-        seed: Some(1),
-        ..neutral()
-    })
-    .unwrap();
+    let mut s = Sampler::new(SamplingParams { seed: Some(1), ..neutral() }).unwrap();
     let first: Vec<u32> = (0..20).map(|_| s.sample(&logits, &[]).unwrap()).collect();
     s.reseed(1);
     let again: Vec<u32> = (0..20).map(|_| s.sample(&logits, &[]).unwrap()).collect();
     assert_eq!(first, again);
     // Without a seed, one is drawn and reported.
-    let a = Sampler::new(SamplingParams {
-        seed: None,
-        ..neutral()
-    })
-    .unwrap();
-    let b = Sampler::new(SamplingParams {
-        seed: None,
-        ..neutral()
-    })
-    .unwrap();
+    let a = Sampler::new(SamplingParams { seed: None, ..neutral() }).unwrap();
+    let b = Sampler::new(SamplingParams { seed: None, ..neutral() }).unwrap();
     assert_ne!(a.seed(), b.seed());
 }
 
 #[test]
 fn s9_tokens_leaving_the_window_are_not_penalized() {
     let logits = [1.0f32, 1.0, 1.0];
-    let params = SamplingParams {
-        repeat_penalty: 2.0,
-        repeat_last_n: 2,
-        ..neutral()
-    };
+    let params = SamplingParams { repeat_penalty: 2.0, repeat_last_n: 2, ..neutral() };
     // Token 0 is 3 steps back, outside a window of 2.
     let d = dist(&params, &logits, &[0, 1, 1]);
     assert_eq!(d[0].logit, 1.0);
     assert_eq!(d[1].logit, 0.5);
     assert_eq!(d[2].logit, 1.0);
     // Penalty 1 is the identity; repeat_last_n 0 disables.
-    for p in [
-        SamplingParams {
-            repeat_penalty: 1.0,
-            ..params.clone()
-        },
-        SamplingParams {
-            repeat_last_n: 0,
-            ..params
-        },
-    ] {
+    for p in [SamplingParams { repeat_penalty: 1.0, ..params.clone() }, SamplingParams { repeat_last_n: 0, ..params }] {
         assert!(dist(&p, &logits, &[0, 1, 2]).iter().all(|c| c.logit == 1.0));
     }
 }
@@ -434,199 +378,60 @@ fn s9_tokens_leaving_the_window_are_not_penalized() {
 #[test]
 fn s12_all_masked_is_sampling_error() {
     let mut s = Sampler::new(neutral()).unwrap();
-    for logits in [
-        vec![f32::NEG_INFINITY; 4],
-        vec![f32::NAN; 3],
-        vec![f32::NAN, f32::NEG_INFINITY],
-    ] {
+    for logits in [vec![f32::NEG_INFINITY; 4], vec![f32::NAN; 3], vec![f32::NAN, f32::NEG_INFINITY]] {
         assert!(matches!(s.sample(&logits, &[]), Err(Error::Sampling(_))));
-        assert!(matches!(
-            s.distribution(&logits, &[]),
-            Err(Error::Sampling(_))
-        ));
+        assert!(matches!(s.distribution(&logits, &[]), Err(Error::Sampling(_))));
     }
     // A -inf bias on the only finite token leaves nothing.
-    let mut s = Sampler::new(SamplingParams {
-        logit_bias: vec![(1, f32::NEG_INFINITY)],
-        ..neutral()
-    })
-    .unwrap();
-    assert!(matches!(
-        s.sample(&[f32::NEG_INFINITY, 3.0], &[]),
-        Err(Error::Sampling(_))
-    ));
+    let mut s = Sampler::new(SamplingParams { logit_bias: vec![(1, f32::NEG_INFINITY)], ..neutral() }).unwrap();
+    assert!(matches!(s.sample(&[f32::NEG_INFINITY, 3.0], &[]), Err(Error::Sampling(_))));
     // Empty logits are a caller bug, reported as such.
-    assert!(matches!(
-        s.sample(&[], &[]),
-        Err(Error::InvalidArgument {
-            param: "logits",
-            ..
-        })
-    ));
+    assert!(matches!(s.sample(&[], &[]), Err(Error::InvalidArgument { param: "logits", .. })));
 }
 
 #[test]
 fn validation_names_the_parameter() {
     let bad: [(&str, SamplingParams); 17] = [
-        (
-            "temperature",
-            SamplingParams {
-                temperature: f32::NAN,
-                ..neutral()
-            },
-        ),
-        (
-            "temperature",
-            SamplingParams {
-                temperature: -1.0,
-                ..neutral()
-            },
-        ),
-        (
-            "temperature",
-            SamplingParams {
-                temperature: f32::INFINITY,
-                ..neutral()
-            },
-        ),
-        (
-            "top_p",
-            SamplingParams {
-                top_p: 1.0 + 1e-6,
-                ..neutral()
-            },
-        ),
-        (
-            "top_p",
-            SamplingParams {
-                top_p: -0.1,
-                ..neutral()
-            },
-        ),
-        (
-            "top_p",
-            SamplingParams {
-                top_p: f32::NAN,
-                ..neutral()
-            },
-        ),
-        (
-            "min_p",
-            SamplingParams {
-                min_p: 1.5,
-                ..neutral()
-            },
-        ),
-        (
-            "min_p",
-            SamplingParams {
-                min_p: f32::NAN,
-                ..neutral()
-            },
-        ),
-        (
-            "repeat_penalty",
-            SamplingParams {
-                repeat_penalty: 0.0,
-                ..neutral()
-            },
-        ),
-        (
-            "repeat_penalty",
-            SamplingParams {
-                repeat_penalty: -1.0,
-                ..neutral()
-            },
-        ),
-        (
-            "repeat_penalty",
-            SamplingParams {
-                repeat_penalty: f32::NAN,
-                ..neutral()
-            },
-        ),
-        (
-            "repeat_last_n",
-            SamplingParams {
-                repeat_last_n: -2,
-                ..neutral()
-            },
-        ),
-        (
-            "frequency_penalty",
-            SamplingParams {
-                frequency_penalty: f32::NAN,
-                ..neutral()
-            },
-        ),
-        (
-            "frequency_penalty",
-            SamplingParams {
-                frequency_penalty: f32::INFINITY,
-                ..neutral()
-            },
-        ),
-        (
-            "presence_penalty",
-            SamplingParams {
-                presence_penalty: f32::NAN,
-                ..neutral()
-            },
-        ),
-        (
-            "presence_penalty",
-            SamplingParams {
-                presence_penalty: f32::NEG_INFINITY,
-                ..neutral()
-            },
-        ),
-        (
-            "logit_bias",
-            SamplingParams {
-                logit_bias: vec![(3, f32::NAN)],
-                ..neutral()
-            },
-        ),
+        ("temperature", SamplingParams { temperature: f32::NAN, ..neutral() }),
+        ("temperature", SamplingParams { temperature: -1.0, ..neutral() }),
+        ("temperature", SamplingParams { temperature: f32::INFINITY, ..neutral() }),
+        ("top_p", SamplingParams { top_p: 1.0 + 1e-6, ..neutral() }),
+        ("top_p", SamplingParams { top_p: -0.1, ..neutral() }),
+        ("top_p", SamplingParams { top_p: f32::NAN, ..neutral() }),
+        ("min_p", SamplingParams { min_p: 1.5, ..neutral() }),
+        ("min_p", SamplingParams { min_p: f32::NAN, ..neutral() }),
+        ("repeat_penalty", SamplingParams { repeat_penalty: 0.0, ..neutral() }),
+        ("repeat_penalty", SamplingParams { repeat_penalty: -1.0, ..neutral() }),
+        ("repeat_penalty", SamplingParams { repeat_penalty: f32::NAN, ..neutral() }),
+        ("repeat_last_n", SamplingParams { repeat_last_n: -2, ..neutral() }),
+        ("frequency_penalty", SamplingParams { frequency_penalty: f32::NAN, ..neutral() }),
+        ("frequency_penalty", SamplingParams { frequency_penalty: f32::INFINITY, ..neutral() }),
+        ("presence_penalty", SamplingParams { presence_penalty: f32::NAN, ..neutral() }),
+        ("presence_penalty", SamplingParams { presence_penalty: f32::NEG_INFINITY, ..neutral() }),
+        ("logit_bias", SamplingParams { logit_bias: vec![(3, f32::NAN)], ..neutral() }),
     ];
     for (name, p) in bad {
         match Sampler::new(p.clone()) {
             Err(Error::InvalidArgument { param, .. }) => assert_eq!(param, name, "{p:?}"),
-            other => panic!(
-                "{p:?}: expected InvalidArgument({name}), got {:?}",
-                other.map(|_| ())
-            ),
+            other => panic!("{p:?}: expected InvalidArgument({name}), got {:?}", other.map(|_| ())),
         }
     }
     let ok = [
         SamplingParams::default(),
         SamplingParams::greedy(),
-        SamplingParams {
-            top_k: i32::MIN,
-            top_p: 0.0,
-            min_p: 1.0,
-            repeat_last_n: -1,
-            ..neutral()
-        },
-        SamplingParams {
-            logit_bias: vec![(0, f32::INFINITY), (u32::MAX, f32::NEG_INFINITY)],
-            ..neutral()
-        },
+        SamplingParams { top_k: i32::MIN, top_p: 0.0, min_p: 1.0, repeat_last_n: -1, ..neutral() },
+        SamplingParams { logit_bias: vec![(0, f32::INFINITY), (u32::MAX, f32::NEG_INFINITY)], ..neutral() },
     ];
     for p in ok {
         assert!(p.validate().is_ok(), "{p:?}");
     }
     let d = SamplingParams::default();
-    assert_eq!(
-        (d.temperature, d.top_k, d.top_p, d.min_p),
-        (0.8, 40, 0.95, 0.05)
-    );
+    assert_eq!((d.temperature, d.top_k, d.top_p, d.min_p), (0.8, 40, 0.95, 0.05));
     assert_eq!((d.repeat_penalty, d.repeat_last_n), (1.0, 64));
 }
 
 /// Chi-square critical values at α = 1e-3 for 1..=9 degrees of freedom.
-const CHI2_CRIT: [f64; 9] = [
-    10.83, 13.82, 16.27, 18.47, 20.52, 22.46, 24.32, 26.12, 27.88,
-];
+const CHI2_CRIT: [f64; 9] = [10.83, 13.82, 16.27, 18.47, 20.52, 22.46, 24.32, 26.12, 27.88];
 
 /// S16: the empirical frequencies of seeded draws match the reported distribution, after each
 /// filter and in the default chain.
@@ -635,33 +440,12 @@ fn s16_chi_square() {
     let logits = [0.3f32, 1.2, -0.5, 2.0, 0.0, 1.0, -1.5, 0.7];
     let configs = [
         neutral(),
-        SamplingParams {
-            top_k: 4,
-            ..neutral()
-        },
-        SamplingParams {
-            top_p: 0.8,
-            ..neutral()
-        },
-        SamplingParams {
-            min_p: 0.2,
-            ..neutral()
-        },
-        SamplingParams {
-            temperature: 0.6,
-            ..neutral()
-        },
-        SamplingParams {
-            temperature: 1.7,
-            top_k: 6,
-            top_p: 0.9,
-            min_p: 0.05,
-            ..neutral()
-        },
-        SamplingParams {
-            seed: Some(99),
-            ..SamplingParams::default()
-        },
+        SamplingParams { top_k: 4, ..neutral() },
+        SamplingParams { top_p: 0.8, ..neutral() },
+        SamplingParams { min_p: 0.2, ..neutral() },
+        SamplingParams { temperature: 0.6, ..neutral() },
+        SamplingParams { temperature: 1.7, top_k: 6, top_p: 0.9, min_p: 0.05, ..neutral() },
+        SamplingParams { seed: Some(99), ..SamplingParams::default() },
     ];
     const N: usize = 20_000;
     for params in configs {
@@ -677,17 +461,11 @@ fn s16_chi_square() {
             let diff = counts[c.id as usize] as f64 - expected;
             chi2 += diff * diff / expected;
         }
-        let outside: usize = (0..8)
-            .filter(|i| !d.iter().any(|c| c.id as usize == *i))
-            .map(|i| counts[i])
-            .sum();
+        let outside: usize = (0..8).filter(|i| !d.iter().any(|c| c.id as usize == *i)).map(|i| counts[i]).sum();
         assert_eq!(outside, 0, "{params:?}: drew tokens outside the kept set");
         if d.len() > 1 {
             let crit = CHI2_CRIT[d.len() - 2];
-            assert!(
-                chi2 < crit,
-                "{params:?}: chi2 {chi2} >= {crit} (counts {counts:?}, dist {d:?})"
-            );
+            assert!(chi2 < crit, "{params:?}: chi2 {chi2} >= {crit} (counts {counts:?}, dist {d:?})");
         }
     }
 }
@@ -697,18 +475,11 @@ fn s16_chi_square() {
 fn large_vocab_default_chain() {
     let v = 262_144usize;
     let logits: Vec<f32> = (0..v).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect();
-    let mut s = Sampler::new(SamplingParams {
-        seed: Some(3),
-        ..Default::default()
-    })
-    .unwrap();
+    let mut s = Sampler::new(SamplingParams { seed: Some(3), ..Default::default() }).unwrap();
     let history: Vec<u32> = (0..200).collect();
     for _ in 0..5 {
         let id = s.sample(&logits, &history).unwrap();
         assert!((id as usize) < v);
-        assert!(
-            logits[id as usize] >= 9.0,
-            "picked a low-probability token {id}"
-        );
+        assert!(logits[id as usize] >= 9.0, "picked a low-probability token {id}");
     }
 }

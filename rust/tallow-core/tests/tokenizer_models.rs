@@ -8,9 +8,7 @@ use tallow_core::gguf::GgufFile;
 use tallow_core::tokenizer::{StreamDecoder, Tokenizer};
 
 fn load(name: &str) -> Tokenizer {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/.models")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/.models").join(name);
     let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     Tokenizer::from_gguf(&file).unwrap()
 }
@@ -46,10 +44,7 @@ fn check(tok: &Tokenizer, cases: &[Case]) {
         assert_eq!(got, want, "{text:?} (special={special})");
         // Decoding gives the text back (minus BOS, and the SPM space prefix where there is one).
         let decoded = tok.decode(&got, !special);
-        assert!(
-            decoded.ends_with(text.trim_start()),
-            "{text:?} decoded to {decoded:?}"
-        );
+        assert!(decoded.ends_with(text.trim_start()), "{text:?} decoded to {decoded:?}");
         let mut stream = StreamDecoder::new(!special);
         let mut streamed = String::new();
         for &id in &got {

@@ -52,15 +52,13 @@ fn gguf(kvs: &[(&str, V)]) -> Vec<u8> {
                 out.extend_from_slice(&9u32.to_le_bytes());
                 out.extend_from_slice(&6u32.to_le_bytes());
                 out.extend_from_slice(&(xs.len() as u64).to_le_bytes());
-                xs.iter()
-                    .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+                xs.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
             }
             V::I32s(xs) => {
                 out.extend_from_slice(&9u32.to_le_bytes());
                 out.extend_from_slice(&5u32.to_le_bytes());
                 out.extend_from_slice(&(xs.len() as u64).to_le_bytes());
-                xs.iter()
-                    .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+                xs.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
             }
         }
     }
@@ -81,18 +79,10 @@ fn spm(overrides: Vec<(&'static str, V)>) -> Vec<u8> {
         ("tokenizer.ggml.model", V::Str("llama")),
         (
             "tokenizer.ggml.tokens",
-            V::Strs(strs(&[
-                "<unk>", "<s>", "</s>", "<0x0A>", "<0x41>", "▁", "a", "b", "▁a", "ab",
-            ])),
+            V::Strs(strs(&["<unk>", "<s>", "</s>", "<0x0A>", "<0x41>", "▁", "a", "b", "▁a", "ab"])),
         ),
-        (
-            "tokenizer.ggml.scores",
-            V::F32s(vec![0.0, 0.0, 0.0, 0.0, 0.0, -1.0, -2.0, -2.0, -0.5, -0.7]),
-        ),
-        (
-            "tokenizer.ggml.token_type",
-            V::I32s(vec![2, 3, 3, 6, 6, 1, 1, 1, 1, 1]),
-        ),
+        ("tokenizer.ggml.scores", V::F32s(vec![0.0, 0.0, 0.0, 0.0, 0.0, -1.0, -2.0, -2.0, -0.5, -0.7])),
+        ("tokenizer.ggml.token_type", V::I32s(vec![2, 3, 3, 6, 6, 1, 1, 1, 1, 1])),
         ("tokenizer.ggml.bos_token_id", V::U32(1)),
         ("tokenizer.ggml.eos_token_id", V::U32(2)),
     ];
@@ -111,10 +101,7 @@ fn bpe(merges: Vec<String>) -> Vec<u8> {
         ("general.architecture", V::Str("gpt2")),
         ("tokenizer.ggml.model", V::Str("gpt2")),
         ("tokenizer.ggml.pre", V::Str("gpt-2")),
-        (
-            "tokenizer.ggml.tokens",
-            V::Strs(strs(&["a", "b", "ab", "Ġ", "Ġab", "<|endoftext|>"])),
-        ),
+        ("tokenizer.ggml.tokens", V::Strs(strs(&["a", "b", "ab", "Ġ", "Ġab", "<|endoftext|>"]))),
         ("tokenizer.ggml.token_type", V::I32s(vec![1, 1, 1, 1, 1, 3])),
         ("tokenizer.ggml.merges", V::Strs(merges)),
         ("tokenizer.ggml.eos_token_id", V::U32(5)),
@@ -139,35 +126,22 @@ fn assert_gguf_error(r: tallow_core::Result<Tokenizer>, needle: &str) {
 fn valid_fixtures_load_and_tokenize() {
     let t = load(spm(vec![])).unwrap();
     assert_eq!(t.encode("ab", true, false).unwrap(), vec![1, 8, 7]);
-    assert_eq!(
-        t.encode("A\n", false, false).unwrap(),
-        vec![5, 4, 3],
-        "byte fallback"
-    );
+    assert_eq!(t.encode("A\n", false, false).unwrap(), vec![5, 4, 3], "byte fallback");
     assert_eq!(t.decode(&[1, 8, 7, 4, 3], true), " abA\n");
     let t = load(bpe(strs(&["a b", "Ġ ab"]))).unwrap();
-    assert_eq!(
-        t.encode(" ab<|endoftext|>", false, true).unwrap(),
-        vec![4, 5]
-    );
+    assert_eq!(t.encode(" ab<|endoftext|>", false, true).unwrap(), vec![4, 5]);
     assert!(t.is_eog(5));
 }
 
 #[test]
 fn g26_scores_length_mismatch() {
-    assert_gguf_error(
-        load(spm(vec![("tokenizer.ggml.scores", V::F32s(vec![0.0; 9]))])),
-        "tokenizer.ggml.scores",
-    );
+    assert_gguf_error(load(spm(vec![("tokenizer.ggml.scores", V::F32s(vec![0.0; 9]))])), "tokenizer.ggml.scores");
 }
 
 #[test]
 fn g26_token_type_length_mismatch() {
     assert_gguf_error(
-        load(spm(vec![(
-            "tokenizer.ggml.token_type",
-            V::I32s(vec![1; 11]),
-        )])),
+        load(spm(vec![("tokenizer.ggml.token_type", V::I32s(vec![1; 11]))])),
         "tokenizer.ggml.token_type",
     );
 }
@@ -199,16 +173,9 @@ fn g26_add_bos_without_bos() {
 
 #[test]
 fn g27_malformed_byte_tokens() {
-    for bad in [
-        "<0xZZ>", "<0x-1>", "<0x>", "<0x123>", "0x41", "<0x4>", "<0x41",
-    ] {
-        let tokens = V::Strs(strs(&[
-            "<unk>", "<s>", "</s>", "<0x0A>", bad, "▁", "a", "b", "▁a", "ab",
-        ]));
-        assert_gguf_error(
-            load(spm(vec![("tokenizer.ggml.tokens", tokens)])),
-            "malformed",
-        );
+    for bad in ["<0xZZ>", "<0x-1>", "<0x>", "<0x123>", "0x41", "<0x4>", "<0x41"] {
+        let tokens = V::Strs(strs(&["<unk>", "<s>", "</s>", "<0x0A>", bad, "▁", "a", "b", "▁a", "ab"]));
+        assert_gguf_error(load(spm(vec![("tokenizer.ggml.tokens", tokens)])), "malformed");
     }
 }
 
@@ -241,57 +208,30 @@ fn g27_huge_token_text() {
         "▁a".into(),
         "ab".into(),
     ]);
-    assert_gguf_error(
-        load(spm(vec![("tokenizer.ggml.tokens", tokens)])),
-        "bytes long",
-    );
+    assert_gguf_error(load(spm(vec![("tokenizer.ggml.tokens", tokens)])), "bytes long");
 }
 
 #[test]
 fn g27_duplicate_and_empty_tokens() {
-    let tokens = V::Strs(strs(&[
-        "<unk>", "<s>", "</s>", "<0x0A>", "<0x41>", "▁", "a", "a", "▁a", "ab",
-    ]));
-    assert_gguf_error(
-        load(spm(vec![("tokenizer.ggml.tokens", tokens)])),
-        "duplicate",
-    );
+    let tokens = V::Strs(strs(&["<unk>", "<s>", "</s>", "<0x0A>", "<0x41>", "▁", "a", "a", "▁a", "ab"]));
+    assert_gguf_error(load(spm(vec![("tokenizer.ggml.tokens", tokens)])), "duplicate");
     // Empty token texts are renamed, not matched against every position of the input.
-    let tokens = V::Strs(strs(&[
-        "<unk>", "<s>", "", "<0x0A>", "<0x41>", "▁", "a", "b", "▁a", "ab",
-    ]));
+    let tokens = V::Strs(strs(&["<unk>", "<s>", "", "<0x0A>", "<0x41>", "▁", "a", "b", "▁a", "ab"]));
     let t = load(spm(vec![("tokenizer.ggml.tokens", tokens)])).unwrap();
     assert_eq!(t.encode("ab", false, true).unwrap(), vec![8, 7]);
 }
 
 #[test]
 fn wrong_types_and_missing_keys_are_errors() {
-    assert_gguf_error(
-        load(spm(vec![("tokenizer.ggml.tokens", V::F32s(vec![1.0]))])),
-        "tokenizer.ggml.tokens",
-    );
-    assert_gguf_error(
-        load(spm(vec![("tokenizer.ggml.scores", V::Strs(strs(&["x"])))])),
-        "tokenizer.ggml.scores",
-    );
-    assert_gguf_error(
-        load(gguf(&[("general.architecture", V::Str("llama"))])),
-        "tokenizer.ggml.model",
-    );
-    assert_gguf_error(
-        load(spm(vec![("tokenizer.ggml.tokens", V::Strs(vec![]))])),
-        "tokenizer.ggml.tokens",
-    );
-    assert!(matches!(
-        load(spm(vec![("tokenizer.ggml.model", V::Str("rwkv"))])),
-        Err(Error::UnsupportedModel(_))
-    ));
+    assert_gguf_error(load(spm(vec![("tokenizer.ggml.tokens", V::F32s(vec![1.0]))])), "tokenizer.ggml.tokens");
+    assert_gguf_error(load(spm(vec![("tokenizer.ggml.scores", V::Strs(strs(&["x"])))])), "tokenizer.ggml.scores");
+    assert_gguf_error(load(gguf(&[("general.architecture", V::Str("llama"))])), "tokenizer.ggml.model");
+    assert_gguf_error(load(spm(vec![("tokenizer.ggml.tokens", V::Strs(vec![]))])), "tokenizer.ggml.tokens");
+    assert!(matches!(load(spm(vec![("tokenizer.ggml.model", V::Str("rwkv"))])), Err(Error::UnsupportedModel(_))));
     let mut no_merges = bpe(vec![]);
     no_merges.clear();
-    no_merges.extend(gguf(&[
-        ("tokenizer.ggml.model", V::Str("gpt2")),
-        ("tokenizer.ggml.tokens", V::Strs(strs(&["a"]))),
-    ]));
+    no_merges
+        .extend(gguf(&[("tokenizer.ggml.model", V::Str("gpt2")), ("tokenizer.ggml.tokens", V::Strs(strs(&["a"])))]));
     assert_gguf_error(load(no_merges), "merges");
 }
 

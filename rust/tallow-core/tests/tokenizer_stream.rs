@@ -18,10 +18,7 @@ fn load(path: PathBuf) -> Tokenizer {
 fn qwen2() -> &'static Tokenizer {
     static T: OnceLock<Tokenizer> = OnceLock::new();
     T.get_or_init(|| {
-        load(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/vocab/ggml-vocab-qwen2.gguf"),
-        )
+        load(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vocab/ggml-vocab-qwen2.gguf"))
     })
 }
 
@@ -29,10 +26,7 @@ fn qwen2() -> &'static Tokenizer {
 fn llama_spm() -> &'static Tokenizer {
     static T: OnceLock<Tokenizer> = OnceLock::new();
     T.get_or_init(|| {
-        load(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/vocab/ggml-vocab-llama-spm.gguf"),
-        )
+        load(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vocab/ggml-vocab-llama-spm.gguf"))
     })
 }
 
@@ -51,10 +45,7 @@ fn check_stream(tok: &Tokenizer, ids: &[u32], skip_special: bool) {
 
 /// Mostly small ids (byte tokens, fragments), some anywhere in the vocabulary, a few out of range.
 fn ids(n_vocab: u32) -> impl Strategy<Value = Vec<u32>> {
-    prop::collection::vec(
-        prop_oneof![6 => 0u32..300, 3 => 0..n_vocab, 1 => n_vocab..n_vocab + 10],
-        0..48,
-    )
+    prop::collection::vec(prop_oneof![6 => 0u32..300, 3 => 0..n_vocab, 1 => n_vocab..n_vocab + 10], 0..48)
 }
 
 proptest! {
@@ -92,19 +83,12 @@ fn split_character_is_held_back() {
     let mut dec = StreamDecoder::new(true);
     let c3 = tok.encode("\u{00C3}", false, false).unwrap(); // sanity: some other ids exist
     assert!(!c3.is_empty());
-    let pieces: Vec<Vec<u8>> = ids
-        .iter()
-        .map(|&id| tok.token_to_piece(id, false))
-        .collect();
+    let pieces: Vec<Vec<u8>> = ids.iter().map(|&id| tok.token_to_piece(id, false)).collect();
     assert_eq!(pieces.concat(), "é".as_bytes());
     // Feed the two bytes as separate single-byte tokens.
     let byte_ids: Vec<u32> = "é"
         .bytes()
-        .map(|b| {
-            (0..300u32)
-                .find(|&id| tok.token_to_piece(id, false) == [b])
-                .expect("byte token")
-        })
+        .map(|b| (0..300u32).find(|&id| tok.token_to_piece(id, false) == [b]).expect("byte token"))
         .collect();
     assert_eq!(dec.push(tok, byte_ids[0]), None);
     assert_eq!(dec.push(tok, byte_ids[1]).as_deref(), Some("é"));

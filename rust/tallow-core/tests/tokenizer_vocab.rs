@@ -24,15 +24,9 @@ fn check_vocab(name: &str) {
     if inp.ends_with(sep) {
         inputs.pop();
     }
-    let expected: Vec<Vec<u32>> = out
-        .lines()
-        .map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect())
-        .collect();
-    assert_eq!(
-        inputs.len(),
-        expected.len(),
-        "{name}: .inp and .out disagree on the number of tests"
-    );
+    let expected: Vec<Vec<u32>> =
+        out.lines().map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect()).collect();
+    assert_eq!(inputs.len(), expected.len(), "{name}: .inp and .out disagree on the number of tests");
 
     let mut failures = Vec::new();
     for (text, want) in inputs.iter().zip(&expected) {

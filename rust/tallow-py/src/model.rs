@@ -125,10 +125,16 @@ impl Model {
 
     /// Renders the model's chat template over `messages` (`[(role, content), ...]`).
     #[pyo3(signature = (messages, add_generation_prompt = true))]
-    fn apply_chat_template(&self, py: Python<'_>, messages: Vec<(String, String)>, add_generation_prompt: bool) -> PyResult<String> {
+    fn apply_chat_template(
+        &self,
+        py: Python<'_>,
+        messages: Vec<(String, String)>,
+        add_generation_prompt: bool,
+    ) -> PyResult<String> {
         guard(py, || {
             let t = self.template.as_ref().map_err(|e| tallow_core::Error::Template(e.clone()))?;
-            let msgs: Vec<ChatMessage> = messages.into_iter().map(|(role, content)| ChatMessage { role, content }).collect();
+            let msgs: Vec<ChatMessage> =
+                messages.into_iter().map(|(role, content)| ChatMessage { role, content }).collect();
             t.render(&msgs, add_generation_prompt)
         })
     }

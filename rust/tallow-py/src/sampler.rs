@@ -48,7 +48,9 @@ impl PySampler {
     /// previously generated `history`. The array is not modified.
     #[pyo3(signature = (logits, history = Vec::new()))]
     fn sample(&self, py: Python<'_>, logits: PyReadonlyArray1<'_, f32>, history: Vec<u32>) -> PyResult<u32> {
-        let logits = logits.as_slice().map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("invalid value for 'logits': {e}")))?;
+        let logits = logits
+            .as_slice()
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("invalid value for 'logits': {e}")))?;
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         guard(py, || s.sample(logits, &history))
     }

@@ -58,7 +58,8 @@ impl EventSink for Sink {
 }
 
 pub(crate) fn new_pair() -> (Stream, Sink) {
-    let shared = Arc::new(Shared { inbox: Mutex::new(Inbox::default()), ready: Condvar::new(), cancel: CancelToken::new() });
+    let shared =
+        Arc::new(Shared { inbox: Mutex::new(Inbox::default()), ready: Condvar::new(), cancel: CancelToken::new() });
     (Stream { shared: shared.clone() }, Sink(shared))
 }
 

@@ -55,11 +55,17 @@ pub struct Usage {
 pub enum Event {
     /// One sampled token and the text it releases (may be empty while a UTF-8 character or a
     /// possible stop string is incomplete).
-    Token { id: u32, text: String },
+    Token {
+        id: u32,
+        text: String,
+    },
     /// Text released at the end without a new token (held-back bytes or a partial stop string
     /// that never completed).
     Text(String),
-    Done { finish_reason: FinishReason, usage: Usage },
+    Done {
+        finish_reason: FinishReason,
+        usage: Usage,
+    },
     Error(Error),
 }
 

@@ -68,19 +68,11 @@ fn scalar(v: &Value) -> String {
 /// `[1, 2, 3]`, or `[array of 49152 String: "a", "b", … ]` when longer than the preview.
 fn array(a: &Array) -> String {
     let shown = a.len().min(ARRAY_PREVIEW);
-    let items: Vec<String> = (0..shown)
-        .filter_map(|i| a.get(i))
-        .map(|v| scalar(&v))
-        .collect();
+    let items: Vec<String> = (0..shown).filter_map(|i| a.get(i)).map(|v| scalar(&v)).collect();
     if a.len() <= ARRAY_PREVIEW {
         format!("[{}]", items.join(", "))
     } else {
-        format!(
-            "[array of {} {}: {}, … ]",
-            a.len(),
-            a.element_type(),
-            items.join(", ")
-        )
+        format!("[array of {} {}: {}, … ]", a.len(), a.element_type(), items.join(", "))
     }
 }
 
@@ -96,35 +88,17 @@ pub fn render_inspect(file: &GgufFile, path_display: &str) -> String {
     let _ = writeln!(out, "  file size:   {} bytes", file.file_size());
 
     let _ = writeln!(out, "\nMetadata ({} entries):", file.metadata().len());
-    let key_width = file
-        .metadata()
-        .iter()
-        .map(|(k, _)| k.len())
-        .max()
-        .unwrap_or(0)
-        .min(48);
+    let key_width = file.metadata().iter().map(|(k, _)| k.len()).max().unwrap_or(0).min(48);
     for (key, value) in file.metadata() {
         let ty = match value {
             Value::Array(a) => format!("[{}]", a.element_type()),
             v => v.value_type().to_string(),
         };
-        let _ = writeln!(
-            out,
-            "  {:<key_width$}  {:<8}  {}",
-            escape_for_terminal(key),
-            ty,
-            scalar(value)
-        );
+        let _ = writeln!(out, "  {:<key_width$}  {:<8}  {}", escape_for_terminal(key), ty, scalar(value));
     }
 
     let _ = writeln!(out, "\nTensors ({}):", file.tensors().len());
-    let name_width = file
-        .tensors()
-        .iter()
-        .map(|t| t.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let name_width = file.tensors().iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
     let _ = writeln!(
         out,
         "  {:<name_width$}  {:<7}  {:<24}  {:>12}  {:>12}  {:>12}",
@@ -154,16 +128,9 @@ pub fn render_inspect(file: &GgufFile, path_display: &str) -> String {
             None => by_type.push((t.qtype, 1, t.n_bytes)),
         }
     }
-    let _ = writeln!(
-        out,
-        "\nTotal: {n_params} parameters, {n_bytes} bytes of tensor data"
-    );
+    let _ = writeln!(out, "\nTotal: {n_params} parameters, {n_bytes} bytes of tensor data");
     for (q, count, bytes) in by_type {
-        let _ = writeln!(
-            out,
-            "  {:<7}  {count:>5} tensors  {bytes:>12} bytes",
-            q.name()
-        );
+        let _ = writeln!(out, "  {:<7}  {count:>5} tensors  {bytes:>12} bytes", q.name());
     }
     out
 }
@@ -176,19 +143,10 @@ mod tests {
     #[test]
     fn escapes_control_and_ansi() {
         assert_eq!(escape_for_terminal("a\nb\tc\r"), "a\\nb\\tc\\r");
-        assert_eq!(
-            escape_for_terminal("\x1b[31mred\x1b[0m"),
-            "\\x1b[31mred\\x1b[0m"
-        );
+        assert_eq!(escape_for_terminal("\x1b[31mred\x1b[0m"), "\\x1b[31mred\\x1b[0m");
         assert_eq!(escape_for_terminal("\0\x07\x7f\\"), "\\x00\\x07\\x7f\\\\");
-        assert_eq!(
-            escape_for_terminal("\u{9b}2J \u{202e}abc"),
-            "\\u{9b}2J \\u{202e}abc"
-        );
-        assert_eq!(
-            escape_for_terminal("héllo 世界 <|im_start|>"),
-            "héllo 世界 <|im_start|>"
-        );
+        assert_eq!(escape_for_terminal("\u{9b}2J \u{202e}abc"), "\\u{9b}2J \\u{202e}abc");
+        assert_eq!(escape_for_terminal("héllo 世界 <|im_start|>"), "héllo 世界 <|im_start|>");
     }
 
     #[test]
@@ -199,10 +157,7 @@ mod tests {
         assert!(q.ends_with("(600 chars)"), "{q}");
         // Cutting counts characters, never splits one.
         let q = quote(&"é".repeat(201));
-        assert!(
-            q.contains(&"é".repeat(200)) && q.ends_with("(201 chars)"),
-            "{q}"
-        );
+        assert!(q.contains(&"é".repeat(200)) && q.ends_with("(201 chars)"), "{q}");
     }
 
     #[test]
@@ -221,17 +176,10 @@ mod tests {
     fn report_escapes_everything_from_the_file() {
         let mut w = GgufWriter::new();
         w.add_kv("general.architecture", Value::String("llama".into()));
-        w.add_kv(
-            "evil\x1b[2J",
-            Value::String("line1\nFAKE: \x1b]0;title\x07".into()),
-        );
-        w.add_kv(
-            "tokenizer.ggml.scores",
-            Value::Array(Array::F32(vec![0.5; 20])),
-        );
+        w.add_kv("evil\x1b[2J", Value::String("line1\nFAKE: \x1b]0;title\x07".into()));
+        w.add_kv("tokenizer.ggml.scores", Value::Array(Array::F32(vec![0.5; 20])));
         w.add_f32_tensor("tok\x1bembd", &[4, 2], &[0.0; 8]).unwrap();
-        w.add_tensor("blk.0.q", &[64, 2], QType::Q4_0, vec![0; 72])
-            .unwrap();
+        w.add_tensor("blk.0.q", &[64, 2], QType::Q4_0, vec![0; 72]).unwrap();
         let f = GgufFile::from_bytes(w.to_bytes()).unwrap();
         let r = render_inspect(&f, "model\n.gguf");
         assert!(!r.chars().any(|c| c.is_control() && c != '\n'), "{r}");
@@ -242,22 +190,14 @@ mod tests {
         assert!(r.contains("tok\\x1bembd"));
         assert!(r.contains("[64, 2]"));
         assert!(r.contains("Total: 136 parameters, 104 bytes"), "{r}");
-        assert!(
-            r.contains("Q4_0         1 tensors            72 bytes"),
-            "{r}"
-        );
-        assert_eq!(
-            r.lines()
-                .filter(|l| l.starts_with("  ") && l.contains("FAKE"))
-                .count(),
-            1
-        );
+        assert!(r.contains("Q4_0         1 tensors            72 bytes"), "{r}");
+        assert_eq!(r.lines().filter(|l| l.starts_with("  ") && l.contains("FAKE")).count(), 1);
     }
 
     #[test]
     fn report_on_smollm2() {
-        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/.models/smollm2-135m-q4_1.gguf");
+        let path =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/.models/smollm2-135m-q4_1.gguf");
         let f = GgufFile::open(&path).unwrap();
         let r = render_inspect(&f, "smollm2-135m-q4_1.gguf");
         assert!(r.contains("  version:     3\n"), "{r}");
@@ -265,22 +205,12 @@ mod tests {
         assert!(r.contains("general.architecture"));
         assert!(r.contains("\"llama\""));
         // The 49152-token vocabulary is summarised, not printed.
-        assert!(
-            r.contains("[array of 49152 String: \"<|endoftext|>\", \"<|im_start|>\""),
-            "{r}"
-        );
+        assert!(r.contains("[array of 49152 String: \"<|endoftext|>\", \"<|im_start|>\""), "{r}");
         assert!(r.lines().count() < 272 + 100);
         assert!(r.contains("token_embd.weight") && r.contains("Q8_0"));
-        assert!(
-            r.contains("Total: 134515008 parameters"),
-            "{}",
-            &r[r.len().saturating_sub(400)..]
-        );
+        assert!(r.contains("Total: 134515008 parameters"), "{}", &r[r.len().saturating_sub(400)..]);
         // The chat template's newlines are escaped.
-        let tmpl = r
-            .lines()
-            .find(|l| l.contains("tokenizer.chat_template"))
-            .unwrap();
+        let tmpl = r.lines().find(|l| l.contains("tokenizer.chat_template")).unwrap();
         assert!(tmpl.contains("\\n"), "{tmpl}");
         assert!(!r.chars().any(|c| c.is_control() && c != '\n'));
     }

@@ -86,10 +86,7 @@ impl GgufFile {
     /// to the GGUF's start.
     pub fn open_at(path: impl AsRef<Path>, start: u64) -> Result<GgufFile> {
         let path = path.as_ref();
-        let io = |source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        };
+        let io = |source| Error::Io { path: path.display().to_string(), source };
         let file = std::fs::File::open(path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         if meta.is_dir() {
@@ -124,10 +121,7 @@ impl GgufFile {
             return Err(Error::gguf(
                 start,
                 "magic",
-                format!(
-                    "GGUF start {start} is past the end of the {}-byte file",
-                    all.len()
-                ),
+                format!("GGUF start {start} is past the end of the {}-byte file", all.len()),
             ));
         };
         let p = reader::parse(buf).map_err(|e| match e {
@@ -182,91 +176,60 @@ impl GgufFile {
 
     /// Byte offset of the metadata entry `key`, for error messages.
     pub fn offset_of(&self, key: &str) -> u64 {
-        self.metadata
-            .iter()
-            .position(|(k, _)| k == key)
-            .map(|i| self.metadata_offsets[i])
-            .unwrap_or(0)
+        self.metadata.iter().position(|(k, _)| k == key).map(|i| self.metadata_offsets[i]).unwrap_or(0)
     }
 
     fn type_error(&self, key: &str, want: &str, got: &Value) -> Error {
-        Error::gguf(
-            self.offset_of(key),
-            format!("kv[{key:?}]"),
-            format!("expected {want}, found {}", got.value_type()),
-        )
+        Error::gguf(self.offset_of(key), format!("kv[{key:?}]"), format!("expected {want}, found {}", got.value_type()))
     }
 
     /// An integer entry (any integer type, non-negative). `Ok(None)` if absent.
     pub fn get_u64(&self, key: &str) -> Result<Option<u64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| self.type_error(key, "a non-negative integer", v)),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| self.type_error(key, "a non-negative integer", v)),
         }
     }
 
     pub fn get_i64(&self, key: &str) -> Result<Option<i64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| self.type_error(key, "an integer", v)),
+            Some(v) => v.as_i64().map(Some).ok_or_else(|| self.type_error(key, "an integer", v)),
         }
     }
 
     pub fn get_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.type_error(key, "a number", v)),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.type_error(key, "a number", v)),
         }
     }
 
     pub fn get_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.type_error(key, "a bool", v)),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.type_error(key, "a bool", v)),
         }
     }
 
     pub fn get_str(&self, key: &str) -> Result<Option<&str>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| self.type_error(key, "a string", v)),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| self.type_error(key, "a string", v)),
         }
     }
 
     pub fn get_array(&self, key: &str) -> Result<Option<&Array>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_array()
-                .map(Some)
-                .ok_or_else(|| self.type_error(key, "an array", v)),
+            Some(v) => v.as_array().map(Some).ok_or_else(|| self.type_error(key, "an array", v)),
         }
     }
 
     /// `general.architecture`, required by every model.
     pub fn architecture(&self) -> Result<&str> {
-        self.get_str("general.architecture")?.ok_or_else(|| {
-            Error::gguf(
-                0,
-                "kv[\"general.architecture\"]",
-                "missing general.architecture",
-            )
-        })
+        self.get_str("general.architecture")?
+            .ok_or_else(|| Error::gguf(0, "kv[\"general.architecture\"]", "missing general.architecture"))
     }
 
     pub fn tensors(&self) -> &[TensorInfo] {
@@ -285,14 +248,8 @@ impl GgufFile {
     /// The bytes of `t`, borrowed from the map. Bounds were checked at parse time for every
     /// tensor of this file; a `TensorInfo` from elsewhere that does not fit gives an empty slice.
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
-        let range = self
-            .data_offset
-            .checked_add(t.offset)
-            .and_then(|s| Some(s..s.checked_add(t.n_bytes)?));
-        let range =
-            range.and_then(|r| Some(usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?));
-        range
-            .and_then(|r| self.storage.bytes().get(r))
-            .unwrap_or(&[])
+        let range = self.data_offset.checked_add(t.offset).and_then(|s| Some(s..s.checked_add(t.n_bytes)?));
+        let range = range.and_then(|r| Some(usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?));
+        range.and_then(|r| self.storage.bytes().get(r)).unwrap_or(&[])
     }
 }

@@ -7,10 +7,7 @@
 //! linear in the file size. Offsets in errors are relative to the start of `buf`.
 
 use super::value::{Array, Value, ValueType};
-use super::{
-    TensorInfo, GGUF_DEFAULT_ALIGNMENT, GGUF_MAX_ALIGNMENT, GGUF_MAX_DIMS, GGUF_MAX_KEY,
-    GGUF_MAX_NAME,
-};
+use super::{TensorInfo, GGUF_DEFAULT_ALIGNMENT, GGUF_MAX_ALIGNMENT, GGUF_MAX_DIMS, GGUF_MAX_KEY, GGUF_MAX_NAME};
 use crate::error::{Error, Result};
 use crate::quant::QType;
 use std::collections::HashMap;
@@ -38,11 +35,7 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn new(buf: &'a [u8]) -> Self {
-        Cursor {
-            buf,
-            pos: 0,
-            budget: metadata_budget(buf.len() as u64),
-        }
+        Cursor { buf, pos: 0, budget: metadata_budget(buf.len() as u64) }
     }
 
     fn pos(&self) -> u64 {
@@ -58,10 +51,7 @@ impl<'a> Cursor<'a> {
             return Err(Error::gguf(
                 self.pos(),
                 field,
-                format!(
-                    "file truncated: need {n} bytes, {} remain",
-                    self.remaining()
-                ),
+                format!("file truncated: need {n} bytes, {} remain", self.remaining()),
             ));
         }
         let n = n as usize;
@@ -81,10 +71,7 @@ impl<'a> Cursor<'a> {
             return Err(Error::gguf(
                 at,
                 field,
-                format!(
-                    "needs {bytes} bytes of memory, over the budget for a file of {} bytes",
-                    self.buf.len()
-                ),
+                format!("needs {bytes} bytes of memory, over the budget for a file of {} bytes", self.buf.len()),
             ));
         }
         self.budget -= bytes;
@@ -109,11 +96,7 @@ impl<'a> Cursor<'a> {
         match self.u8(field)? {
             0 => Ok(false),
             1 => Ok(true),
-            b => Err(Error::gguf(
-                at,
-                field,
-                format!("invalid bool byte {b} (must be 0 or 1)"),
-            )),
+            b => Err(Error::gguf(at, field, format!("invalid bool byte {b} (must be 0 or 1)"))),
         }
     }
 
@@ -125,10 +108,7 @@ impl<'a> Cursor<'a> {
             return Err(Error::gguf(
                 at,
                 field,
-                format!(
-                    "string length {n} exceeds the {} bytes left in the file",
-                    self.remaining()
-                ),
+                format!("string length {n} exceeds the {} bytes left in the file", self.remaining()),
             ));
         }
         self.charge(n, at, field)?;
@@ -154,21 +134,14 @@ impl<'a> Cursor<'a> {
         let at = self.pos();
         let bytes = self.string_bytes(field)?;
         if bytes.is_empty() || bytes.len() > max {
-            return Err(Error::gguf(
-                at,
-                field,
-                format!("name must be 1..={max} bytes, got {}", bytes.len()),
-            ));
+            return Err(Error::gguf(at, field, format!("name must be 1..={max} bytes, got {}", bytes.len())));
         }
         match std::str::from_utf8(bytes) {
             Ok(s) => Ok(s.to_owned()),
             Err(e) => Err(Error::gguf(
                 at,
                 field,
-                format!(
-                    "name {:?} is not valid UTF-8 ({e})",
-                    String::from_utf8_lossy(bytes)
-                ),
+                format!("name {:?} is not valid UTF-8 ({e})", String::from_utf8_lossy(bytes)),
             )),
         }
     }
@@ -176,13 +149,7 @@ impl<'a> Cursor<'a> {
     fn value_type(&mut self, field: &str) -> Result<ValueType> {
         let at = self.pos();
         let id = self.u32(field)?;
-        ValueType::from_id(id).ok_or_else(|| {
-            Error::gguf(
-                at,
-                field,
-                format!("unknown value type {id} (valid: 0..=12)"),
-            )
-        })
+        ValueType::from_id(id).ok_or_else(|| Error::gguf(at, field, format!("unknown value type {id} (valid: 0..=12)")))
     }
 
     fn scalar(&mut self, ty: ValueType, field: &str) -> Result<Value> {
@@ -209,11 +176,7 @@ impl<'a> Cursor<'a> {
         let at = self.pos();
         let elem = self.value_type(&format!("{field}.elem_type"))?;
         if elem == ValueType::Array {
-            return Err(Error::gguf(
-                at,
-                format!("{field}.elem_type"),
-                "arrays of arrays are not supported",
-            ));
+            return Err(Error::gguf(at, format!("{field}.elem_type"), "arrays of arrays are not supported"));
         }
         let count_at = self.pos();
         let count_field = format!("{field}.count");
@@ -223,10 +186,7 @@ impl<'a> Cursor<'a> {
             return Err(Error::gguf(
                 count_at,
                 count_field,
-                format!(
-                    "array of {count} {elem} elements cannot fit in the {} bytes left",
-                    self.remaining()
-                ),
+                format!("array of {count} {elem} elements cannot fit in the {} bytes left", self.remaining()),
             ));
         }
         // In memory an element can be larger than on disk (a String is 24 bytes + text).
@@ -302,25 +262,15 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed> {
         return Err(Error::gguf(
             n_kv_at,
             "n_kv",
-            format!(
-                "{n_kv} metadata entries cannot fit in the {} bytes left",
-                c.remaining()
-            ),
+            format!("{n_kv} metadata entries cannot fit in the {} bytes left", c.remaining()),
         ));
     }
     let info_bytes = n_tensors.checked_mul(MIN_TENSOR_INFO_BYTES);
-    if info_bytes
-        .zip(kv_bytes)
-        .and_then(|(a, b)| a.checked_add(b))
-        .is_none_or(|n| n > c.remaining())
-    {
+    if info_bytes.zip(kv_bytes).and_then(|(a, b)| a.checked_add(b)).is_none_or(|n| n > c.remaining()) {
         return Err(Error::gguf(
             n_tensors_at,
             "n_tensors",
-            format!(
-                "{n_tensors} tensors cannot fit in the {} bytes left",
-                c.remaining()
-            ),
+            format!("{n_tensors} tensors cannot fit in the {} bytes left", c.remaining()),
         ));
     }
 
@@ -334,9 +284,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed> {
         .ok_or_else(|| Error::gguf(c.pos(), "data", "data offset overflows"))?;
     // Offsets are contiguous (checked per tensor), so the last tensor ends the data section.
     if let Some(t) = tensors.last() {
-        let end = data_offset
-            .checked_add(t.offset)
-            .and_then(|o| o.checked_add(t.n_bytes));
+        let end = data_offset.checked_add(t.offset).and_then(|o| o.checked_add(t.n_bytes));
         if end.is_none_or(|e| e > buf.len() as u64) {
             return Err(Error::gguf(
                 data_offset,
@@ -349,21 +297,12 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed> {
             ));
         }
     }
-    Ok(Parsed {
-        version,
-        metadata,
-        metadata_offsets,
-        tensors,
-        alignment,
-        data_offset,
-    })
+    Ok(Parsed { version, metadata, metadata_offsets, tensors, alignment, data_offset })
 }
 
 /// Magic and version.
 fn parse_header_start(c: &mut Cursor) -> Result<u32> {
-    let magic = c
-        .take(4, "magic")
-        .map_err(|_| Error::gguf(0, "magic", "not a GGUF file (shorter than 4 bytes)"))?;
+    let magic = c.take(4, "magic").map_err(|_| Error::gguf(0, "magic", "not a GGUF file (shorter than 4 bytes)"))?;
     match magic {
         b"GGUF" => {}
         b"FUGG" => {
@@ -377,17 +316,18 @@ fn parse_header_start(c: &mut Cursor) -> Result<u32> {
             return Err(Error::gguf(
                 0,
                 "magic",
-                format!(
-                    "not a GGUF file (magic {:?}, expected \"GGUF\")",
-                    magic.escape_ascii().to_string()
-                ),
+                format!("not a GGUF file (magic {:?}, expected \"GGUF\")", magic.escape_ascii().to_string()),
             ))
         }
     }
     let version = c.u32("version")?;
     match version {
         2 | 3 => Ok(version),
-        1 => Err(Error::gguf(4, "version", "GGUF version 1 is no longer supported (re-convert the model); supported versions: 2, 3")),
+        1 => Err(Error::gguf(
+            4,
+            "version",
+            "GGUF version 1 is no longer supported (re-convert the model); supported versions: 2, 3",
+        )),
         v if (2..=3).contains(&v.swap_bytes()) => Err(Error::gguf(
             4,
             "version",
@@ -438,31 +378,16 @@ fn alignment(metadata: &[(String, Value)], offsets: &[u64]) -> Result<u64> {
     let (at, field) = (offsets[i], "kv[\"general.alignment\"]");
     match metadata[i].1 {
         Value::U32(a) if a.is_power_of_two() && (a as u64) <= GGUF_MAX_ALIGNMENT => Ok(a as u64),
-        Value::U32(a) => Err(Error::gguf(
-            at,
-            field,
-            format!("alignment {a} is not a power of two in 1..={GGUF_MAX_ALIGNMENT}"),
-        )),
-        ref v => Err(Error::gguf(
-            at,
-            field,
-            format!("alignment must be a u32, found {}", v.value_type()),
-        )),
+        Value::U32(a) => {
+            Err(Error::gguf(at, field, format!("alignment {a} is not a power of two in 1..={GGUF_MAX_ALIGNMENT}")))
+        }
+        ref v => Err(Error::gguf(at, field, format!("alignment must be a u32, found {}", v.value_type()))),
     }
 }
 
-fn parse_tensor_infos(
-    c: &mut Cursor,
-    n_tensors: u64,
-    n_tensors_at: u64,
-    alignment: u64,
-) -> Result<Vec<TensorInfo>> {
+fn parse_tensor_infos(c: &mut Cursor, n_tensors: u64, n_tensors_at: u64, alignment: u64) -> Result<Vec<TensorInfo>> {
     let per_entry = std::mem::size_of::<TensorInfo>() as u64 + 8 + DUP_MAP_BYTES;
-    c.charge(
-        n_tensors.saturating_mul(per_entry),
-        n_tensors_at,
-        "n_tensors",
-    )?;
+    c.charge(n_tensors.saturating_mul(per_entry), n_tensors_at, "n_tensors")?;
     let n = n_tensors as usize;
     let mut tensors = Vec::with_capacity(n);
     let mut name_offsets = Vec::with_capacity(n);
@@ -500,23 +425,13 @@ fn parse_tensor_infos(
             n_elements = n_elements
                 .checked_mul(dim)
                 .filter(|n| *n <= i64::MAX as u64)
-                .ok_or_else(|| {
-                    Error::gguf(
-                        d_at,
-                        f(&ne),
-                        format!("tensor {name:?}: element count overflows"),
-                    )
-                })?;
+                .ok_or_else(|| Error::gguf(d_at, f(&ne), format!("tensor {name:?}: element count overflows")))?;
             shape.push(dim);
         }
         let type_at = c.pos();
         let type_id = c.u32(&f("type"))?;
         let qtype = QType::from_id(type_id).ok_or_else(|| {
-            Error::gguf(
-                type_at,
-                f("type"),
-                format!("tensor {name:?} has unknown GGML type {type_id}"),
-            )
+            Error::gguf(type_at, f("type"), format!("tensor {name:?} has unknown GGML type {type_id}"))
         })?;
         let ne0 = shape.first().copied().unwrap_or(1);
         let n_bytes = row_bytes_total(qtype, ne0, n_elements).ok_or_else(|| {
@@ -543,21 +458,8 @@ fn parse_tensor_infos(
         expected_offset = offset
             .checked_add(n_bytes)
             .and_then(|end| end.checked_next_multiple_of(alignment))
-            .ok_or_else(|| {
-                Error::gguf(
-                    off_at,
-                    f("offset"),
-                    format!("tensor {name:?}: data section size overflows"),
-                )
-            })?;
-        tensors.push(TensorInfo {
-            name,
-            shape,
-            qtype,
-            offset,
-            n_bytes,
-            n_elements,
-        });
+            .ok_or_else(|| Error::gguf(off_at, f("offset"), format!("tensor {name:?}: data section size overflows")))?;
+        tensors.push(TensorInfo { name, shape, qtype, offset, n_bytes, n_elements });
         name_offsets.push(at);
     }
     let mut seen: HashMap<&str, u64> = HashMap::with_capacity(n);

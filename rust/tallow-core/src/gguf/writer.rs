@@ -34,11 +34,7 @@ impl Default for GgufWriter {
 impl GgufWriter {
     /// A version 3 file with the default alignment (32).
     pub fn new() -> Self {
-        GgufWriter {
-            version: 3,
-            metadata: Vec::new(),
-            tensors: Vec::new(),
-        }
+        GgufWriter { version: 3, metadata: Vec::new(), tensors: Vec::new() }
     }
 
     /// Sets the version written in the header (1, 2 or 3; anything else is written as is).
@@ -73,22 +69,13 @@ impl GgufWriter {
     ) -> Result<&mut Self> {
         let name = name.into();
         if name.is_empty() || name.len() >= GGUF_MAX_NAME {
-            return Err(Error::invalid(
-                "name",
-                format!("tensor name must be 1..{GGUF_MAX_NAME} bytes"),
-            ));
+            return Err(Error::invalid("name", format!("tensor name must be 1..{GGUF_MAX_NAME} bytes")));
         }
         if self.tensors.iter().any(|t| t.name == name) {
-            return Err(Error::invalid(
-                "name",
-                format!("duplicate tensor name {name:?}"),
-            ));
+            return Err(Error::invalid("name", format!("duplicate tensor name {name:?}")));
         }
         if shape.len() > GGUF_MAX_DIMS {
-            return Err(Error::invalid(
-                "shape",
-                format!("at most {GGUF_MAX_DIMS} dimensions"),
-            ));
+            return Err(Error::invalid("shape", format!("at most {GGUF_MAX_DIMS} dimensions")));
         }
         let n_elements = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
         let ne0 = shape.first().copied().unwrap_or(1);
@@ -98,37 +85,21 @@ impl GgufWriter {
         match n_bytes {
             Some(n) if n == data.len() as u64 => {}
             Some(n) => {
-                return Err(Error::invalid(
-                    "data",
-                    format!("tensor {name:?} needs {n} bytes, got {}", data.len()),
-                ))
+                return Err(Error::invalid("data", format!("tensor {name:?} needs {n} bytes, got {}", data.len())))
             }
             None => {
                 return Err(Error::invalid(
                     "shape",
-                    format!(
-                        "{shape:?} is not a whole number of {qtype} rows (block size {})",
-                        qtype.block_size()
-                    ),
+                    format!("{shape:?} is not a whole number of {qtype} rows (block size {})", qtype.block_size()),
                 ))
             }
         }
-        self.tensors.push(PendingTensor {
-            name,
-            shape: shape.to_vec(),
-            qtype,
-            data,
-        });
+        self.tensors.push(PendingTensor { name, shape: shape.to_vec(), qtype, data });
         Ok(self)
     }
 
     /// Adds an F32 tensor from values.
-    pub fn add_f32_tensor(
-        &mut self,
-        name: impl Into<String>,
-        shape: &[u64],
-        values: &[f32],
-    ) -> Result<&mut Self> {
+    pub fn add_f32_tensor(&mut self, name: impl Into<String>, shape: &[u64], values: &[f32]) -> Result<&mut Self> {
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.add_tensor(name, shape, QType::F32, data)
     }
@@ -142,10 +113,7 @@ impl GgufWriter {
 
     /// The complete file.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = ByteSink {
-            out: Vec::new(),
-            version: self.version,
-        };
+        let mut w = ByteSink { out: Vec::new(), version: self.version };
         let align = self.alignment() as usize;
         w.out.extend_from_slice(b"GGUF");
         w.u32(self.version);
@@ -177,10 +145,7 @@ impl GgufWriter {
 
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, self.to_bytes()).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })
+        std::fs::write(path, self.to_bytes()).map_err(|source| Error::Io { path: path.display().to_string(), source })
     }
 }
 

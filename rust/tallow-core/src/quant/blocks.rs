@@ -58,7 +58,5 @@ impl ActBlock for BlockQ8K {
 /// Views `blocks` as bytes (what the vec_dot kernels take for the activation side).
 pub fn as_bytes<T: ActBlock>(blocks: &[T]) -> &[u8] {
     // SAFETY: repr(C) plain data; the byte view covers exactly the slice.
-    unsafe {
-        std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks))
-    }
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks)) }
 }

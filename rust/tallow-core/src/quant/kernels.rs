@@ -157,60 +157,34 @@ impl Kernels {
 
     /// The fastest table this CPU runs.
     pub fn best() -> Kernels {
-        Kernels::avx512vnni()
-            .or_else(Kernels::avx2)
-            .or_else(Kernels::neon)
-            .unwrap_or_else(Kernels::scalar)
+        Kernels::avx512vnni().or_else(Kernels::avx2).or_else(Kernels::neon).unwrap_or_else(Kernels::scalar)
     }
 
     /// Every table this CPU can run, best last (tests compare each against `scalar`).
     pub fn available() -> Vec<Kernels> {
-        [
-            Some(Kernels::scalar()),
-            Kernels::avx2(),
-            Kernels::avx512vnni(),
-            Kernels::neon(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+        [Some(Kernels::scalar()), Kernels::avx2(), Kernels::avx512vnni(), Kernels::neon()]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// f32 -> Q8_0, one block per 32 values.
     pub fn quantize_q8_0(&self, x: &[f32], y: &mut [BlockQ8_0]) {
-        assert_eq!(
-            x.len(),
-            y.len() * 32,
-            "quantize_q8_0: {} values for {} blocks",
-            x.len(),
-            y.len()
-        );
+        assert_eq!(x.len(), y.len() * 32, "quantize_q8_0: {} values for {} blocks", x.len(), y.len());
         // SAFETY: this table was built for this CPU.
         unsafe { (self.quantize_q8_0)(x, y) }
     }
 
     /// f32 -> Q8_1, one block per 32 values.
     pub fn quantize_q8_1(&self, x: &[f32], y: &mut [BlockQ8_1]) {
-        assert_eq!(
-            x.len(),
-            y.len() * 32,
-            "quantize_q8_1: {} values for {} blocks",
-            x.len(),
-            y.len()
-        );
+        assert_eq!(x.len(), y.len() * 32, "quantize_q8_1: {} values for {} blocks", x.len(), y.len());
         // SAFETY: this table was built for this CPU.
         unsafe { (self.quantize_q8_1)(x, y) }
     }
 
     /// f32 -> Q8_K, one block per 256 values.
     pub fn quantize_q8_k(&self, x: &[f32], y: &mut [BlockQ8K]) {
-        assert_eq!(
-            x.len(),
-            y.len() * 256,
-            "quantize_q8_k: {} values for {} blocks",
-            x.len(),
-            y.len()
-        );
+        assert_eq!(x.len(), y.len() * 256, "quantize_q8_k: {} values for {} blocks", x.len(), y.len());
         // SAFETY: this table was built for this CPU.
         unsafe { (self.quantize_q8_k)(x, y) }
     }
@@ -236,20 +210,10 @@ impl Kernels {
     /// Safe single dot product (tests, benchmarks): `n` weights of `qtype` in `w` with the
     /// matching activation blocks in `a`. Panics if the byte lengths do not match `n`.
     pub fn vec_dot(&self, qtype: QType, n: usize, w: &[u8], a: &[u8]) -> f32 {
-        let f = self
-            .vec_dot_fn(qtype)
-            .unwrap_or_else(|| panic!("no quantized dot product for {qtype}"));
+        let f = self.vec_dot_fn(qtype).unwrap_or_else(|| panic!("no quantized dot product for {qtype}"));
         let act = super::act_type(qtype).expect("quantized type has an activation type");
-        assert_eq!(
-            Some(w.len() as u64),
-            qtype.row_bytes(n as u64),
-            "vec_dot {qtype}: weight bytes"
-        );
-        assert_eq!(
-            Some(a.len() as u64),
-            act.row_bytes(n as u64),
-            "vec_dot {qtype}: activation bytes"
-        );
+        assert_eq!(Some(w.len() as u64), qtype.row_bytes(n as u64), "vec_dot {qtype}: weight bytes");
+        assert_eq!(Some(a.len() as u64), act.row_bytes(n as u64), "vec_dot {qtype}: activation bytes");
         // SAFETY: this table was built for this CPU; lengths checked above.
         unsafe { f(n, w, a) }
     }

@@ -20,9 +20,7 @@ impl MatmulScratch {
     /// `n` blocks of `T` (zeroed on growth, otherwise left over from earlier calls).
     pub(crate) fn blocks<T>(&mut self, n: usize) -> &mut [T] {
         assert!(std::mem::align_of::<T>() <= 8);
-        let bytes = n
-            .checked_mul(std::mem::size_of::<T>())
-            .expect("scratch size overflows");
+        let bytes = n.checked_mul(std::mem::size_of::<T>()).expect("scratch size overflows");
         if self.buf.len() * 8 < bytes {
             self.buf.resize(bytes.div_ceil(8), 0);
         }
@@ -46,14 +44,7 @@ unsafe impl<T> Sync for SyncPtr<T> {}
 /// process-wide kernels ([`kernels()`]).
 ///
 /// `x` is `[n_tokens, cols]`, `y` is `[n_tokens, rows]`, both row-major.
-pub fn matmul(
-    w: &QTensor,
-    x: &[f32],
-    n_tokens: usize,
-    y: &mut [f32],
-    scratch: &mut MatmulScratch,
-    pool: &ThreadPool,
-) {
+pub fn matmul(w: &QTensor, x: &[f32], n_tokens: usize, y: &mut [f32], scratch: &mut MatmulScratch, pool: &ThreadPool) {
     matmul_with(kernels(), w, x, n_tokens, y, scratch, pool)
 }
 
@@ -67,38 +58,16 @@ pub fn matmul_with(
     scratch: &mut MatmulScratch,
     pool: &ThreadPool,
 ) {
-    assert_eq!(
-        x.len(),
-        n_tokens * w.cols,
-        "matmul {}: x has {} values, want {}x{}",
-        w.name,
-        x.len(),
-        n_tokens,
-        w.cols
-    );
-    assert_eq!(
-        y.len(),
-        n_tokens * w.rows,
-        "matmul {}: y has {} values, want {}x{}",
-        w.name,
-        y.len(),
-        n_tokens,
-        w.rows
-    );
+    assert_eq!(x.len(), n_tokens * w.cols, "matmul {}: x has {} values, want {}x{}", w.name, x.len(), n_tokens, w.cols);
+    assert_eq!(y.len(), n_tokens * w.rows, "matmul {}: y has {} values, want {}x{}", w.name, y.len(), n_tokens, w.rows);
     let Some(dot) = k.vec_dot_fn(w.qtype) else {
         // F32/F16/BF16: candle's generic path.
         return reference::matmul_candle(w, x, n_tokens, y, scratch, pool);
     };
     match super::act_type(w.qtype) {
-        Some(QType::Q8_0) => run::<BlockQ8_0>(w, x, n_tokens, y, scratch, pool, dot, &|x, b| {
-            k.quantize_q8_0(x, b)
-        }),
-        Some(QType::Q8_1) => run::<BlockQ8_1>(w, x, n_tokens, y, scratch, pool, dot, &|x, b| {
-            k.quantize_q8_1(x, b)
-        }),
-        Some(QType::Q8_K) => run::<BlockQ8K>(w, x, n_tokens, y, scratch, pool, dot, &|x, b| {
-            k.quantize_q8_k(x, b)
-        }),
+        Some(QType::Q8_0) => run::<BlockQ8_0>(w, x, n_tokens, y, scratch, pool, dot, &|x, b| k.quantize_q8_0(x, b)),
+        Some(QType::Q8_1) => run::<BlockQ8_1>(w, x, n_tokens, y, scratch, pool, dot, &|x, b| k.quantize_q8_1(x, b)),
+        Some(QType::Q8_K) => run::<BlockQ8K>(w, x, n_tokens, y, scratch, pool, dot, &|x, b| k.quantize_q8_k(x, b)),
         other => unreachable!("{} pairs with {other:?}", w.qtype),
     }
 }
@@ -132,10 +101,7 @@ fn run<A: ActBlock + Send + Sync>(
     }
     let xq_bytes = super::blocks::as_bytes::<A>(xq);
     let data = w.data();
-    let row_bytes = w
-        .qtype
-        .row_bytes(cols as u64)
-        .expect("QTensor has whole blocks") as usize;
+    let row_bytes = w.qtype.row_bytes(cols as u64).expect("QTensor has whole blocks") as usize;
     assert!(data.len() >= rows * row_bytes && xq_bytes.len() >= n_tokens * act_row);
     let out = SyncPtr(y.as_mut_ptr());
     pool.run(&|i, n| {

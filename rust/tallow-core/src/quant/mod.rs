@@ -38,9 +38,7 @@ pub fn check_supported(name: &str, qtype: QType) -> Result<()> {
     if qtype.is_supported() {
         Ok(())
     } else {
-        Err(Error::unsupported(format!(
-            "tensor {name:?} has type {qtype}, which tallow does not support yet"
-        )))
+        Err(Error::unsupported(format!("tensor {name:?} has type {qtype}, which tallow does not support yet")))
     }
 }
 
@@ -58,7 +56,5 @@ pub fn act_type(qtype: QType) -> Option<QType> {
 /// Whether this CPU has what `x86_avx2.rs` needs.
 #[cfg(target_arch = "x86_64")]
 fn x86_avx2_detected() -> bool {
-    is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
 }

@@ -130,10 +130,7 @@ impl QType {
     /// Whether tallow can dequantize and multiply with this type.
     pub const fn is_supported(self) -> bool {
         use QType::*;
-        matches!(
-            self,
-            F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K
-        )
+        matches!(self, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
     }
 
     /// Bytes of one row of `n` elements, or `None` if `n` is not a whole number of blocks

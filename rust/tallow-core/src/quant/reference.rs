@@ -5,8 +5,7 @@ use super::matmul::{MatmulScratch, SyncPtr};
 use super::{QTensor, QType};
 use crate::threadpool::{split_range, ThreadPool};
 use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8_0,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
 };
 use candle_core::quantized::GgmlType;
 use half::{bf16, f16};
@@ -75,15 +74,8 @@ macro_rules! with_block_type {
 /// Views raw GGUF bytes as blocks of `T`.
 pub(crate) fn as_blocks<T: GgmlType>(bytes: &[u8]) -> &[T] {
     let size = std::mem::size_of::<T>();
-    assert!(
-        bytes.len().is_multiple_of(size),
-        "byte length {} is not a whole number of blocks",
-        bytes.len()
-    );
-    assert!(
-        (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()),
-        "misaligned blocks"
-    );
+    assert!(bytes.len().is_multiple_of(size), "byte length {} is not a whole number of blocks", bytes.len());
+    assert!((bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()), "misaligned blocks");
     // SAFETY: length and alignment checked above; the block types are repr(C) plain data
     // (ints and floats) for which every bit pattern is valid.
     unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, bytes.len() / size) }
@@ -106,24 +98,8 @@ pub fn matmul_candle(
     scratch: &mut MatmulScratch,
     pool: &ThreadPool,
 ) {
-    assert_eq!(
-        x.len(),
-        n_tokens * w.cols,
-        "matmul {}: x has {} values, want {}x{}",
-        w.name,
-        x.len(),
-        n_tokens,
-        w.cols
-    );
-    assert_eq!(
-        y.len(),
-        n_tokens * w.rows,
-        "matmul {}: y has {} values, want {}x{}",
-        w.name,
-        y.len(),
-        n_tokens,
-        w.rows
-    );
+    assert_eq!(x.len(), n_tokens * w.cols, "matmul {}: x has {} values, want {}x{}", w.name, x.len(), n_tokens, w.cols);
+    assert_eq!(y.len(), n_tokens * w.rows, "matmul {}: y has {} values, want {}x{}", w.name, y.len(), n_tokens, w.rows);
     with_block_type!(w.qtype, T => matmul_typed::<T>(w, x, n_tokens, y, scratch, pool))
 }
 
@@ -140,10 +116,7 @@ fn matmul_typed<T: GgmlType>(
     let nb_w = cols / T::BLCK_SIZE;
     let xq = scratch.blocks::<T::VecDotType>(n_tokens * nb_x);
     for t in 0..n_tokens {
-        T::VecDotType::from_float(
-            &x[t * cols..(t + 1) * cols],
-            &mut xq[t * nb_x..(t + 1) * nb_x],
-        );
+        T::VecDotType::from_float(&x[t * cols..(t + 1) * cols], &mut xq[t * nb_x..(t + 1) * nb_x]);
     }
     let xq: &[T::VecDotType] = xq;
     let wb = as_blocks::<T>(w.data());

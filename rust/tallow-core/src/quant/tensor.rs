@@ -15,7 +15,10 @@ enum Bytes {
         len: usize,
     },
     /// u64 storage keeps every block type aligned.
-    Owned { buf: Arc<[u64]>, len: usize },
+    Owned {
+        buf: Arc<[u64]>,
+        len: usize,
+    },
 }
 
 /// A weight matrix of `rows` rows of `cols` elements in GGML layout: `shape = [cols, rows]`
@@ -31,11 +34,7 @@ pub struct QTensor {
 
 impl std::fmt::Debug for QTensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "QTensor({} {} [{} x {}])",
-            self.name, self.qtype, self.rows, self.cols
-        )
+        write!(f, "QTensor({} {} [{} x {}])", self.name, self.qtype, self.rows, self.cols)
     }
 }
 
@@ -54,68 +53,33 @@ impl QTensor {
         let align = super::block_align(t.qtype);
         let bytes = if (data.as_ptr() as usize).is_multiple_of(align) {
             let start = (file.data_offset() + t.offset) as usize;
-            Bytes::Mapped {
-                file: file.clone(),
-                start,
-                len: data.len(),
-            }
+            Bytes::Mapped { file: file.clone(), start, len: data.len() }
         } else {
             Self::owned_copy(data)
         };
-        Ok(QTensor {
-            name: t.name.clone(),
-            qtype: t.qtype,
-            cols,
-            rows,
-            bytes,
-        })
+        Ok(QTensor { name: t.name.clone(), qtype: t.qtype, cols, rows, bytes })
     }
 
     /// A tensor over owned bytes (tests, synthetic weights, repacked layouts).
-    pub fn from_bytes(
-        name: &str,
-        qtype: QType,
-        rows: usize,
-        cols: usize,
-        data: &[u8],
-    ) -> Result<QTensor> {
+    pub fn from_bytes(name: &str, qtype: QType, rows: usize, cols: usize, data: &[u8]) -> Result<QTensor> {
         let want = qtype
             .row_bytes(cols as u64)
             .and_then(|r| r.checked_mul(rows as u64))
-            .ok_or_else(|| {
-                Error::invalid(
-                    "cols",
-                    format!("{cols} is not a multiple of the {qtype} block size"),
-                )
-            })?;
+            .ok_or_else(|| Error::invalid("cols", format!("{cols} is not a multiple of the {qtype} block size")))?;
         if want != data.len() as u64 {
             return Err(Error::invalid(
                 "data",
-                format!(
-                    "expected {want} bytes for {rows}x{cols} {qtype}, got {}",
-                    data.len()
-                ),
+                format!("expected {want} bytes for {rows}x{cols} {qtype}, got {}", data.len()),
             ));
         }
-        Ok(QTensor {
-            name: name.to_string(),
-            qtype,
-            cols,
-            rows,
-            bytes: Self::owned_copy(data),
-        })
+        Ok(QTensor { name: name.to_string(), qtype, cols, rows, bytes: Self::owned_copy(data) })
     }
 
     fn owned_copy(data: &[u8]) -> Bytes {
         let mut buf = vec![0u64; data.len().div_ceil(8)];
         // SAFETY: `buf` has at least `data.len()` bytes; u64 has no invalid bit patterns.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), buf.as_mut_ptr() as *mut u8, data.len())
-        };
-        Bytes::Owned {
-            buf: buf.into(),
-            len: data.len(),
-        }
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.as_mut_ptr() as *mut u8, data.len()) };
+        Bytes::Owned { buf: buf.into(), len: data.len() }
     }
 
     /// The raw blocks, row after row.

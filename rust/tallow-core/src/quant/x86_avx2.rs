@@ -78,12 +78,7 @@ fn round_away(v: __m256) -> __m256 {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn scale4(v: [__m256; 4], s: __m256) -> [__m256; 4] {
-    [
-        _mm256_mul_ps(v[0], s),
-        _mm256_mul_ps(v[1], s),
-        _mm256_mul_ps(v[2], s),
-        _mm256_mul_ps(v[3], s),
-    ]
+    [_mm256_mul_ps(v[0], s), _mm256_mul_ps(v[1], s), _mm256_mul_ps(v[2], s), _mm256_mul_ps(v[3], s)]
 }
 
 /// Rounds 32 floats (`v[0..4]` × 8 lanes) to i8 with saturation, in element order.
@@ -98,10 +93,7 @@ fn round_pack_32(v: [__m256; 4]) -> (__m256i, __m256i) {
     let sum = _mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3));
     // packs work per 128-bit lane; the dword permute restores element order.
     let p = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
-    (
-        _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)),
-        sum,
-    )
+    (_mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)), sum)
 }
 
 /// 16 bytes of packed nibbles -> 32 bytes: low nibbles (elements 0..16) then high (16..32).
@@ -120,12 +112,7 @@ pub(super) unsafe fn bytes_from_bits_32(p: *const u8) -> __m256i {
     let bits = unsafe { (p as *const u32).read_unaligned() };
     let spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(bits as i32),
-        _mm256_set_epi64x(
-            0x0303030303030303,
-            0x0202020202020202,
-            0x0101010101010101,
-            0,
-        ),
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
     );
     let probe = _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
     _mm256_cmpeq_epi8(probe, _mm256_set1_epi64x(-1))
@@ -159,14 +146,7 @@ fn load_32_amax(xs: &[f32]) -> ([__m256; 4], f32) {
     assert!(xs.len() >= 32);
     let p = xs.as_ptr();
     // SAFETY: 32 elements checked above.
-    let v = unsafe {
-        [
-            load8(p),
-            load8(p.add(8)),
-            load8(p.add(16)),
-            load8(p.add(24)),
-        ]
-    };
+    let v = unsafe { [load8(p), load8(p.add(8)), load8(p.add(16)), load8(p.add(24))] };
     let sign = _mm256_set1_ps(-0.0);
     let m01 = _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1]));
     let m23 = _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3]));
@@ -214,11 +194,7 @@ pub unsafe fn quantize_q8_k(x: &[f32], y: &mut [BlockQ8K]) {
             amax = amax.max(load_32_amax(c).1);
         }
         if amax == 0.0 {
-            *blk = BlockQ8K {
-                d: 0.0,
-                qs: [0; QK_K],
-                bsums: [0; QK_K / 16],
-            };
+            *blk = BlockQ8K { d: 0.0, qs: [0; QK_K], bsums: [0; QK_K / 16] };
             continue;
         }
         // The reference scales by the first element of largest magnitude, keeping its sign.
@@ -231,10 +207,7 @@ pub unsafe fn quantize_q8_k(x: &[f32], y: &mut [BlockQ8K]) {
             // SAFETY: chunk k of 32 bytes lies inside qs (256 bytes).
             unsafe { _mm256_storeu_si256(blk.qs.as_mut_ptr().add(32 * k) as *mut __m256i, q) };
             // Sums of 16: bytes -> pairs -> quads (i32 per 128-bit lane = 16 elements).
-            let quads = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(_mm256_set1_epi8(1), q),
-                _mm256_set1_epi16(1),
-            );
+            let quads = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q), _mm256_set1_epi16(1));
             let s = _mm256_hadd_epi32(quads, quads);
             let s = _mm256_hadd_epi32(s, s);
             blk.bsums[2 * k] = _mm256_extract_epi32::<0>(s) as i16;
@@ -296,10 +269,7 @@ pub unsafe fn vec_dot_q5_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
             let (wp, ap) = (w.as_ptr().add(i * 22), a.as_ptr().add(i * 34));
             let d = _mm256_set1_ps(load_f16(wp) * load_f16(ap));
             // nibble | 0xF0 where the 5th bit is clear == (nibble | bit << 4) - 16 as i8.
-            let hi = _mm256_andnot_si256(
-                bytes_from_bits_32(wp.add(2)),
-                _mm256_set1_epi8(0xF0u8 as i8),
-            );
+            let hi = _mm256_andnot_si256(bytes_from_bits_32(wp.add(2)), _mm256_set1_epi8(0xF0u8 as i8));
             let qx = _mm256_or_si256(bytes_from_nibbles_32(wp.add(6)), hi);
             let qy = _mm256_loadu_si256(ap.add(2) as *const __m256i);
             acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
@@ -352,14 +322,8 @@ pub unsafe fn vec_dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
 pub(super) fn q4k_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let u = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
     let (u0, u1, u2) = (u(0), u(1), u(2));
-    let sc = [
-        u0 & 0x3f3f3f3f,
-        (u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4),
-    ];
-    let mn = [
-        u1 & 0x3f3f3f3f,
-        ((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4),
-    ];
+    let sc = [u0 & 0x3f3f3f3f, (u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)];
+    let mn = [u1 & 0x3f3f3f3f, ((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)];
     let mut scales = [0u8; 8];
     let mut mins = [0u8; 8];
     scales[..4].copy_from_slice(&sc[0].to_le_bytes());
@@ -399,14 +363,8 @@ pub unsafe fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
                 let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
                 let q8l = _mm256_loadu_si256(ab.as_ptr().add(4 + 64 * j) as *const __m256i);
                 let q8h = _mm256_loadu_si256(ab.as_ptr().add(4 + 64 * j + 32) as *const __m256i);
-                let pl = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(q4l, q8l),
-                    _mm256_set1_epi16(scales[2 * j] as i16),
-                );
-                let ph = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(q4h, q8h),
-                    _mm256_set1_epi16(scales[2 * j + 1] as i16),
-                );
+                let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(q4l, q8l), _mm256_set1_epi16(scales[2 * j] as i16));
+                let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q4h, q8h), _mm256_set1_epi16(scales[2 * j + 1] as i16));
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
             }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
@@ -448,25 +406,17 @@ pub unsafe fn vec_dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
                     ),
                     _mm256_or_si256(
                         _mm256_and_si256(_mm256_srli_epi16::<4>(ql2), m4),
-                        _mm256_srli_epi16::<2>(_mm256_and_si256(
-                            qh,
-                            _mm256_set1_epi8(0xC0u8 as i8),
-                        )),
+                        _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8))),
                     ),
                 ];
                 for (k, &qk) in q.iter().enumerate() {
-                    let q8 =
-                        _mm256_loadu_si256(ab.as_ptr().add(4 + 128 * h + 32 * k) as *const __m256i);
+                    let q8 = _mm256_loadu_si256(ab.as_ptr().add(4 + 128 * h + 32 * k) as *const __m256i);
                     // (q - 32)·y = q·y - 32·y; both maddubs stay inside i16.
-                    let p = _mm256_sub_epi16(
-                        _mm256_maddubs_epi16(qk, q8),
-                        _mm256_maddubs_epi16(_mm256_set1_epi8(32), q8),
-                    );
+                    let p =
+                        _mm256_sub_epi16(_mm256_maddubs_epi16(qk, q8), _mm256_maddubs_epi16(_mm256_set1_epi8(32), q8));
                     let s = 8 * h + 2 * k;
-                    let scv = _mm256_set_m128i(
-                        _mm_set1_epi16(sc[s + 1] as i8 as i16),
-                        _mm_set1_epi16(sc[s] as i8 as i16),
-                    );
+                    let scv =
+                        _mm256_set_m128i(_mm_set1_epi16(sc[s + 1] as i8 as i16), _mm_set1_epi16(sc[s] as i8 as i16));
                     sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv));
                 }
             }

@@ -39,19 +39,13 @@ fn dot_i8(x: __m512i, y: __m512i) -> __m512 {
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 fn scales2(d0: f32, d1: f32) -> __m512 {
-    _mm512_insertf32x8::<1>(
-        _mm512_castps256_ps512(_mm256_set1_ps(d0)),
-        _mm256_set1_ps(d1),
-    )
+    _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_set1_ps(d0)), _mm256_set1_ps(d1))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 fn hsum_f32_16(x: __m512) -> f32 {
-    hsum_f32_8(_mm256_add_ps(
-        _mm512_castps512_ps256(x),
-        _mm512_extractf32x8_ps::<1>(x),
-    ))
+    hsum_f32_8(_mm256_add_ps(_mm512_castps512_ps256(x), _mm512_extractf32x8_ps::<1>(x)))
 }
 
 /// The shared loop: `block(i)` yields (weight quants, activation quants, scale, extra) for
@@ -117,12 +111,7 @@ pub unsafe fn vec_dot_q4_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
             let (wp, ap) = (w.as_ptr().add(i * 20), a.as_ptr().add(i * 36));
             let qx = bytes_from_nibbles_32(wp.add(4));
             let qy = _mm256_loadu_si256(ap.add(4) as *const __m256i);
-            (
-                qx,
-                qy,
-                load_f16(wp) * load_f16(ap),
-                load_f16(wp.add(2)) * load_f16(ap.add(2)),
-            )
+            (qx, qy, load_f16(wp) * load_f16(ap), load_f16(wp.add(2)) * load_f16(ap.add(2)))
         }
     })
 }
@@ -135,10 +124,7 @@ pub unsafe fn vec_dot_q5_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
         // SAFETY: block i lies inside both slices (asserted above).
         unsafe {
             let (wp, ap) = (w.as_ptr().add(i * 22), a.as_ptr().add(i * 34));
-            let hi = _mm256_andnot_si256(
-                bytes_from_bits_32(wp.add(2)),
-                _mm256_set1_epi8(0xF0u8 as i8),
-            );
+            let hi = _mm256_andnot_si256(bytes_from_bits_32(wp.add(2)), _mm256_set1_epi8(0xF0u8 as i8));
             let qx = _mm256_or_si256(bytes_from_nibbles_32(wp.add(6)), hi);
             let qy = _mm256_loadu_si256(ap.add(2) as *const __m256i);
             (qx, qy, load_f16(wp) * load_f16(ap), 0f32)
@@ -157,12 +143,7 @@ pub unsafe fn vec_dot_q5_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
             let hi = _mm256_and_si256(bytes_from_bits_32(wp.add(4)), _mm256_set1_epi8(0x10));
             let qx = _mm256_or_si256(bytes_from_nibbles_32(wp.add(8)), hi);
             let qy = _mm256_loadu_si256(ap.add(4) as *const __m256i);
-            (
-                qx,
-                qy,
-                load_f16(wp) * load_f16(ap),
-                load_f16(wp.add(2)) * load_f16(ap.add(2)),
-            )
+            (qx, qy, load_f16(wp) * load_f16(ap), load_f16(wp.add(2)) * load_f16(ap.add(2)))
         }
     })
 }

@@ -8,9 +8,7 @@ use std::collections::HashMap;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{
-    Model, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, SplitDelimiterBehavior,
-};
+use tokenizers::{Model, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, SplitDelimiterBehavior};
 
 use super::vocab::{is_llama3_pre, Vocab, VocabKind};
 use crate::error::{Error, Result};
@@ -36,27 +34,20 @@ fn pre_tokenizer_for(pre: &str) -> Option<(Vec<&'static str>, bool)> {
         "" | "default" => vec![r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
         p if is_llama3_pre(p) => return Some((vec![LLAMA3], true)),
         "dbrx" | "smaug-bpe" | "chatglm-bpe" | "glm4" => vec![LLAMA3],
-        "deepseek-llm" => vec![
-            "[\r\n]",
-            DEEPSEEK_LLM_LETTERS,
-            r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
-            r"\s+$",
-            CJK,
-            r"\p{N}+",
-        ],
+        "deepseek-llm" => {
+            vec!["[\r\n]", DEEPSEEK_LLM_LETTERS, r"\s?[!-/:-~！-／：-～‘-‟　-。]+", r"\s+$", CJK, r"\p{N}+"]
+        }
         "deepseek-coder" => vec!["[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", CJK, r"\p{N}"],
         "falcon" => vec![r"[\p{P}\$\+<=>\^~\|`]+", GPT2, "[0-9][0-9][0-9]"],
-        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b"
-        | "mellum2" => {
+        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" | "mellum2" => {
             vec![r"\p{N}", GPT2]
         }
-        "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling"
-        | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0"
-        | "mellum" | "modern-bert" | "exaone4" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" => {
+        "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling" | "jina-es" | "jina-de"
+        | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "exaone4"
+        | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" => {
             vec![GPT2]
         }
-        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2" | "hunyuan"
-        | "solar-open" => {
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2" | "hunyuan" | "solar-open" => {
             vec![QWEN2]
         }
         "qwen35" => vec![QWEN35],
@@ -84,18 +75,13 @@ impl BpeEncoder {
         let (splits, ignore_merges) = match vocab.kind {
             VocabKind::Gemma4 => (None, false),
             _ => {
-                let (regexes, ignore_merges) = pre_tokenizer_for(&vocab.pre).ok_or_else(|| {
-                    Error::unsupported(format!("BPE pre-tokenizer '{}'", vocab.pre))
-                })?;
+                let (regexes, ignore_merges) = pre_tokenizer_for(&vocab.pre)
+                    .ok_or_else(|| Error::unsupported(format!("BPE pre-tokenizer '{}'", vocab.pre)))?;
                 let splits = regexes
                     .into_iter()
                     .map(|re| {
-                        Split::new(
-                            SplitPattern::Regex(re.to_string()),
-                            SplitDelimiterBehavior::Isolated,
-                            false,
-                        )
-                        .map_err(|e| tk_err("pre-tokenizer regex", e))
+                        Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
+                            .map_err(|e| tk_err("pre-tokenizer regex", e))
                     })
                     .collect::<Result<Vec<_>>>()?;
                 (Some(splits), ignore_merges)
@@ -118,11 +104,8 @@ impl BpeEncoder {
                 merges.push((l.clone(), r.clone()));
             }
         }
-        let bpe_vocab: tokenizers::models::bpe::Vocab = vocab
-            .token_to_id
-            .iter()
-            .map(|(t, &id)| (t.clone(), id))
-            .collect();
+        let bpe_vocab: tokenizers::models::bpe::Vocab =
+            vocab.token_to_id.iter().map(|(t, &id)| (t.clone(), id)).collect();
         let model = BPE::builder()
             .vocab_and_merges(bpe_vocab, merges)
             .ignore_merges(ignore_merges)
@@ -138,11 +121,7 @@ impl BpeEncoder {
                 }
             }
         }
-        Ok(BpeEncoder {
-            model,
-            splits,
-            newline_tokens,
-        })
+        Ok(BpeEncoder { model, splits, newline_tokens })
     }
 
     fn encode_word(&self, word: &str, out: &mut Vec<u32>) -> Result<()> {
@@ -158,12 +137,9 @@ impl BpeEncoder {
         };
         let mut pretok = PreTokenizedString::from(text);
         for s in splits {
-            s.pre_tokenize(&mut pretok)
-                .map_err(|e| tk_err("pre-tokenizer", e))?;
+            s.pre_tokenize(&mut pretok).map_err(|e| tk_err("pre-tokenizer", e))?;
         }
-        ByteLevel::new(false, false, false)
-            .pre_tokenize(&mut pretok)
-            .map_err(|e| tk_err("byte-level", e))?;
+        ByteLevel::new(false, false, false).pre_tokenize(&mut pretok).map_err(|e| tk_err("byte-level", e))?;
         for (word, _, _) in pretok.get_splits(OffsetReferential::Original, OffsetType::None) {
             self.encode_word(word, out)?;
         }
@@ -176,11 +152,7 @@ impl BpeEncoder {
         let mut rest = escaped.as_str();
         while !rest.is_empty() {
             let newlines = rest.bytes().take_while(|&b| b == b'\n').count();
-            let run_len = if newlines > 0 {
-                newlines
-            } else {
-                rest.find('\n').unwrap_or(rest.len())
-            };
+            let run_len = if newlines > 0 { newlines } else { rest.find('\n').unwrap_or(rest.len()) };
             let (run, tail) = rest.split_at(run_len);
             match self.newline_tokens.get(&newlines).filter(|_| newlines > 0) {
                 Some(&id) => out.push(id),
@@ -215,11 +187,8 @@ mod tests {
         for pre in pres {
             let (regexes, _) = pre_tokenizer_for(pre).unwrap();
             for re in regexes {
-                if let Err(e) = Split::new(
-                    SplitPattern::Regex(re.to_string()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                ) {
+                if let Err(e) = Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
+                {
                     panic!("{pre}: {re:?}: {e:?}");
                 }
             }

@@ -35,10 +35,7 @@ pub(crate) fn char_to_byte(c: char) -> Option<u8> {
         // The n-th byte that is not kept maps to 256 + n.
         256..=323 => {
             static SHIFTED: OnceLock<Vec<u8>> = OnceLock::new();
-            SHIFTED
-                .get_or_init(|| (0..=255u8).filter(|&b| !is_kept(b)).collect())
-                .get((c - 256) as usize)
-                .copied()
+            SHIFTED.get_or_init(|| (0..=255u8).filter(|&b| !is_kept(b)).collect()).get((c - 256) as usize).copied()
         }
         _ => None,
     }

@@ -54,11 +54,7 @@ impl Tokenizer {
             VocabKind::Bpe | VocabKind::Gemma4 => Encoder::Bpe(BpeEncoder::new(&vocab)?),
             VocabKind::Wpm => Encoder::Wpm(WpmEncoder::new(&vocab)?),
         };
-        Ok(Tokenizer {
-            vocab,
-            special,
-            encoder,
-        })
+        Ok(Tokenizer { vocab, special, encoder })
     }
 
     pub fn n_vocab(&self) -> usize {
@@ -199,10 +195,7 @@ impl Tokenizer {
 
     /// Whether the token is a control/unknown token (hidden when decoding with `skip_special`).
     pub fn is_control(&self, id: u32) -> bool {
-        self.vocab
-            .attrs
-            .get(id as usize)
-            .is_some_and(|a| a.has(TokenAttr::CONTROL | TokenAttr::UNKNOWN))
+        self.vocab.attrs.get(id as usize).is_some_and(|a| a.has(TokenAttr::CONTROL | TokenAttr::UNKNOWN))
     }
 }
 

@@ -27,8 +27,7 @@ impl SpecialMatcher {
     pub fn new(vocab: &Vocab) -> Result<SpecialMatcher> {
         let mut ids: Vec<u32> = (0..vocab.n_tokens() as u32)
             .filter(|&id| {
-                vocab.attrs[id as usize]
-                    .has(TokenAttr::CONTROL | TokenAttr::USER_DEFINED | TokenAttr::UNKNOWN)
+                vocab.attrs[id as usize].has(TokenAttr::CONTROL | TokenAttr::USER_DEFINED | TokenAttr::UNKNOWN)
             })
             .collect();
         ids.sort_by_key(|&id| std::cmp::Reverse(vocab.texts[id as usize].len()));
@@ -36,21 +35,13 @@ impl SpecialMatcher {
             None
         } else {
             let patterns = ids.iter().map(|&id| vocab.texts[id as usize].as_str());
-            Some(
-                AhoCorasick::new(patterns)
-                    .map_err(|e| Error::Tokenizer(format!("special-token matcher: {e}")))?,
-            )
+            Some(AhoCorasick::new(patterns).map_err(|e| Error::Tokenizer(format!("special-token matcher: {e}")))?)
         };
         Ok(SpecialMatcher { automaton, ids })
     }
 
     /// Splits `text` into fragments. `parse_special` = false leaves control and unknown tokens as text.
-    pub fn partition<'a>(
-        &self,
-        vocab: &Vocab,
-        text: &'a str,
-        parse_special: bool,
-    ) -> Vec<Fragment<'a>> {
+    pub fn partition<'a>(&self, vocab: &Vocab, text: &'a str, parse_special: bool) -> Vec<Fragment<'a>> {
         let mut frags = Vec::new();
         if text.is_empty() {
             return frags;
@@ -65,9 +56,7 @@ impl SpecialMatcher {
             .find_overlapping_iter(text)
             .map(|m| m.pattern().as_usize())
             .filter(|&p| {
-                parse_special
-                    || !vocab.attrs[self.ids[p] as usize]
-                        .has(TokenAttr::CONTROL | TokenAttr::UNKNOWN)
+                parse_special || !vocab.attrs[self.ids[p] as usize].has(TokenAttr::CONTROL | TokenAttr::UNKNOWN)
             })
             .collect();
         present.sort_unstable();

@@ -39,9 +39,7 @@ impl PartialOrd for Bigram {
 impl Ord for Bigram {
     /// Max-heap order: higher score first, then the leftmost pair.
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score
-            .total_cmp(&other.score)
-            .then_with(|| other.left.cmp(&self.left))
+        self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
     }
 }
 
@@ -50,12 +48,7 @@ pub(crate) fn encode(vocab: &Vocab, text: &str, out: &mut Vec<u32>) {
     let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
     for (start, c) in text.char_indices() {
         let i = symbols.len();
-        symbols.push(Symbol {
-            start,
-            len: c.len_utf8(),
-            prev: i.checked_sub(1),
-            next: Some(i + 1),
-        });
+        symbols.push(Symbol { start, len: c.len_utf8(), prev: i.checked_sub(1), next: Some(i + 1) });
     }
     let Some(last) = symbols.last_mut() else {
         return;
@@ -63,22 +56,14 @@ pub(crate) fn encode(vocab: &Vocab, text: &str, out: &mut Vec<u32>) {
     last.next = None;
 
     let mut queue = BinaryHeap::new();
-    let try_add = |queue: &mut BinaryHeap<Bigram>,
-                   symbols: &[Symbol],
-                   left: Option<usize>,
-                   right: Option<usize>| {
+    let try_add = |queue: &mut BinaryHeap<Bigram>, symbols: &[Symbol], left: Option<usize>, right: Option<usize>| {
         let (Some(l), Some(r)) = (left, right) else {
             return;
         };
         let (sl, sr) = (symbols[l], symbols[r]);
         let pair = &text[sl.start..sr.start + sr.len];
         if let Some(&id) = vocab.token_to_id.get(pair) {
-            queue.push(Bigram {
-                score: vocab.scores[id as usize],
-                left: l,
-                right: r,
-                len: pair.len(),
-            });
+            queue.push(Bigram { score: vocab.scores[id as usize], left: l, right: r, len: pair.len() });
         }
     };
     for i in 1..symbols.len() {

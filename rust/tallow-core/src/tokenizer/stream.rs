@@ -14,10 +14,7 @@ pub struct StreamDecoder {
 impl StreamDecoder {
     /// `skip_special` as in [`Tokenizer::decode`].
     pub fn new(skip_special: bool) -> StreamDecoder {
-        StreamDecoder {
-            pending: Vec::with_capacity(16),
-            skip_special,
-        }
+        StreamDecoder { pending: Vec::with_capacity(16), skip_special }
     }
 
     /// Adds one token; appends to `out` every character it completes. Invalid bytes become
@@ -35,9 +32,7 @@ impl StreamDecoder {
                 Err(e) => {
                     let valid = start + e.valid_up_to();
                     // Valid by construction: `valid_up_to` bytes decoded.
-                    out.push_str(
-                        std::str::from_utf8(&self.pending[start..valid]).unwrap_or_default(),
-                    );
+                    out.push_str(std::str::from_utf8(&self.pending[start..valid]).unwrap_or_default());
                     match e.error_len() {
                         Some(bad) => {
                             out.push(char::REPLACEMENT_CHARACTER);

@@ -107,20 +107,10 @@ fn per_token_f32(file: &GgufFile, key: &str, n: usize) -> Result<Option<Vec<f32>
     let v: Vec<f32> = match arr {
         Array::F32(v) => v.clone(),
         Array::I32(v) => v.iter().map(|&x| x as f32).collect(),
-        other => {
-            return Err(kv_err(
-                file,
-                key,
-                format!("expected f32 array, found {}", other.element_type()),
-            ))
-        }
+        other => return Err(kv_err(file, key, format!("expected f32 array, found {}", other.element_type()))),
     };
     if v.len() != n {
-        return Err(kv_err(
-            file,
-            key,
-            format!("has {} entries but the vocabulary has {n} tokens", v.len()),
-        ));
+        return Err(kv_err(file, key, format!("has {} entries but the vocabulary has {n} tokens", v.len())));
     }
     Ok(Some(v))
 }
@@ -134,20 +124,10 @@ fn per_token_i64(file: &GgufFile, key: &str, n: usize) -> Result<Option<Vec<i64>
         Array::U32(v) => v.iter().map(|&x| x as i64).collect(),
         Array::I8(v) => v.iter().map(|&x| x as i64).collect(),
         Array::U8(v) => v.iter().map(|&x| x as i64).collect(),
-        other => {
-            return Err(kv_err(
-                file,
-                key,
-                format!("expected i32 array, found {}", other.element_type()),
-            ))
-        }
+        other => return Err(kv_err(file, key, format!("expected i32 array, found {}", other.element_type()))),
     };
     if v.len() != n {
-        return Err(kv_err(
-            file,
-            key,
-            format!("has {} entries but the vocabulary has {n} tokens", v.len()),
-        ));
+        return Err(kv_err(file, key, format!("has {} entries but the vocabulary has {n} tokens", v.len())));
     }
     Ok(Some(v))
 }
@@ -229,9 +209,9 @@ impl Vocab {
 
     pub fn load(file: &GgufFile) -> Result<Vocab> {
         const MODEL: &str = "tokenizer.ggml.model";
-        let model = file.get_str(MODEL)?.ok_or_else(|| {
-            Error::gguf(0, format!("kv[{MODEL:?}]"), "missing tokenizer.ggml.model")
-        })?;
+        let model = file
+            .get_str(MODEL)?
+            .ok_or_else(|| Error::gguf(0, format!("kv[{MODEL:?}]"), "missing tokenizer.ggml.model"))?;
         let kind = match model {
             "llama" => VocabKind::Spm,
             "gpt2" => VocabKind::Bpe,
@@ -239,39 +219,21 @@ impl Vocab {
             "bert" => VocabKind::Wpm,
             other => return Err(Error::unsupported(format!("tokenizer model '{other}'"))),
         };
-        let pre = file
-            .get_str("tokenizer.ggml.pre")?
-            .unwrap_or("")
-            .to_string();
+        let pre = file.get_str("tokenizer.ggml.pre")?.unwrap_or("").to_string();
 
         const TOKENS: &str = "tokenizer.ggml.tokens";
         let tokens = match file.get_array(TOKENS)? {
             Some(Array::String(v)) => v,
             Some(other) => {
-                return Err(kv_err(
-                    file,
-                    TOKENS,
-                    format!("expected string array, found {}", other.element_type()),
-                ))
+                return Err(kv_err(file, TOKENS, format!("expected string array, found {}", other.element_type())))
             }
-            None => {
-                return Err(Error::gguf(
-                    0,
-                    format!("kv[{TOKENS:?}]"),
-                    "missing tokenizer.ggml.tokens",
-                ))
-            }
+            None => return Err(Error::gguf(0, format!("kv[{TOKENS:?}]"), "missing tokenizer.ggml.tokens")),
         };
         let n = tokens.len();
         if n == 0 || n > i32::MAX as usize {
-            return Err(kv_err(
-                file,
-                TOKENS,
-                format!("vocabulary size {n} out of range"),
-            ));
+            return Err(kv_err(file, TOKENS, format!("vocabulary size {n} out of range")));
         }
-        let scores =
-            per_token_f32(file, "tokenizer.ggml.scores", n)?.unwrap_or_else(|| vec![0.0; n]);
+        let scores = per_token_f32(file, "tokenizer.ggml.scores", n)?.unwrap_or_else(|| vec![0.0; n]);
         let types = per_token_i64(file, "tokenizer.ggml.token_type", n)?;
 
         let mut texts = Vec::with_capacity(n);
@@ -280,37 +242,18 @@ impl Vocab {
         let mut byte_to_token = [None; 256];
         for (i, t) in tokens.iter().enumerate() {
             if t.len() > MAX_TOKEN_BYTES {
-                return Err(kv_err(
-                    file,
-                    TOKENS,
-                    format!("token {i} is {} bytes long", t.len()),
-                ));
+                return Err(kv_err(file, TOKENS, format!("token {i} is {} bytes long", t.len())));
             }
             // llama.cpp names empty tokens so that lookups and special-token matching stay sane.
-            let text = if t.is_empty() {
-                format!("[EMPTY_{i}]")
-            } else {
-                t.clone()
-            };
-            let attr = types
-                .as_ref()
-                .map_or(TokenAttr::NORMAL, |ty| TokenAttr::from_gguf_type(ty[i]));
+            let text = if t.is_empty() { format!("[EMPTY_{i}]") } else { t.clone() };
+            let attr = types.as_ref().map_or(TokenAttr::NORMAL, |ty| TokenAttr::from_gguf_type(ty[i]));
             if attr.has(TokenAttr::BYTE) {
-                let b = parse_byte_token(&text).ok_or_else(|| {
-                    kv_err(
-                        file,
-                        TOKENS,
-                        format!("byte token {i} has malformed text {text:?}"),
-                    )
-                })?;
+                let b = parse_byte_token(&text)
+                    .ok_or_else(|| kv_err(file, TOKENS, format!("byte token {i} has malformed text {text:?}")))?;
                 byte_to_token[b as usize].get_or_insert(i as u32);
             }
             if token_to_id.insert(text.clone(), i as u32).is_some() {
-                return Err(kv_err(
-                    file,
-                    TOKENS,
-                    format!("duplicate token {text:?} at id {i}"),
-                ));
+                return Err(kv_err(file, TOKENS, format!("duplicate token {text:?} at id {i}")));
             }
             texts.push(text);
             attrs.push(attr);
@@ -319,9 +262,7 @@ impl Vocab {
             // SPM vocabularies without `<0xXX>` tokens fall back to single-character tokens.
             for b in 0u8..128 {
                 if byte_to_token[b as usize].is_none() {
-                    byte_to_token[b as usize] = token_to_id
-                        .get((b as char).encode_utf8(&mut [0; 4]) as &str)
-                        .copied();
+                    byte_to_token[b as usize] = token_to_id.get((b as char).encode_utf8(&mut [0; 4]) as &str).copied();
                 }
             }
         }
@@ -361,23 +302,20 @@ impl Vocab {
     fn load_special(&mut self, file: &GgufFile) -> Result<()> {
         let n = self.n_tokens() as u64;
         // Defaults per tokenizer type; a default outside the vocabulary is simply absent.
-        let (bos, eos, unk, sep): (Option<u64>, Option<u64>, Option<u64>, Option<u64>) =
-            match self.kind {
-                VocabKind::Spm => (Some(1), Some(2), Some(0), None),
-                VocabKind::Wpm => (Some(101), None, Some(100), Some(102)),
-                VocabKind::Bpe => (Some(11), Some(11), None, None),
-                VocabKind::Gemma4 => (None, None, None, None),
-            };
+        let (bos, eos, unk, sep): (Option<u64>, Option<u64>, Option<u64>, Option<u64>) = match self.kind {
+            VocabKind::Spm => (Some(1), Some(2), Some(0), None),
+            VocabKind::Wpm => (Some(101), None, Some(100), Some(102)),
+            VocabKind::Bpe => (Some(11), Some(11), None, None),
+            VocabKind::Gemma4 => (None, None, None, None),
+        };
         let in_range = |d: Option<u64>| d.filter(|&d| d < n).map(|d| d as u32);
         let read = |key: &str, default: Option<u32>| -> Result<Option<u32>> {
             match file.get_i64(key)? {
                 // Some converters write -1 for "none".
                 Some(id) if id < 0 => Ok(None),
-                Some(id) if id as u64 >= n => Err(kv_err(
-                    file,
-                    key,
-                    format!("special token id {id} is outside the vocabulary of {n} tokens"),
-                )),
+                Some(id) if id as u64 >= n => {
+                    Err(kv_err(file, key, format!("special token id {id} is outside the vocabulary of {n} tokens")))
+                }
                 Some(id) => Ok(Some(id as u32)),
                 None => Ok(default),
             }
@@ -455,19 +393,9 @@ impl Vocab {
         eog.extend(self.eos.into_iter().chain(eot).chain(eom));
         eog.sort_unstable();
         eog.dedup();
-        let eog_id = |t: &str| {
-            self.token_to_id
-                .get(t)
-                .copied()
-                .filter(|id| eog.contains(id))
-        };
-        let (ret, call, calls, flush, end) = (
-            eog_id("<|return|>"),
-            eog_id("<|call|>"),
-            eog_id("<|calls|>"),
-            eog_id("<|flush|>"),
-            eog_id("<|end|>"),
-        );
+        let eog_id = |t: &str| self.token_to_id.get(t).copied().filter(|id| eog.contains(id));
+        let (ret, call, calls, flush, end) =
+            (eog_id("<|return|>"), eog_id("<|call|>"), eog_id("<|calls|>"), eog_id("<|flush|>"), eog_id("<|end|>"));
         let (tool_response, s_close) = (eog_id("<|tool_response>"), eog_id("</s>"));
         // gpt-oss and solar-open use <|end|> between messages: not an end of generation there.
         if let Some(end) = end {
@@ -499,12 +427,8 @@ impl Vocab {
         }
         let name = file.get_str("general.name")?.unwrap_or("").to_lowercase();
         let arch = file.get_str("general.architecture")?.unwrap_or("");
-        if ["jina-v2-de", "jina-v2-es", "jina-v2-code"]
-            .iter()
-            .any(|p| self.pre.contains(p))
-            || ["nomic-bert-moe", "jina-bert-v3"]
-                .iter()
-                .any(|a| arch.contains(a))
+        if ["jina-v2-de", "jina-v2-es", "jina-v2-code"].iter().any(|p| self.pre.contains(p))
+            || ["nomic-bert-moe", "jina-bert-v3"].iter().any(|a| arch.contains(a))
         {
             if let Some(&id) = self.token_to_id.get("<mask>") {
                 self.attrs[id as usize].set(TokenAttr::LSTRIP, true);
@@ -516,12 +440,7 @@ impl Vocab {
                     a.set(TokenAttr::RSTRIP, true);
                 }
             }
-            for (t, on) in [
-                ("</s>", true),
-                ("<unk>", false),
-                ("<s>", false),
-                ("<|endoftext|>", false),
-            ] {
+            for (t, on) in [("</s>", true), ("<unk>", false), ("<s>", false), ("<|endoftext|>", false)] {
                 if let Some(&id) = self.token_to_id.get(t) {
                     self.attrs[id as usize].set(TokenAttr::RSTRIP, on);
                 }
@@ -543,17 +462,7 @@ impl std::ops::BitOr for TokenAttr {
 }
 
 pub(crate) fn is_llama3_pre(pre: &str) -> bool {
-    matches!(
-        pre,
-        "llama3"
-            | "llama-v3"
-            | "llama-bpe"
-            | "falcon3"
-            | "falcon-h1"
-            | "pixtral"
-            | "midm-2.0"
-            | "lfm2"
-    )
+    matches!(pre, "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2")
 }
 
 /// `tokenizer.ggml.merges`: "left right" strings, split at the first space after the first byte
@@ -563,19 +472,9 @@ fn load_merges(file: &GgufFile) -> Result<Vec<(String, String)>> {
     let list = match file.get_array(MERGES)? {
         Some(Array::String(v)) => v,
         Some(other) => {
-            return Err(kv_err(
-                file,
-                MERGES,
-                format!("expected string array, found {}", other.element_type()),
-            ))
+            return Err(kv_err(file, MERGES, format!("expected string array, found {}", other.element_type())))
         }
-        None => {
-            return Err(Error::gguf(
-                0,
-                format!("kv[{MERGES:?}]"),
-                "BPE vocabulary without tokenizer.ggml.merges",
-            ))
-        }
+        None => return Err(Error::gguf(0, format!("kv[{MERGES:?}]"), "BPE vocabulary without tokenizer.ggml.merges")),
     };
     let mut merges = Vec::with_capacity(list.len());
     for (i, m) in list.iter().enumerate() {
@@ -584,20 +483,10 @@ fn load_merges(file: &GgufFile) -> Result<Vec<(String, String)>> {
             .skip(1)
             .position(|b| b == b' ')
             .map(|p| p + 1)
-            .ok_or_else(|| {
-                kv_err(
-                    file,
-                    MERGES,
-                    format!("merge {i} ({m:?}) has no space separator"),
-                )
-            })?;
+            .ok_or_else(|| kv_err(file, MERGES, format!("merge {i} ({m:?}) has no space separator")))?;
         let (left, right) = (&m[..pos], &m[pos + 1..]);
         if right.is_empty() || m.len() > 2 * MAX_TOKEN_BYTES {
-            return Err(kv_err(
-                file,
-                MERGES,
-                format!("merge {i} ({m:?}) is malformed"),
-            ));
+            return Err(kv_err(file, MERGES, format!("merge {i} ({m:?}) is malformed")));
         }
         merges.push((left.to_string(), right.to_string()));
     }
