@@ -73,9 +73,7 @@ def load_prompts(args: argparse.Namespace) -> list[str]:
                 raise ValueError(f"{path}: expected a JSON list of strings")
             prompts.extend(data)
         else:
-            prompts.extend(
-                line for line in path.read_text("utf-8").splitlines() if line
-            )
+            prompts.extend(line for line in path.read_text("utf-8").splitlines() if line)
     if args.fixture:
         fixture = json.loads(args.fixture.read_text(encoding="utf-8"))
         prompts.extend(rec["text"] for rec in fixture["prompts"])
@@ -202,16 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     for prompt in prompts:
         check_tokenization(model, llm, prompt, report)
         if not args.tokens_only:
-            check_generation(
-                model, llm, prompt, args.max_tokens, args.gen_special, report
-            )
+            check_generation(model, llm, prompt, args.max_tokens, args.gen_special, report)
     n_bad = len(report.mismatches)
     n_ok = report.checked - n_bad
     print(f"\n{n_ok}/{report.checked} checks match ({len(prompts)} prompts)")
     if args.json:
-        args.json.write_text(
-            json.dumps(report.mismatches, ensure_ascii=False, indent=1)
-        )
+        args.json.write_text(json.dumps(report.mismatches, ensure_ascii=False, indent=1))
     return 1 if n_bad else 0
 
 

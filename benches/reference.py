@@ -90,9 +90,7 @@ SHARED_PROMPTS = [
     Prompt("chinese", "人工智能正在改变我们的生活方式。它可以帮助我们"),
     Prompt("japanese", "日本の首都は東京です。東京は世界で最も"),
     Prompt("korean_emoji", "안녕하세요! 오늘 날씨가 정말 좋네요 😊🌞 Let's go 🚀👩‍💻"),
-    Prompt(
-        "mixed_scripts", "Café naïve façade — résumé; Привет, мир; مرحبا; नमस्ते; Ελλάδα"
-    ),
+    Prompt("mixed_scripts", "Café naïve façade — résumé; Привет, мир; مرحبا; नमस्ते; Ελλάδα"),
     Prompt(
         "python",
         "def fibonacci(n: int) -> int:\n"
@@ -113,8 +111,7 @@ SHARED_PROMPTS = [
     ),
     Prompt(
         "whitespace",
-        "  two leading spaces\n\n\ttab\tseparated\n   \n\nmany     spaces\r\n"
-        "trailing  \n\n\n    indented",
+        "  two leading spaces\n\n\ttab\tseparated\n   \n\nmany     spaces\r\ntrailing  \n\n\n    indented",
     ),
     Prompt("single_word", "Hello"),
     Prompt("no_bos", "Once upon a time, in a land far away,", add_bos=False),
@@ -138,9 +135,7 @@ def long_text() -> str:
     return "Field notes.\n" + "\n".join(lines) + "\nSummary: over the season,"
 
 
-def render_chatml(
-    template: str, bos: str, eos: str, messages: list[dict[str, str]]
-) -> str:
+def render_chatml(template: str, bos: str, eos: str, messages: list[dict[str, str]]) -> str:
     """Render the model's own `tokenizer.chat_template` in a Jinja sandbox."""
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, loader=jinja2.BaseLoader()
@@ -159,17 +154,13 @@ def render_builtin(name: str, messages: list[dict[str, str]]) -> str:
         arr[i].content = content
     size = 4096
     buf = ctypes.create_string_buffer(size)
-    n = llama_cpp.llama_chat_apply_template(
-        name.encode(), arr, len(keep), True, buf, size
-    )
+    n = llama_cpp.llama_chat_apply_template(name.encode(), arr, len(keep), True, buf, size)
     if n < 0 or n > size:
         raise RuntimeError(f"llama_chat_apply_template({name}) returned {n}")
     return buf.raw[:n].decode()
 
 
-CHAT_SINGLE = [
-    {"role": "user", "content": "What is the capital of France? Answer briefly."}
-]
+CHAT_SINGLE = [{"role": "user", "content": "What is the capital of France? Answer briefly."}]
 CHAT_MULTI = [
     {"role": "system", "content": "You are a terse assistant."},
     {"role": "user", "content": "Name a prime number."},
@@ -187,26 +178,20 @@ def model_prompts(model: str, llm: llama_cpp.Llama) -> tuple[list[Prompt], str]:
         eos = llm.detokenize([llm.token_eos()], special=True).decode()
         source = "gguf tokenizer.chat_template (Jinja2 sandbox)"
         for name, msgs in (("chat", CHAT_SINGLE), ("chat_multi", CHAT_MULTI)):
-            prompts.append(
-                Prompt(name, render_chatml(tmpl, bos, eos, msgs), special=True)
-            )
+            prompts.append(Prompt(name, render_chatml(tmpl, bos, eos, msgs), special=True))
         prompts.append(Prompt("special_as_text", "<|im_start|>user\nhi<|im_end|>\n"))
     elif model == "gemma3-270m":
         source = "llama.cpp built-in 'gemma' template (the GGUF has no chat_template)"
         for name, msgs in (("chat", CHAT_SINGLE), ("chat_multi", CHAT_MULTI)):
             prompts.append(Prompt(name, render_builtin("gemma", msgs), special=True))
-        prompts.append(
-            Prompt("special_as_text", "<start_of_turn>user\nhi<end_of_turn>\n")
-        )
+        prompts.append(Prompt("special_as_text", "<start_of_turn>user\nhi<end_of_turn>\n"))
         prompts.append(Prompt("long_swa", long_text()))
     else:
         raise ValueError(f"unknown model {model}")
     return prompts, source
 
 
-def top_k(
-    row: npt.NDArray[np.float32], k: int = TOP_K
-) -> tuple[list[int], list[float]]:
+def top_k(row: npt.NDArray[np.float32], k: int = TOP_K) -> tuple[list[int], list[float]]:
     """Top-k ids by logit (ties broken by lower id), with rounded logits."""
     kth = np.partition(row, row.size - k)[row.size - k]  # k-th largest logit
     cand = np.flatnonzero(row >= kth)  # every id tied at the cut is a candidate
@@ -345,10 +330,7 @@ def dump(fixture: dict[str, Any]) -> str:
     """Readable header, one compact line per prompt (small, and diffs per prompt)."""
     head = {k: v for k, v in fixture.items() if k != "prompts"}
     lines = [json.dumps(head, indent=1, ensure_ascii=False)[:-2] + ',\n "prompts": [']
-    recs = [
-        " " + json.dumps(r, separators=(",", ":"), ensure_ascii=False)
-        for r in fixture["prompts"]
-    ]
+    recs = [" " + json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in fixture["prompts"]]
     lines.append(",\n".join(recs))
     lines.append(" ]\n}\n")
     return "\n".join(lines)
@@ -364,9 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.model or list(MODEL_FILES):
         path = args.models_dir / MODEL_FILES[model]
         if not path.is_file():
-            print(
-                f"error: {path} missing (run scripts/fetch_models.py)", file=sys.stderr
-            )
+            print(f"error: {path} missing (run scripts/fetch_models.py)", file=sys.stderr)
             return 1
         fixture = build_fixture(model, path)
         out = args.out_dir / f"reference_{model}.json"

@@ -83,15 +83,11 @@ def parse_qtype(name: str) -> GGMLQuantizationType:
     return qt
 
 
-def quantize(
-    rng: np.random.Generator, rows: int, cols: int, qtype: GGMLQuantizationType
-) -> npt.NDArray[Any]:
+def quantize(rng: np.random.Generator, rows: int, cols: int, qtype: GGMLQuantizationType) -> npt.NDArray[Any]:
     """Random [rows, cols] weights in `qtype`: floats, or uint8 [rows, row_bytes]."""
     block, type_size = GGML_QUANT_SIZES[qtype]
     if cols % block:
-        raise ValueError(
-            f"{qtype.name} needs a row length divisible by {block}, got {cols}"
-        )
+        raise ValueError(f"{qtype.name} needs a row length divisible by {block}, got {cols}")
     if qtype in FLOAT_TYPES or qtype in LEGACY_TYPES:
         w = (rng.standard_normal((rows, cols)) * WEIGHT_STD).astype(np.float32)
         if qtype == QT.F32:
@@ -158,9 +154,7 @@ def copy_tokenizer(writer: GGUFWriter, src: Path, vocab_size: int) -> int:
         # occur in UTF-8 (0xC0, 0xF5..), but those it has must survive the cut.
         dropped = (_byte_level_chars() & set(tokens)) - kept
         if dropped:
-            raise ValueError(
-                f"--vocab-size {n} drops {len(dropped)} byte tokens of {src}"
-            )
+            raise ValueError(f"--vocab-size {n} drops {len(dropped)} byte tokens of {src}")
     for key in keys:
         value, vtype, sub = _field_value(reader, key)
         if key in (
@@ -171,11 +165,7 @@ def copy_tokenizer(writer: GGUFWriter, src: Path, vocab_size: int) -> int:
             value = value[:n]
         elif key == "tokenizer.ggml.merges":
             pairs = (m.split(" ", 1) for m in value)
-            value = [
-                f"{a} {b}"
-                for a, b in pairs
-                if a in kept and b in kept and a + b in kept
-            ]
+            value = [f"{a} {b}" for a, b in pairs if a in kept and b in kept and a + b in kept]
         elif key.endswith("_token_id") and value >= n:
             raise ValueError(f"{key} = {value} is outside a vocab of {n} tokens")
         writer.add_key_value(key, value, vtype, sub)
@@ -255,16 +245,10 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path, Path]:
     ap.add_argument("--eps", type=float, default=1e-6)
     ap.add_argument("--sliding-window", type=int, default=512, help="gemma3 only")
     ap.add_argument("--qtype", type=parse_qtype, default=QT.Q8_0)
-    ap.add_argument(
-        "--embd-qtype", type=parse_qtype, default=None, help="default: --qtype"
-    )
-    ap.add_argument(
-        "--untied", action="store_true", help="write a separate output.weight"
-    )
+    ap.add_argument("--embd-qtype", type=parse_qtype, default=None, help="default: --qtype")
+    ap.add_argument("--untied", action="store_true", help="write a separate output.weight")
     ap.add_argument("--vocab-from", type=Path, default=DEFAULT_VOCAB)
-    ap.add_argument(
-        "--vocab-size", type=int, default=1024, help="0 = whole source vocab"
-    )
+    ap.add_argument("--vocab-size", type=int, default=1024, help="0 = whole source vocab")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)

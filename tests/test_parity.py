@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import tallow
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -49,9 +48,14 @@ IDS = [f"{m}-{p['name']}" for m, p in CASES]
 
 
 @pytest.mark.parametrize(("model_name", "prompt"), CASES, ids=IDS)
-def test_tokenization_matches_llama_cpp(request: pytest.FixtureRequest, model_name: str, prompt: dict[str, Any]) -> None:
+def test_tokenization_matches_llama_cpp(
+    request: pytest.FixtureRequest, model_name: str, prompt: dict[str, Any]
+) -> None:
     model = _model(request, model_name)
-    assert model.tokenize(prompt["text"], add_bos=prompt["add_bos"], special=prompt["special"]) == prompt["tokens"]
+    assert (
+        model.tokenize(prompt["text"], add_bos=prompt["add_bos"], special=prompt["special"])
+        == prompt["tokens"]
+    )
 
 
 @pytest.mark.parametrize(("model_name", "prompt"), CASES, ids=IDS)

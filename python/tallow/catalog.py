@@ -145,7 +145,9 @@ def pull(name: str, *, quiet: bool = False) -> Path:
     entry = CATALOG.get(name)
     if entry is None:
         known = ", ".join(sorted(CATALOG))
-        raise ValueError(f"unknown model {name!r}; catalog models: {known} (or a path, or hf://owner/repo/file.gguf)")
+        raise ValueError(
+            f"unknown model {name!r}; catalog models: {known} (or a path, or hf://owner/repo/file.gguf)"
+        )
     return fetch(entry, models_dir(), quiet=quiet)
 
 
@@ -154,7 +156,7 @@ def _pull_hf(uri: str) -> Path:
     if len(parts) < 3 or not all(parts):
         raise ValueError(f"expected hf://owner/repo/path/to/file.gguf, got {uri!r}")
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download  # type: ignore[import-not-found,unused-ignore]
     except ImportError as e:
         raise ImportError("hf:// models need huggingface_hub: pip install 'tallow[hf]'") from e
     repo = "/".join(parts[:2])

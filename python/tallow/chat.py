@@ -50,7 +50,7 @@ class Chat:
     def _prompt(self, user: str) -> str:
         if not isinstance(user, str):
             raise TypeError(f"message must be a str, not {type(user).__name__}")
-        msgs = [*self.messages, {"role": "user", "content": user}]
+        msgs: list[Message] = [*self.messages, {"role": "user", "content": user}]
         return self._model._model.apply_chat_template([(m["role"], m["content"]) for m in msgs], True)
 
     def _start(self, user: str, max_tokens: int, options: SamplingOptions) -> _tallow.Stream:
@@ -64,7 +64,9 @@ class Chat:
         self.messages.append({"role": "user", "content": user})
         self.messages.append({"role": "assistant", "content": answer})
 
-    def stream(self, message: str, *, max_tokens: int = 512, **options: Unpack[SamplingOptions]) -> Iterator[str]:
+    def stream(
+        self, message: str, *, max_tokens: int = 512, **options: Unpack[SamplingOptions]
+    ) -> Iterator[str]:
         """Sends ``message`` and yields the answer as it is generated. The turn is recorded when
         the answer ends (also when the loop breaks early: the partial answer is kept)."""
         stream = self._start(message, max_tokens, options)

@@ -28,9 +28,13 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="path to a .gguf file, a catalog name (see `tallow models`) or hf://owner/repo/file")
+    p.add_argument(
+        "model", help="path to a .gguf file, a catalog name (see `tallow models`) or hf://owner/repo/file"
+    )
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all cores)")
-    p.add_argument("-c", "--n-ctx", type=int, default=None, help="context length (default: the model's, up to 4096)")
+    p.add_argument(
+        "-c", "--n-ctx", type=int, default=None, help="context length (default: the model's, up to 4096)"
+    )
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,8 +66,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
     chat = model.chat(system=args.system)
     interactive = sys.stdin.isatty()
     if interactive:
-        print(f"Chatting with {model.info.name or model.path.name}. /reset clears the conversation, /exit quits; "
-              "Ctrl-C stops an answer.", file=sys.stderr)
+        print(
+            f"Chatting with {model.info.name or model.path.name}. "
+            "/reset clears the conversation, /exit quits; Ctrl-C stops an answer.",
+            file=sys.stderr,
+        )
     while True:
         try:
             line = input("> " if interactive else "")
@@ -117,7 +124,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tallow", description="Run GGUF language models locally on the CPU.")
+    parser = argparse.ArgumentParser(
+        prog="tallow", description="Run GGUF language models locally on the CPU."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="generate from a prompt, streaming to stdout")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -101,7 +102,9 @@ class Model:
         opts = build_options(max_tokens, options)
         return self._model.start(prompt, opts, add_bos=add_bos, special=special, session=session)
 
-    def stream(self, prompt: str, *, max_tokens: int = 256, **options: Unpack[SamplingOptions]) -> Iterator[str]:
+    def stream(
+        self, prompt: str, *, max_tokens: int = 256, **options: Unpack[SamplingOptions]
+    ) -> Iterator[str]:
         """Generates from ``prompt``, yielding text as it is produced.
 
         Stops at an end-of-generation token, a ``stop`` string (never emitted, even in part)
@@ -120,7 +123,9 @@ class Model:
         Cancelling the task (or ``aclose()``) stops the generation."""
         return _aiterate(self._start(prompt, max_tokens, options))
 
-    async def agenerate(self, prompt: str, *, max_tokens: int = 256, **options: Unpack[SamplingOptions]) -> str:
+    async def agenerate(
+        self, prompt: str, *, max_tokens: int = 256, **options: Unpack[SamplingOptions]
+    ) -> str:
         """Async version of ``generate``."""
         parts = [t async for t in self.astream(prompt, max_tokens=max_tokens, **options)]
         return "".join(parts)
@@ -152,7 +157,7 @@ async def _aiterate(stream: _tallow.Stream) -> AsyncIterator[str]:
                 return
             if item is None:
                 ready = loop.create_future()
-                stream.set_waker(lambda: loop.call_soon_threadsafe(_resolve, ready))
+                stream.set_waker(functools.partial(loop.call_soon_threadsafe, _resolve, ready))
                 await ready
                 continue
             if item[0]:
