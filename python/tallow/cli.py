@@ -49,10 +49,21 @@ def _load(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     model = _load(args)
+    from .errors import TemplateError
+
     prompt = args.prompt if args.prompt != "-" else sys.stdin.read()
-    if args.chat:
-        stream = model.chat(system=args.system).stream(prompt, max_tokens=args.max_tokens, **_sampling(args))
-    else:
+    stream = None
+    if not args.raw:
+        # Instruction-tuned models answer a question only inside their chat format; use it
+        # whenever the model has one, like llama.cpp's CLI does.
+        chat = model.chat(system=args.system)
+        try:
+            chat._prompt(prompt)
+            stream = chat.stream(prompt, max_tokens=args.max_tokens, **_sampling(args))
+        except TemplateError:
+            if args.system is not None:
+                raise
+    if stream is None:
         stream = model.stream(prompt, max_tokens=args.max_tokens, **_sampling(args))
     for text in stream:
         sys.stdout.write(text)
@@ -132,8 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="generate from a prompt, streaming to stdout")
     _add_model(p)
     p.add_argument("prompt", help="the prompt ('-' reads stdin)")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    p.add_argument("--system", default=None, help="system prompt (with --chat)")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="plain completion (default: send the prompt as a chat message if the model has a chat template)",
+    )
+    p.add_argument("--system", default=None, help="system prompt (chat mode)")
     _add_sampling(p)
     p.set_defaults(func=cmd_run)
 
