@@ -108,7 +108,7 @@ fn peak_allocation_is_bounded_by_the_budget() {
             m[i] = xorshift(&mut state) as u8;
         }
         // Put hostile words on count/length fields now and then.
-        if xorshift(&mut state) % 2 == 0 {
+        if xorshift(&mut state).is_multiple_of(2) {
             let i = (xorshift(&mut state) % 256) as usize;
             m[i..i + 8].copy_from_slice(&(xorshift(&mut state) >> (xorshift(&mut state) % 64)).to_le_bytes());
         }
