@@ -24,8 +24,30 @@ def tallow_cli(
 
 
 def test_run_streams_text(smollm2_path: Path) -> None:
+    # Chat format by default (SmolLM2 is instruction-tuned) ...
     r = tallow_cli(
-        "run", str(smollm2_path), "The capital of France is", "-n", "8", "--temperature", "0", "-t", "2"
+        "run",
+        str(smollm2_path),
+        "What is the capital of France? Answer briefly.",
+        "-n",
+        "16",
+        "--temperature",
+        "0",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+    # ... or plain completion.
+    r = tallow_cli(
+        "run",
+        str(smollm2_path),
+        "The capital of France is",
+        "-n",
+        "8",
+        "--temperature",
+        "0",
+        "-t",
+        "2",
+        "--raw",
     )
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
@@ -65,3 +87,29 @@ def test_errors_are_one_line_not_tracebacks(args: list[str]) -> None:
     r = tallow_cli(*args)
     assert r.returncode == 1
     assert r.stderr.startswith("tallow: error:") and "Traceback" not in r.stderr
+
+
+def test_ctrl_c_stops_the_answer_not_the_chat(smollm2_path: Path) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tallow", "chat", str(smollm2_path), "-n", "2000", "--temperature", "0"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("Count from 1 to 1000, separated by commas.\n")
+    proc.stdin.flush()
+    first = proc.stdout.read(8)  # the answer has started streaming
+    assert first
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    proc.stdin.write("/exit\n")
+    proc.stdin.flush()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "[stopped]" in out
+    assert "Traceback" not in err
