@@ -2,6 +2,7 @@
 
 use crate::error::Result;
 use crate::gguf::GgufFile;
+use crate::model::ModelConfig;
 use crate::quant::QType;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -16,36 +17,13 @@ pub struct ModelInfo {
     pub chat_template: Option<String>,
 }
 
-/// llama.cpp's `llama_ftype` names for `general.file_type`.
-fn file_type_name(ftype: u64) -> Option<&'static str> {
-    Some(match ftype {
-        0 => "F32",
-        1 => "F16",
-        2 => "Q4_0",
-        3 => "Q4_1",
-        7 => "Q8_0",
-        8 => "Q5_0",
-        9 => "Q5_1",
-        10 => "Q2_K",
-        11 => "Q3_K_S",
-        12 => "Q3_K_M",
-        13 => "Q3_K_L",
-        14 => "Q4_K_S",
-        15 => "Q4_K_M",
-        16 => "Q5_K_S",
-        17 => "Q5_K_M",
-        18 => "Q6_K",
-        32 => "BF16",
-        _ => return None,
-    })
-}
-
 impl ModelInfo {
-    pub fn from_gguf(file: &GgufFile) -> Result<ModelInfo> {
+    /// Describes `file`, whose hyperparameters `config` has already validated.
+    pub fn new(file: &GgufFile, config: &ModelConfig) -> Result<ModelInfo> {
         let architecture = file.architecture()?.to_string();
-        let n_params = file.tensors().iter().map(|t| t.n_elements).sum();
-        let quantization = match file.get_u64("general.file_type").ok().flatten().and_then(file_type_name) {
-            Some(n) => n.to_string(),
+        let n_params = config.n_params;
+        let quantization = match &config.file_type {
+            Some(name) => name.clone(),
             None => dominant_type(file).map(|t| t.name().to_string()).unwrap_or_else(|| "unknown".into()),
         };
         let context_length = file.get_u64(&format!("{architecture}.context_length"))?;

@@ -41,9 +41,9 @@ pub fn load(path: &Path, n_threads: Option<usize>, n_ctx: Option<usize>) -> Resu
         return Err(Error::invalid("n_ctx", "must be at least 1"));
     }
     let file = Arc::new(GgufFile::open(path)?);
-    let info = ModelInfo::from_gguf(&file)?;
     let tokenizer = Arc::new(Tokenizer::from_gguf(&file)?);
     let model = load_model(file.clone())?;
+    let info = ModelInfo::new(&file, model.config())?;
     if tokenizer.n_vocab() != model.config().n_vocab {
         return Err(Error::gguf(
             file.offset_of("tokenizer.ggml.tokens"),
