@@ -60,3 +60,10 @@ async def test_cancelling_a_task_stops_generation(smollm2: tallow.Model) -> None
     # The engine moved on: a new request completes promptly.
     out = await asyncio.wait_for(smollm2.agenerate("Hi", max_tokens=3, temperature=0), timeout=30)
     assert isinstance(out, str)
+
+
+async def test_concurrent_tasks_share_one_model(smollm2: tallow.Model) -> None:
+    prompts = ["The capital of France is", "1, 2, 3,", "def add(a, b):"]
+    expected = [smollm2.generate(p, max_tokens=10, temperature=0) for p in prompts]
+    got = await asyncio.gather(*(smollm2.agenerate(p, max_tokens=10, temperature=0) for p in prompts * 2))
+    assert list(got) == expected * 2

@@ -123,3 +123,13 @@ def test_build_info() -> None:
     info = tallow.build_info()
     assert info["version"] == tallow.__version__
     assert info["kernels"]
+
+
+def test_threads_share_one_model(smollm2: tallow.Model) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = ["The capital of France is", "1, 2, 3,", "def add(a, b):", "Hello"]
+    expected = [smollm2.generate(p, max_tokens=12, temperature=0) for p in prompts]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda p: smollm2.generate(p, max_tokens=12, temperature=0), prompts * 2))
+    assert got == expected * 2
