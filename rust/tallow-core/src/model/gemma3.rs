@@ -113,12 +113,17 @@ impl Layers for Gemma3 {
             // Attention.
             rms_norm_into(x, xn, &b.attn_norm, c.norm_eps);
             matmul(&b.attn_q, xn, n, q, mm, pool);
+            dbg_dump("attn_norm", il, xn);
+            dbg_dump("qraw", il, q);
             matmul(&b.attn_k, xn, n, k, mm, pool);
             matmul(&b.attn_v, xn, n, v, mm, pool);
             rms_norm(q, &b.attn_q_norm, c.norm_eps); // per head: rows of head_dim
             rms_norm(k, &b.attn_k_norm, c.norm_eps);
             rope.apply(q, c.head_dim, c.rope_style);
             rope.apply(k, c.head_dim, c.rope_style);
+            // Scale Q before attention (rather than the scores), as llama.cpp does: the scaled
+            // query is what gets rounded to f16.
+            q.iter_mut().for_each(|x| *x *= c.attn_scale);
             cache.store(il, pos0, k, v);
             let params = AttnParams {
                 n_head: c.n_head,
@@ -127,10 +132,11 @@ impl Layers for Gemma3 {
                 pos0,
                 n_tokens: n,
                 window: if swa { c.sliding_window } else { None },
-                scale: c.attn_scale,
+                scale: 1.0,
             };
             attention(&params, q, cache.k_layer(il), cache.v_layer(il), att, &mut s.scores, pool);
             matmul(&b.attn_output, att, n, proj, mm, pool);
+            dbg_dump("attn_out", il, proj);
             rms_norm(proj, &b.post_attention_norm, c.norm_eps);
             add_assign(x, proj);
 
@@ -138,11 +144,33 @@ impl Layers for Gemma3 {
             rms_norm_into(x, xn, &b.ffn_norm, c.norm_eps);
             matmul(&b.ffn_gate, xn, n, gate, mm, pool);
             matmul(&b.ffn_up, xn, n, up, mm, pool);
+            dbg_dump("ffn_gate", il, gate);
+            dbg_dump("ffn_up", il, up);
+            dbg_dump("ffn_norm", il, xn);
             gelu_mul(gate, up);
             matmul(&b.ffn_down, gate, n, proj, mm, pool);
+            dbg_dump("ffn_out", il, proj);
             rms_norm(proj, &b.post_ffw_norm, c.norm_eps);
             add_assign(x, proj);
+            if std::env::var_os("TALLOW_DUMP").is_some() {
+                let dump = |name: &str, v: &[f32]| {
+                    let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                    std::fs::write(format!("/tmp/parity/dump/g{name}-{il}.bin"), bytes).unwrap();
+                };
+                dump("l_out", x);
+                dump("kqv", att);
+                dump("q", q);
+                dump("k", k);
+                dump("v", v);
+            }
         }
+    }
+}
+
+fn dbg_dump(name: &str, il: usize, v: &[f32]) {
+    if std::env::var_os("TALLOW_DUMP").is_some() {
+        let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+        std::fs::write(format!("/tmp/parity/dump/g{name}-{il}.bin"), bytes).unwrap();
     }
 }
 

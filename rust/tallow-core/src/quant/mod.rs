@@ -5,6 +5,8 @@
 //! llama.cpp does, then takes integer dot products row by row. candle-core's block types and
 //! routines are the reference implementation (`reference.rs`).
 
+pub mod activation;
+mod legacy_dot;
 mod qtype;
 mod reference;
 mod tensor;

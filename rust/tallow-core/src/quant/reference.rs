@@ -1,13 +1,13 @@
 //! Reference products over candle-core's GGML block types. Correct on every CPU; the
 //! SIMD kernels are checked against these.
 
-use super::{QTensor, QType};
+use super::{activation, legacy_dot, QTensor, QType};
 use crate::threadpool::{split_range, ThreadPool};
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
     BlockQ8_0,
 };
-use candle_core::quantized::GgmlType;
+use candle_core::quantized::{GgmlDType, GgmlType};
 use half::{bf16, f16};
 
 /// Runs `$body` with `$T` bound to the candle block type of `$qtype`.
@@ -111,6 +111,22 @@ impl MatmulScratch {
     }
 }
 
+/// `x` into blocks of the dot-product partner type `Q`, rounding like llama.cpp (see
+/// `activation.rs`); float partners (F32/F16/BF16) convert with round-to-nearest-even as both do.
+fn quantize_activations<Q: GgmlType>(x: &[f32], blocks: &mut [Q]) {
+    let quantize: fn(&[f32], &mut [u8]) = match Q::DTYPE {
+        GgmlDType::Q8_0 => activation::quantize_row_q8_0,
+        GgmlDType::Q8_1 => activation::quantize_row_q8_1,
+        GgmlDType::Q8K => activation::quantize_row_q8_k,
+        _ => return Q::from_float(x, blocks),
+    };
+    // SAFETY: the Q8 block types are repr(C) with exactly the GGML byte layout the quantizers
+    // write (sizes asserted there), and any bytes are a valid block.
+    let bytes =
+        unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr() as *mut u8, std::mem::size_of_val(blocks)) };
+    quantize(x, bytes);
+}
+
 struct SyncPtr(*mut f32);
 // SAFETY: workers write disjoint row ranges of the output.
 unsafe impl Sync for SyncPtr {}
@@ -160,20 +176,24 @@ fn matmul_typed<T: GgmlType>(
     let nb_w = cols / T::BLCK_SIZE;
     let xq = scratch.blocks::<T::VecDotType>(n_tokens * nb_x);
     for t in 0..n_tokens {
-        T::VecDotType::from_float(
-            &x[t * cols..(t + 1) * cols],
-            &mut xq[t * nb_x..(t + 1) * nb_x],
-        );
+        quantize_activations(&x[t * cols..(t + 1) * cols], &mut xq[t * nb_x..(t + 1) * nb_x]);
     }
     let xq: &[T::VecDotType] = xq;
     let wb = as_blocks::<T>(w.data());
+    // SAFETY: plain-data blocks viewed as their bytes.
+    let xq_bytes = unsafe { std::slice::from_raw_parts(xq.as_ptr() as *const u8, std::mem::size_of_val(xq)) };
+    let x_row_bytes = xq_bytes.len() / n_tokens.max(1);
+    let exact_dot = legacy_dot::row_dot(w.qtype);
     let out = SyncPtr(y.as_mut_ptr());
     pool.run(&|i, n| {
         let out = &out;
         for r in split_range(rows, i, n) {
             let wr = &wb[r * nb_w..(r + 1) * nb_w];
             for t in 0..n_tokens {
-                let v = T::vec_dot(cols, wr, &xq[t * nb_x..(t + 1) * nb_x]);
+                let v = match exact_dot {
+                    Some(dot) => dot(w.row(r), &xq_bytes[t * x_row_bytes..(t + 1) * x_row_bytes]),
+                    None => T::vec_dot(cols, wr, &xq[t * nb_x..(t + 1) * nb_x]),
+                };
                 // SAFETY: row `r` belongs to this worker only; index is in bounds (asserted in `matmul`).
                 unsafe { *out.0.add(t * rows + r) = v };
             }
