@@ -113,8 +113,6 @@ impl Layers for Gemma3 {
             // Attention.
             rms_norm_into(x, xn, &b.attn_norm, c.norm_eps);
             matmul(&b.attn_q, xn, n, q, mm, pool);
-            dbg_dump("attn_norm", il, xn);
-            dbg_dump("qraw", il, q);
             matmul(&b.attn_k, xn, n, k, mm, pool);
             matmul(&b.attn_v, xn, n, v, mm, pool);
             rms_norm(q, &b.attn_q_norm, c.norm_eps); // per head: rows of head_dim
@@ -136,7 +134,6 @@ impl Layers for Gemma3 {
             };
             attention(&params, q, cache.k_layer(il), cache.v_layer(il), att, &mut s.scores, pool);
             matmul(&b.attn_output, att, n, proj, mm, pool);
-            dbg_dump("attn_out", il, proj);
             rms_norm(proj, &b.post_attention_norm, c.norm_eps);
             add_assign(x, proj);
 
@@ -144,33 +141,11 @@ impl Layers for Gemma3 {
             rms_norm_into(x, xn, &b.ffn_norm, c.norm_eps);
             matmul(&b.ffn_gate, xn, n, gate, mm, pool);
             matmul(&b.ffn_up, xn, n, up, mm, pool);
-            dbg_dump("ffn_gate", il, gate);
-            dbg_dump("ffn_up", il, up);
-            dbg_dump("ffn_norm", il, xn);
             gelu_mul(gate, up);
             matmul(&b.ffn_down, gate, n, proj, mm, pool);
-            dbg_dump("ffn_out", il, proj);
             rms_norm(proj, &b.post_ffw_norm, c.norm_eps);
             add_assign(x, proj);
-            if std::env::var_os("TALLOW_DUMP").is_some() {
-                let dump = |name: &str, v: &[f32]| {
-                    let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
-                    std::fs::write(format!("/tmp/parity/dump/g{name}-{il}.bin"), bytes).unwrap();
-                };
-                dump("l_out", x);
-                dump("kqv", att);
-                dump("q", q);
-                dump("k", k);
-                dump("v", v);
-            }
         }
-    }
-}
-
-fn dbg_dump(name: &str, il: usize, v: &[f32]) {
-    if std::env::var_os("TALLOW_DUMP").is_some() {
-        let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
-        std::fs::write(format!("/tmp/parity/dump/g{name}-{il}.bin"), bytes).unwrap();
     }
 }
 

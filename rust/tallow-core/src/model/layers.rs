@@ -43,10 +43,10 @@ pub fn expf(x: f32) -> f32 {
     const LN2_LO: f32 = f32::from_bits(0x35bf_be8e); // 0x1.7f7d1cp-20
     const C: [f32; 5] = [
         f32::from_bits(0x3f7f_fff6), // 0x1.ffffecp-1
-        f32::from_bits(0x3eff_fedb),     // 0x1.fffdb6p-2
-        f32::from_bits(0x3e2a_af33),     // 0x1.555e66p-3
-        f32::from_bits(0x3d2b_9f17),     // 0x1.573e2ep-5
-        f32::from_bits(0x3c07_2010),     // 0x1.0e4020p-7
+        f32::from_bits(0x3eff_fedb), // 0x1.fffdb6p-2
+        f32::from_bits(0x3e2a_af33), // 0x1.555e66p-3
+        f32::from_bits(0x3d2b_9f17), // 0x1.573e2ep-5
+        f32::from_bits(0x3c07_2010), // 0x1.0e4020p-7
     ];
     let n = x.mul_add(LOG2_E, SHIFT) - SHIFT;
     if n.is_nan() || n.abs() > 192.0 {

@@ -95,8 +95,11 @@ fn dot(qtype: QType, unpack: Unpack, w: &[u8], x: &[u8]) -> f32 {
     hsum8(&acc) + summs
 }
 
+/// `Σ w · x` of one weight row (raw blocks) and its quantized activations (raw blocks).
+pub type RowDot = fn(&[u8], &[u8]) -> f32;
+
 /// The llama.cpp-order row product for `qtype`, or `None` for types computed elsewhere.
-pub fn row_dot(qtype: QType) -> Option<fn(&[u8], &[u8]) -> f32> {
+pub fn row_dot(qtype: QType) -> Option<RowDot> {
     Some(match qtype {
         QType::Q4_0 => |w, x| dot(QType::Q4_0, unpack_q4_0, w, x),
         QType::Q4_1 => |w, x| dot(QType::Q4_1, unpack_q4_1, w, x),
