@@ -1,15 +1,25 @@
 //! The real models against llama.cpp, plus the invariants of `forward` (batching, rollback,
-//! threads). References come from tests/data/make_model_refs.py (llama-cpp-python, 1 thread).
+//! threads). References come from tests/data/make_model_refs.py (llama-cpp-python 0.3.36,
+//! 1 thread, default settings: no flash attention, f16 KV cache, weight repacking on).
 //!
-//! Tolerance: both engines quantize activations (Q8_0/Q8_1/Q8_K) before every product, but
-//! differ in rounding elsewhere (llama.cpp rounds Q and the softmax weights to f16 in attention,
-//! looks GELU up in an f16 table, sums in other orders). Int8 rounding of activations turns
-//! those ~1e-3 relative differences into occasional flips that accumulate over 18-30 layers.
-//! Measured (2026-11, llama-cpp-python 0.3.36): max |diff| over the reference top-5 logits is
-//! 0.04-0.08 at position 0 and up to 0.72 (smollm2), 0.81 (gemma3), 1.10 (gemma3, window 4)
-//! later, on logits of magnitude 15-35; top-1 swaps (all near-ties) 1/28, 1/23, 2/13.
-//! `LOGIT_TOL` sits just above the worst diff. Top-1 must match
-//! llama.cpp, except where llama.cpp's own top candidates are closer than `LOGIT_TOL`.
+//! Tolerance. tallow reproduces llama.cpp's CPU arithmetic operation for operation: the
+//! activation quantizers (quant/activation.rs), the summation order of the Q4_0/Q4_1/Q5_0/
+//! Q5_1/Q8_0 products (quant/legacy_dot.rs), f16 Q and softmax weights, ggml's vectorized expf
+//! and its 16-lane sums in attention, the f16 GELU table, the f32 RoPE recurrence. Where every
+//! op matches, the logits are bit-identical; a single last-bit difference anywhere flips an
+//! int8 rounding in a later product now and then, and such flips compound over the layers.
+//! Measured (2026-11):
+//! - smollm2 (Q4_1 + Q8_0): identical to the 6 printed decimals at all 28 positions (max diff
+//!   9.5e-7, the rounding of the reference file), greedy 32 tokens identical. Was 0.72.
+//! - gemma3 (Q4_K/Q6_K/Q5_0/Q8_0): identical at positions 0-2, then up to 0.40 (0.57 with the
+//!   4-token window) on logits of 15-35. Was 0.81 / 1.10. The rest comes from the K-quant
+//!   products: llama.cpp runs Q4_K through its repacked 8x8 kernels and Q6_K through an AVX2
+//!   kernel whose f32 accumulation order tallow does not reproduce yet (candle's order), so
+//!   they differ in the last bit. Top-1 differs at 1/23 (gemma3) and 1/13 (window 4) positions,
+//!   both near-ties of llama.cpp itself (gaps 0.09 and 0.04); greedy 32 tokens of the gemma3
+//!   prompt are identical.
+//!
+//! Tolerances sit just above these measurements.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +28,13 @@ use tallow_core::model::{load_model, Model};
 use tallow_core::threadpool::ThreadPool;
 use tallow_core::Error;
 
-const LOGIT_TOL: f32 = 1.25;
+/// Bit-identical up to the 6 decimals the reference file stores.
+const SMOLLM2_TOL: f32 = 1e-5;
+/// Worst measured 0.57 (see above).
+const GEMMA3_TOL: f32 = 0.75;
+/// A gemma3 top-1 may differ only where llama.cpp's own top two are closer than this (worst
+/// measured gap 0.09).
+const GEMMA3_NEAR_TIE: f32 = 0.2;
 
 fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/.models")
@@ -46,6 +62,8 @@ struct Case {
     tokens: Vec<u32>,
     /// Per position: the reference top-5 (id, logit), best first.
     top5: Vec<Vec<(usize, f32)>>,
+    /// llama.cpp's greedy continuation of `tokens` (decoded one token per call), if recorded.
+    greedy: Vec<u32>,
 }
 
 fn cases(name: &str) -> Vec<Case> {
@@ -62,9 +80,11 @@ fn cases(name: &str) -> Vec<Case> {
                     window: v[2].parse().ok(),
                     tokens: vec![],
                     top5: vec![],
+                    greedy: vec![],
                 });
             }
             Some("tokens") => out.last_mut().unwrap().tokens = it.map(|t| t.parse().unwrap()).collect(),
+            Some("greedy") => out.last_mut().unwrap().greedy = it.map(|t| t.parse().unwrap()).collect(),
             Some("top5") => out.last_mut().unwrap().top5.push(
                 it.map(|p| {
                     let (id, l) = p.split_once(':').unwrap();
@@ -84,9 +104,11 @@ fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().fold(0, |b, (i, &x)| if x > v[b] { i } else { b })
 }
 
-/// Runs every case of `name` in one batch and compares against llama.cpp. Returns the largest
-/// difference seen (printed, for re-measuring the tolerance).
-fn check_against_llama_cpp(name: &str) -> f32 {
+/// Runs every case of `name` in one batch and compares against llama.cpp: the reference top-5
+/// logits must be within `tol`, and top-1 must agree at every position except, when
+/// `near_tie_gap` is given, where llama.cpp's own winner leads ours by less than it (at most 1
+/// position in 10). Returns the largest difference seen (printed, for re-measuring).
+fn check_against_llama_cpp(name: &str, tol: f32, near_tie_gap: Option<f32>) -> f32 {
     let mut worst = 0.0f32;
     let (mut swaps, mut positions) = (0, 0);
     for case in cases(name) {
@@ -113,35 +135,71 @@ fn check_against_llama_cpp(name: &str) -> f32 {
             }
             worst = worst.max(pos_worst);
             let top = argmax(row);
-            // A top-1 swap is only acceptable between near-ties in the reference itself.
-            let near_tie = want.iter().any(|&(id, l)| id == top && want[0].1 - l < LOGIT_TOL);
             if top != want[0].0 {
                 swaps += 1;
+                // Only between near-ties of the reference itself, and only where allowed.
+                let gap = want.iter().find(|&&(id, _)| id == top).map(|&(_, l)| want[0].1 - l);
+                assert!(
+                    near_tie_gap.is_some_and(|g| gap.is_some_and(|gap| gap < g)),
+                    "{name} pos {pos}: top-1 {top} ({}) vs llama.cpp {:?}",
+                    row[top],
+                    want
+                );
             }
-            assert!(near_tie, "{name} pos {pos}: top-1 {top} ({}) vs llama.cpp {:?}", row[top], want);
         }
     }
-    eprintln!("{name}: max |logit - llama.cpp| over top-5 = {worst}; top-1 near-tie swaps {swaps}/{positions}");
-    assert!(swaps * 5 <= positions, "{name}: {swaps} of {positions} positions disagree on top-1");
-    assert!(worst < LOGIT_TOL, "{name}: max logit diff {worst} exceeds {LOGIT_TOL}");
+    eprintln!("{name}: max |logit - llama.cpp| over top-5 = {worst}; top-1 swaps {swaps}/{positions}");
+    assert!(swaps * 10 <= positions, "{name}: {swaps} of {positions} positions disagree on top-1");
+    assert!(worst < tol, "{name}: max logit diff {worst} exceeds {tol}");
     worst
+}
+
+/// Greedy decoding from the first prompt of `name`, one token per `forward` (the decode path),
+/// must reproduce llama.cpp's continuation token for token.
+fn check_greedy(name: &str) {
+    let case = cases(name).into_iter().next().unwrap();
+    assert_eq!(case.greedy.len(), 32, "reference has a 32-token greedy continuation");
+    let model = match case.window {
+        Some(w) => open_with_window(&case.model, w),
+        None => open(&case.model),
+    };
+    let mut cache = model.new_cache(64).unwrap();
+    let mut scratch = model.new_scratch(64).unwrap();
+    let pool = ThreadPool::new(2);
+    let mut next = argmax(model.forward(&case.tokens, &mut cache, &mut scratch, &pool, false).unwrap()) as u32;
+    let mut got = Vec::new();
+    for _ in 0..case.greedy.len() {
+        got.push(next);
+        next = argmax(model.forward(&[next], &mut cache, &mut scratch, &pool, false).unwrap()) as u32;
+    }
+    assert_eq!(got, case.greedy, "{name}: greedy continuation differs from llama.cpp");
+}
+
+#[test]
+fn smollm2_greedy_32_matches_llama_cpp() {
+    check_greedy("smollm2");
+}
+
+#[test]
+fn gemma3_greedy_32_matches_llama_cpp() {
+    check_greedy("gemma3");
 }
 
 #[test]
 fn smollm2_logits_match_llama_cpp() {
-    check_against_llama_cpp("smollm2");
+    check_against_llama_cpp("smollm2", SMOLLM2_TOL, None);
 }
 
 #[test]
 fn gemma3_logits_match_llama_cpp() {
-    check_against_llama_cpp("gemma3");
+    check_against_llama_cpp("gemma3", GEMMA3_TOL, Some(GEMMA3_NEAR_TIE));
 }
 
 /// A 4-token window makes the sliding-window layers (5 of 6) differ from full attention within
 /// the short prompt, so the mask and the local RoPE base are checked against llama.cpp.
 #[test]
 fn gemma3_sliding_window_matches_llama_cpp() {
-    check_against_llama_cpp("gemma3_swa4");
+    check_against_llama_cpp("gemma3_swa4", GEMMA3_TOL, Some(GEMMA3_NEAR_TIE));
 }
 
 fn run(model: &dyn Model, tokens: &[u32], threads: usize, max_batch: usize) -> Vec<f32> {

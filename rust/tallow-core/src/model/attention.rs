@@ -1,8 +1,23 @@
 //! Causal multi-head attention of a chunk of queries over the KV cache, with grouped-query
 //! heads and an optional sliding window. Work items are (token, head) pairs, split over the pool.
+//!
+//! The arithmetic is llama.cpp's CPU path without flash attention (llama-cpp-python's default),
+//! operation for operation, so the results are bit-identical rather than merely close: a last-bit
+//! difference here flips an int8 rounding in the next product now and then, and those flips
+//! compound over the layers into visible logit differences.
+//! - `q·k`: the query is rounded to f16 to meet the f16 keys; the dot product runs in 16 f32
+//!   lanes (element `i` in lane `i % 16`) reduced pairwise at the end ([`LANES`], [`reduce16`]),
+//!   the order of ggml's AVX-512 f16 GEMM (llamafile's tinyBLAS).
+//! - softmax: ggml's vectorized [`expf`]; the sum adds 16-key chunks (each reduced pairwise) in
+//!   f64; the weights are rounded to f16.
+//! - `Σ w·v`: per output element, again 16 lanes over the keys (key `j` in lane `j % 16`).
 
+use super::layers::expf;
 use crate::threadpool::{split_range, ThreadPool};
 use half::f16;
+
+/// Width of the f32 accumulators whose summation order is reproduced.
+const LANES: usize = 16;
 
 /// Shapes and masking of one attention call.
 pub struct AttnParams {
@@ -18,19 +33,43 @@ pub struct AttnParams {
     pub scale: f32,
 }
 
+/// Floats of `scores` scratch one worker needs for `n_kv` keys of width `head_dim`.
+pub fn scratch_per_thread(n_kv: usize, head_dim: usize) -> usize {
+    n_kv + LANES * head_dim
+}
+
+/// Sum of 16 lanes in the pairwise order of `_mm512_reduce_add_ps`: halves, quarters, pairs.
+#[inline]
+fn reduce16(v: &[f32; LANES]) -> f32 {
+    let h: [f32; 8] = std::array::from_fn(|i| v[i] + v[i + 8]);
+    let q: [f32; 4] = std::array::from_fn(|i| h[i] + h[i + 4]);
+    (q[0] + q[2]) + (q[1] + q[3])
+}
+
+/// `Σ a[i] · b[i]` with element `i` accumulated in lane `i % 16`. The products of f16 values
+/// are exact in f32, so only this order matters.
+#[inline]
+fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        acc[i % LANES] += x * y.to_f32();
+    }
+    reduce16(&acc)
+}
+
 struct SyncPtr(*mut f32);
 // SAFETY: every worker writes only the output rows and score slice it owns (see `attention`).
 unsafe impl Sync for SyncPtr {}
 
 /// `out[t, h] = Σ_j softmax_j(scale · q[t, h] · k[j, h / group]) · v[j, h / group]`.
 ///
-/// - `q`, `out`: `[n_tokens, n_head * head_dim]`
+/// - `q`, `out`: `[n_tokens, n_head * head_dim]`; `q` is rounded to f16 precision in place
 /// - `k`, `v`: one layer of the cache, `[n_ctx, n_head_kv * head_dim]`, filled up to
 ///   `pos0 + n_tokens`
-/// - `scores`: at least `pool.n_threads() * (pos0 + n_tokens)` floats of scratch
+/// - `scores`: at least `pool.n_threads() * scratch_per_thread(pos0 + n_tokens, head_dim)` floats
 pub fn attention(
     p: &AttnParams,
-    q: &[f32],
+    q: &mut [f32],
     k: &[f16],
     v: &[f16],
     out: &mut [f32],
@@ -42,47 +81,65 @@ pub fn attention(
     let group = n_head / p.n_head_kv;
     let n_kv = p.pos0 + p.n_tokens;
     let n_items = p.n_tokens * n_head;
+    let per_thread = scratch_per_thread(n_kv, hd);
     assert!(q.len() == n_items * hd && out.len() == n_items * hd);
     assert!(k.len() >= n_kv * kv_dim && v.len() >= n_kv * kv_dim);
-    assert!(scores.len() >= pool.n_threads() * n_kv);
+    assert!(scores.len() >= pool.n_threads() * per_thread);
+    for x in q.iter_mut() {
+        *x = f16::from_f32(*x).to_f32();
+    }
+    let q: &[f32] = q;
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let scores_ptr = SyncPtr(scores.as_mut_ptr());
 
     pool.run(&|ti, nt| {
         let (out_ptr, scores_ptr) = (&out_ptr, &scores_ptr);
-        // SAFETY: worker `ti` owns scores[ti * n_kv..(ti + 1) * n_kv] (in bounds, asserted above).
-        let sc = unsafe { std::slice::from_raw_parts_mut(scores_ptr.0.add(ti * n_kv), n_kv) };
+        // SAFETY: worker `ti` owns scores[ti * per_thread..(ti + 1) * per_thread] (in bounds,
+        // asserted above).
+        let own = unsafe { std::slice::from_raw_parts_mut(scores_ptr.0.add(ti * per_thread), per_thread) };
+        let (sc_all, acc) = own.split_at_mut(n_kv);
         for item in split_range(n_items, ti, nt) {
             let (t, h) = (item / n_head, item % n_head);
             let pos = p.pos0 + t;
             let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
             let qh = &q[item * hd..(item + 1) * hd];
             let kv_off = (h / group) * hd;
+            let key = |j: usize| j * kv_dim + kv_off..j * kv_dim + kv_off + hd;
 
-            let sc = &mut sc[first..=pos];
+            let sc = &mut sc_all[first..=pos];
             let mut max = f32::NEG_INFINITY;
             for (j, s) in (first..=pos).zip(sc.iter_mut()) {
-                let kj = &k[j * kv_dim + kv_off..j * kv_dim + kv_off + hd];
-                let dot: f32 = qh.iter().zip(kj).map(|(&a, &b)| a * b.to_f32()).sum();
-                *s = dot * p.scale;
+                *s = dot_f16(qh, &k[key(j)]) * p.scale;
                 max = max.max(*s);
             }
-            let mut sum = 0.0f32;
-            for s in sc.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
+            // Chunks of 16 keys counted from key 0; masked keys would add exact zeros.
+            let mut sum = 0.0f64;
+            let mut chunk = [0.0f32; LANES];
+            for (j, s) in (first..=pos).zip(sc.iter_mut()) {
+                *s = expf(*s - max);
+                chunk[j % LANES] = *s;
+                if j % LANES == LANES - 1 || j == pos {
+                    sum += reduce16(&chunk) as f64;
+                    chunk = [0.0; LANES];
+                }
             }
-            let inv = 1.0 / sum;
+            let inv = (1.0 / sum) as f32;
+            for s in sc.iter_mut() {
+                *s = f16::from_f32(*s * inv).to_f32();
+            }
 
+            // acc[lane * hd + d]: lane `j % 16` of output element `d`.
+            acc.fill(0.0);
+            for (j, &w) in (first..=pos).zip(sc.iter()) {
+                let lane = &mut acc[(j % LANES) * hd..(j % LANES + 1) * hd];
+                for (a, &x) in lane.iter_mut().zip(&v[key(j)]) {
+                    *a += w * x.to_f32();
+                }
+            }
             // SAFETY: item rows are disjoint between workers (split_range) and in bounds.
             let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(item * hd), hd) };
-            o.fill(0.0);
-            for (j, &s) in (first..=pos).zip(sc.iter()) {
-                let w = s * inv;
-                let vj = &v[j * kv_dim + kv_off..j * kv_dim + kv_off + hd];
-                for (acc, &x) in o.iter_mut().zip(vj) {
-                    *acc += w * x.to_f32();
-                }
+            for (d, o) in o.iter_mut().enumerate() {
+                *o = reduce16(&std::array::from_fn(|l| acc[l * hd + d]));
             }
         }
     });
@@ -102,19 +159,21 @@ mod tests {
         let k = h(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
         let v = h(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         let pool = ThreadPool::new(2);
-        let mut scores = vec![0.0; 2 * 3];
+        let mut scores = vec![0.0; 2 * scratch_per_thread(3, 2)];
         // Query at position 0 sees only key 0.
         let p = AttnParams { n_head: 2, n_head_kv: 1, head_dim: 2, pos0: 0, n_tokens: 1, window: None, scale: 1.0 };
         let mut out = vec![0.0; 4];
-        attention(&p, &[5.0, 5.0, -1.0, 3.0], &k, &v, &mut out, &mut scores, &pool);
+        attention(&p, &mut [5.0, 5.0, -1.0, 3.0], &k, &v, &mut out, &mut scores, &pool);
         assert_eq!(out, [1.0, 2.0, 1.0, 2.0]);
         // Query at position 2 with window 1 sees only key 2.
         let p = AttnParams { pos0: 2, window: Some(1), ..p };
-        attention(&p, &[5.0, 5.0, -1.0, 3.0], &k, &v, &mut out, &mut scores, &pool);
+        attention(&p, &mut [5.0, 5.0, -1.0, 3.0], &k, &v, &mut out, &mut scores, &pool);
         assert_eq!(out, [5.0, 6.0, 5.0, 6.0]);
-        // Without the window, equal scores average the values.
+        // Without the window, equal scores average the values, with weights rounded to f16
+        // (1/3 -> 0.33325) as llama.cpp does.
         let p = AttnParams { window: None, scale: 0.0, ..p };
-        attention(&p, &[5.0, 5.0, -1.0, 3.0], &k, &v, &mut out, &mut scores, &pool);
-        assert!(out.iter().zip([3.0, 4.0, 3.0, 4.0]).all(|(a, b)| (a - b).abs() < 1e-5));
+        attention(&p, &mut [5.0, 5.0, -1.0, 3.0], &k, &v, &mut out, &mut scores, &pool);
+        let w = f16::from_f32(1.0 / 3.0).to_f32();
+        assert_eq!(out, [9.0 * w, 12.0 * w, 9.0 * w, 12.0 * w]);
     }
 }

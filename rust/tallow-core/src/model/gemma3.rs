@@ -119,6 +119,9 @@ impl Layers for Gemma3 {
             rms_norm(k, &b.attn_k_norm, c.norm_eps);
             rope.apply(q, c.head_dim, c.rope_style);
             rope.apply(k, c.head_dim, c.rope_style);
+            // Scale Q before attention (rather than the scores), as llama.cpp does: the scaled
+            // query is what gets rounded to f16.
+            q.iter_mut().for_each(|x| *x *= c.attn_scale);
             cache.store(il, pos0, k, v);
             let params = AttnParams {
                 n_head: c.n_head,
@@ -127,7 +130,7 @@ impl Layers for Gemma3 {
                 pos0,
                 n_tokens: n,
                 window: if swa { c.sliding_window } else { None },
-                scale: c.attn_scale,
+                scale: 1.0,
             };
             attention(&params, q, cache.k_layer(il), cache.v_layer(il), att, &mut s.scores, pool);
             matmul(&b.attn_output, att, n, proj, mm, pool);

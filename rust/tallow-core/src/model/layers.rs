@@ -2,13 +2,15 @@
 //! Rows are `[n, dim]` row-major slices; everything works in place on scratch buffers.
 
 use super::config::RopeStyle;
+use half::f16;
+use std::sync::OnceLock;
 
 /// `x[r] = x[r] / rms(x[r]) * w` for every row of width `w.len()`.
-/// The sum of squares is accumulated in f64, as ggml does, so long rows do not lose precision.
+/// Squares are taken in f32 and summed in f64, in order, as ggml does (bit-identical results).
 pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
     let dim = w.len();
     for row in x.chunks_exact_mut(dim) {
-        let ss: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        let ss: f64 = row.iter().map(|&v| (v * v) as f64).sum();
         let scale = 1.0 / ((ss / dim as f64) as f32 + eps).sqrt();
         for (v, &g) in row.iter_mut().zip(w) {
             *v = *v * scale * g;
@@ -29,28 +31,80 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// SwiGLU: `gate = silu(gate) * up`.
+/// e^x as ggml's vectorized `ggml_v_expf` (AVX-512 variant, used by llama.cpp's softmax and
+/// SiLU on this class of CPU) computes it, bit for bit: `x = n·ln2 + b` with `n` the nearest
+/// integer to `x·log2(e)`, a degree-5 polynomial for `e^b`, scaled by `2^n`. Within 1.5 ulp of
+/// the true value; the point is the same bits as llama.cpp, not accuracy.
+pub fn expf(x: f32) -> f32 {
+    // Adding 1.5·2^23 rounds to an integer (round to nearest even) in the low mantissa bits.
+    const SHIFT: f32 = 12_582_912.0;
+    const LOG2_E: f32 = f32::from_bits(0x3fb8_aa3b); // 0x1.715476p+0
+    const LN2_HI: f32 = f32::from_bits(0x3f31_7200); // 0x1.62e4p-1
+    const LN2_LO: f32 = f32::from_bits(0x35bf_be8e); // 0x1.7f7d1cp-20
+    const C: [f32; 5] = [
+        f32::from_bits(0x3f7f_fff6), // 0x1.ffffecp-1
+        f32::from_bits(0x3eff_fedb), // 0x1.fffdb6p-2
+        f32::from_bits(0x3e2a_af33), // 0x1.555e66p-3
+        f32::from_bits(0x3d2b_9f17), // 0x1.573e2ep-5
+        f32::from_bits(0x3c07_2010), // 0x1.0e4020p-7
+    ];
+    let n = x.mul_add(LOG2_E, SHIFT) - SHIFT;
+    if n.is_nan() || n.abs() > 192.0 {
+        // Far outside f32's range (or x = ±inf): 0 below, inf above.
+        return if n > 0.0 { f32::INFINITY } else { 0.0 };
+    }
+    let b = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let u = b * b;
+    let p = C[4].mul_add(b, C[3]).mul_add(u, C[2].mul_add(b, C[1]));
+    let j = p.mul_add(u, C[0].mul_add(b, 1.0));
+    // j · 2^n with one rounding (AVX-512 scalef): exact in f64, then rounded once to f32.
+    (j as f64 * 2f64.powi(n as i32)) as f32
+}
+
+/// SwiGLU: `gate = silu(gate) * up`, `silu(x) = x / (1 + e^-x)` with ggml's [`expf`].
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+        *g = *g / (1.0 + expf(-*g)) * u;
     }
 }
 
-/// GeGLU with the tanh approximation of GELU (ggml_gelu): `gate = gelu(gate) * up`.
-pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+/// GELU, tanh approximation, in f32 (ggml_gelu_f32).
+fn gelu_f32(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     const GELU_COEF_A: f32 = 0.044_715;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+}
+
+/// GELU of every f16 value, indexed by its bits: llama.cpp's CPU backend looks GELU up in such
+/// a table (GGML_GELU_FP16), so the input is rounded to f16 and so is the result. Matching it
+/// removes a ~0.05 difference per FFN.
+fn gelu_table() -> &'static [f16] {
+    static TABLE: OnceLock<Vec<f16>> = OnceLock::new();
+    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_f32(gelu_f32(f16::from_bits(b).to_f32()))).collect())
+}
+
+/// GeGLU: `gate = gelu(gate) * up`, GELU through the f16 table within (-10, 10), exact outside
+/// (0 below, identity above), as ggml_vec_geglu_f32.
+pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+    let table = gelu_table();
     for (g, &u) in gate.iter_mut().zip(up) {
         let x = *g;
-        let t = (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh();
-        *g = 0.5 * x * (1.0 + t) * u;
+        *g = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * u
+        } else {
+            table[f16::from_f32(x).to_bits() as usize].to_f32() * u
+        };
     }
 }
 
 /// cos/sin of the rotation angles for positions `pos0..pos0 + n`: `[n, rope_dim / 2]` each.
 ///
-/// Angle of pair `i` at position `p`: `p * freq_scale * base^(-2i / rope_dim) / factor[i]`
-/// (`factor` = Llama 3.1's `rope_freqs`, 1 otherwise). Computed in f64, then rounded.
+/// Angle of pair `i` at position `p`: `freq_scale · p · base^(-2i / rope_dim) / factor[i]`
+/// (`factor` = Llama 3.1's `rope_freqs`, 1 otherwise), computed in f32 exactly as ggml's rope
+/// cache does: `base^(-2 / rope_dim)` once, then repeated multiplication, then `cosf`/`sinf`.
+/// The f32 rounding of that recurrence is part of the model as llama.cpp runs it.
 #[derive(Default)]
 pub struct RopeTable {
     pub cos: Vec<f32>,
@@ -72,14 +126,15 @@ impl RopeTable {
         self.half = half;
         self.cos.clear();
         self.sin.clear();
+        let theta_scale = base.powf(-2.0 / rope_dim as f32);
         for p in pos0..pos0 + n {
-            let p = p as f64 * freq_scale as f64;
+            let mut theta = p as f32;
             for i in 0..half {
-                let inv_freq = (base as f64).powf(-2.0 * i as f64 / rope_dim as f64);
-                let ff = factors.map_or(1.0, |f| f[i] as f64);
-                let theta = p * inv_freq / ff;
-                self.cos.push(theta.cos() as f32);
-                self.sin.push(theta.sin() as f32);
+                let ff = factors.map_or(1.0, |f| f[i]);
+                let angle = freq_scale * (theta / ff);
+                self.cos.push(angle.cos());
+                self.sin.push(angle.sin());
+                theta *= theta_scale;
             }
         }
     }
@@ -98,9 +153,10 @@ impl RopeTable {
                         RopeStyle::Normal => (2 * i, 2 * i + 1),
                         RopeStyle::Neox => (i, i + half),
                     };
+                    // Fused as GCC contracts ggml's `x0*cos - x1*sin` (bit-exact with llama.cpp).
                     let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * cos[i] - x1 * sin[i];
-                    head[b] = x0 * sin[i] + x1 * cos[i];
+                    head[a] = x0.mul_add(cos[i], -(x1 * sin[i]));
+                    head[b] = x0.mul_add(sin[i], x1 * cos[i]);
                 }
             }
         }
@@ -153,12 +209,29 @@ mod tests {
     }
 
     #[test]
+    fn expf_is_close_and_saturates() {
+        for i in -2000..=2000 {
+            let x = i as f32 * 0.04;
+            let (got, want) = (expf(x), (x as f64).exp());
+            assert!(((got as f64 - want) / want).abs() < 3e-7, "expf({x}) = {got}, want {want}");
+        }
+        assert_eq!((expf(0.0), expf(f32::NEG_INFINITY), expf(-200.0)), (1.0, 0.0, 0.0));
+        assert_eq!((expf(f32::INFINITY), expf(200.0)), (f32::INFINITY, f32::INFINITY));
+        // Subnormal results are rounded once, not flushed.
+        let tiny = expf(-88.0);
+        assert!(tiny < f32::MIN_POSITIVE && ((tiny as f64 / (-88f64).exp()) - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
     fn activations() {
         let mut g = vec![0.0, 1.0];
         silu_mul(&mut g, &[5.0, 2.0]);
         assert!(g[0] == 0.0 && (g[1] - 2.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
-        let mut g = vec![0.0, 3.0];
-        gelu_mul(&mut g, &[1.0, 1.0]);
+        let mut g = vec![0.0, 3.0, -12.0, 12.0, 1.0001];
+        gelu_mul(&mut g, &[1.0, 1.0, 1.0, 2.0, 1.0]);
         assert!(g[0] == 0.0 && (g[1] - 2.9964).abs() < 1e-3);
+        assert_eq!((g[2], g[3]), (0.0, 24.0));
+        // Looked up at f16(1.0001) = 1.0 and rounded to f16, like llama.cpp.
+        assert_eq!(g[4], f16::from_f32(gelu_f32(1.0)).to_f32());
     }
 }

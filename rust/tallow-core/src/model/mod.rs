@@ -138,7 +138,7 @@ pub(crate) fn run_forward<'s, L: Layers>(
 
     let n_vocab = cfg.n_vocab;
     let n_embd = cfg.n_embd;
-    let n_scores = pool.n_threads() * cache.capacity();
+    let n_scores = pool.n_threads() * attention::scratch_per_thread(cache.capacity(), cfg.head_dim);
     if s.scores.len() < n_scores {
         s.scores.resize(n_scores, 0.0);
     }

@@ -32,7 +32,7 @@ pub struct ForwardScratch {
     pub(crate) gate: Vec<f32>,
     /// `[B, n_ff]`
     pub(crate) up: Vec<f32>,
-    /// Softmax scores, `[n_threads, n_ctx]`; sized on first use with a cache.
+    /// Attention scratch, `[n_threads, n_ctx + 16 * head_dim]`; sized on first use with a cache.
     pub(crate) scores: Vec<f32>,
     /// RoPE angles of the global layers and of the sliding-window layers, for the current chunk.
     pub(crate) rope: RopeTable,

@@ -60,3 +60,9 @@ pub fn as_bytes<T: ActBlock>(blocks: &[T]) -> &[u8] {
     // SAFETY: repr(C) plain data; the byte view covers exactly the slice.
     unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks)) }
 }
+
+/// Mutable byte view of activation blocks, for the quantizers that write GGML's layout.
+pub fn as_bytes_mut<T: ActBlock>(blocks: &mut [T]) -> &mut [u8] {
+    // SAFETY: repr(C) plain data, every byte pattern valid; the view covers exactly the slice.
+    unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr() as *mut u8, std::mem::size_of_val(blocks)) }
+}

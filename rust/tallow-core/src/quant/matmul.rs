@@ -5,7 +5,7 @@
 //! row with all tokens while it is in L1, so prefill reads each weight once per call.
 
 use super::blocks::{ActBlock, BlockQ8K, BlockQ8_0, BlockQ8_1};
-use super::kernels::{kernels, Kernels, VecDotFn};
+use super::kernels::{kernels, Kernels};
 use super::{reference, QTensor, QType};
 use crate::threadpool::{split_range, ThreadPool};
 
@@ -40,12 +40,43 @@ pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
 // SAFETY: every user writes only indices no other worker touches in the same `run`.
 unsafe impl<T> Sync for SyncPtr<T> {}
 
-/// `y[t * rows + r] = Σ_c W[r, c] · x[t * cols + c]` for `t in 0..n_tokens`, with the
-/// process-wide kernels ([`kernels()`]).
+/// `y[t * rows + r] = Σ_c W[r, c] · x[t * cols + c]` for `t in 0..n_tokens`, with llama.cpp's
+/// numerics: activations are quantized exactly as llama.cpp rounds them (`activation.rs`), the
+/// 32-element formats are summed in its order (`legacy_dot.rs`), and the k-quants go through the
+/// process-wide SIMD kernels ([`kernels()`]). Bit-level agreement matters: one ulp of difference
+/// flips an int8 rounding in a later layer now and then, and those flips compound.
 ///
 /// `x` is `[n_tokens, cols]`, `y` is `[n_tokens, rows]`, both row-major.
 pub fn matmul(w: &QTensor, x: &[f32], n_tokens: usize, y: &mut [f32], scratch: &mut MatmulScratch, pool: &ThreadPool) {
-    matmul_with(kernels(), w, x, n_tokens, y, scratch, pool)
+    check_shapes(w, x, n_tokens, y);
+    let k = kernels();
+    let Some(table_dot) = k.vec_dot_fn(w.qtype) else {
+        return reference::matmul_candle(w, x, n_tokens, y, scratch, pool);
+    };
+    let exact = super::legacy_dot::row_dot(w.qtype);
+    let cols = w.cols;
+    let dot = |wr: &[u8], at: &[u8]| match exact {
+        Some(exact) => exact(wr, at),
+        // SAFETY: the table matches this CPU; `wr` and `at` hold exactly `cols` values.
+        None => unsafe { table_dot(cols, wr, at) },
+    };
+    match super::act_type(w.qtype) {
+        Some(QType::Q8_0) => run::<BlockQ8_0>(w, x, n_tokens, y, scratch, pool, &dot, &|x, b| {
+            super::activation::quantize_row_q8_0(x, super::blocks::as_bytes_mut(b))
+        }),
+        Some(QType::Q8_1) => run::<BlockQ8_1>(w, x, n_tokens, y, scratch, pool, &dot, &|x, b| {
+            super::activation::quantize_row_q8_1(x, super::blocks::as_bytes_mut(b))
+        }),
+        Some(QType::Q8_K) => run::<BlockQ8K>(w, x, n_tokens, y, scratch, pool, &dot, &|x, b| {
+            super::activation::quantize_row_q8_k(x, super::blocks::as_bytes_mut(b))
+        }),
+        other => unreachable!("{} pairs with {other:?}", w.qtype),
+    }
+}
+
+fn check_shapes(w: &QTensor, x: &[f32], n_tokens: usize, y: &[f32]) {
+    assert_eq!(x.len(), n_tokens * w.cols, "matmul {}: x has {} values, want {}x{}", w.name, x.len(), n_tokens, w.cols);
+    assert_eq!(y.len(), n_tokens * w.rows, "matmul {}: y has {} values, want {}x{}", w.name, y.len(), n_tokens, w.rows);
 }
 
 /// [`matmul`] with an explicit kernel table (tests and benchmarks compare tables).
@@ -58,16 +89,18 @@ pub fn matmul_with(
     scratch: &mut MatmulScratch,
     pool: &ThreadPool,
 ) {
-    assert_eq!(x.len(), n_tokens * w.cols, "matmul {}: x has {} values, want {}x{}", w.name, x.len(), n_tokens, w.cols);
-    assert_eq!(y.len(), n_tokens * w.rows, "matmul {}: y has {} values, want {}x{}", w.name, y.len(), n_tokens, w.rows);
+    check_shapes(w, x, n_tokens, y);
     let Some(dot) = k.vec_dot_fn(w.qtype) else {
         // F32/F16/BF16: candle's generic path.
         return reference::matmul_candle(w, x, n_tokens, y, scratch, pool);
     };
+    let cols = w.cols;
+    // SAFETY: the table matches this CPU; `wr` and `at` hold exactly `cols` values.
+    let dot = |wr: &[u8], at: &[u8]| unsafe { dot(cols, wr, at) };
     match super::act_type(w.qtype) {
-        Some(QType::Q8_0) => run::<BlockQ8_0>(w, x, n_tokens, y, scratch, pool, dot, &|x, b| k.quantize_q8_0(x, b)),
-        Some(QType::Q8_1) => run::<BlockQ8_1>(w, x, n_tokens, y, scratch, pool, dot, &|x, b| k.quantize_q8_1(x, b)),
-        Some(QType::Q8_K) => run::<BlockQ8K>(w, x, n_tokens, y, scratch, pool, dot, &|x, b| k.quantize_q8_k(x, b)),
+        Some(QType::Q8_0) => run::<BlockQ8_0>(w, x, n_tokens, y, scratch, pool, &dot, &|x, b| k.quantize_q8_0(x, b)),
+        Some(QType::Q8_1) => run::<BlockQ8_1>(w, x, n_tokens, y, scratch, pool, &dot, &|x, b| k.quantize_q8_1(x, b)),
+        Some(QType::Q8_K) => run::<BlockQ8K>(w, x, n_tokens, y, scratch, pool, &dot, &|x, b| k.quantize_q8_k(x, b)),
         other => unreachable!("{} pairs with {other:?}", w.qtype),
     }
 }
@@ -79,7 +112,7 @@ fn run<A: ActBlock + Send + Sync>(
     y: &mut [f32],
     scratch: &mut MatmulScratch,
     pool: &ThreadPool,
-    dot: VecDotFn,
+    dot: &(dyn Fn(&[u8], &[u8]) -> f32 + Sync),
     quantize: &(dyn Fn(&[f32], &mut [A]) + Sync),
 ) {
     let (rows, cols) = (w.rows, w.cols);
@@ -110,9 +143,9 @@ fn run<A: ActBlock + Send + Sync>(
             let wr = &data[r * row_bytes..(r + 1) * row_bytes];
             for t in 0..n_tokens {
                 let at = &xq_bytes[t * act_row..(t + 1) * act_row];
-                // SAFETY: the kernel table matches this CPU; `wr` and `at` hold exactly `cols`
-                // weights and activations. Row r of every token belongs to this worker only.
-                unsafe { *out.0.add(t * rows + r) = dot(cols, wr, at) };
+                let v = dot(wr, at);
+                // SAFETY: row r of every token belongs to this worker only; index in bounds.
+                unsafe { *out.0.add(t * rows + r) = v };
             }
         }
     });

@@ -5,8 +5,10 @@
 //! llama.cpp does, then takes integer dot products row by row. candle-core's block types and
 //! routines are the reference implementation (`reference.rs`).
 
+pub mod activation;
 pub mod blocks;
 mod kernels;
+mod legacy_dot;
 mod matmul;
 mod qtype;
 mod reference;
@@ -18,6 +20,7 @@ mod x86_avx2;
 mod x86_avx512;
 
 pub use kernels::{kernels, Kernels, VecDotFn};
+pub use legacy_dot::{row_dot, RowDot};
 pub use matmul::{matmul, matmul_with, MatmulScratch};
 pub use qtype::QType;
 pub use reference::{dequantize_row, matmul_candle};

@@ -8,12 +8,16 @@ lines so the Rust test needs no JSON parser:
     case <name> <model file> <sliding-window override or ->
     tokens <id> <id> ...
     top5 <id>:<logit> x5          (one line per position)
+    greedy <id> x32               (first prompt of a case only: llama.cpp's greedy continuation,
+                                   one token per decode call)
 """
 
 import pathlib
 
 import llama_cpp
 import numpy as np
+
+GREEDY_TOKENS = 32
 
 ROOT = pathlib.Path(__file__).resolve().parents[4]
 OUT = pathlib.Path(__file__).with_name("model_refs.txt")
@@ -44,7 +48,7 @@ def main() -> None:
             kv_overrides=overrides or None, verbose=False,
         )
         window = overrides.get("gemma3.attention.sliding_window", "-")
-        for text in texts:
+        for ti, text in enumerate(texts):
             tokens = llm.tokenize(text.encode(), add_bos=True, special=False)
             llm.reset()
             llm.eval(tokens)
@@ -54,6 +58,15 @@ def main() -> None:
             lines.append("tokens " + " ".join(str(int(t)) for t in tokens))
             for i, row in enumerate(top5):
                 lines.append("top5 " + " ".join(f"{int(j)}:{scores[i, j]:.6f}" for j in row))
+            if ti == 0:
+                # Greedy decoding, one token per call (the decode path, not prefill).
+                out = []
+                nxt = int(np.argmax(scores[-1]))
+                for _ in range(GREEDY_TOKENS):
+                    out.append(nxt)
+                    llm.eval([nxt])
+                    nxt = int(np.argmax(np.asarray(llm.scores[llm.n_tokens - 1])))
+                lines.append("greedy " + " ".join(str(t) for t in out))
         del llm
     OUT.write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT}")

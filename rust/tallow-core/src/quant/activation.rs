@@ -1,0 +1,153 @@
+//! Activation quantizers that round exactly like llama.cpp's x86 CPU backend.
+//!
+//! Every product quantizes its f32 input first, and an element that lands on the other side of
+//! a rounding boundary moves by a whole quantization step. Such flips compound over the layers,
+//! so matching llama.cpp token for token needs the same arithmetic, not just the same format:
+//! - Q8_0 / Q8_1 (its AVX2 path): `d = amax / 127` stored as f16, but the elements are scaled by
+//!   `127 / amax` (not `1 / d`) and rounded half to even.
+//! - Q8_1's `s` is `f16(d · Σq)` with the f32 `d`; candle rounds `Σq` and `d` to f16 first,
+//!   which biases every Q4_1/Q5_1 product through the `m · s` term.
+//! - Q8_K (its reference path): scaled by `-127 / max` where `max` is the signed element of
+//!   largest magnitude, rounded half to even, clamped to 127; `d = 1 / scale` stays f32.
+//!
+//! Output is raw GGML block bytes, which is also the layout of candle's block types.
+
+use half::f16;
+
+/// Bytes of one Q8_0 block: f16 `d`, 32 × i8.
+pub const Q8_0_BYTES: usize = 34;
+/// Bytes of one Q8_1 block: f16 `d`, f16 `s`, 32 × i8.
+pub const Q8_1_BYTES: usize = 36;
+/// Bytes of one Q8_K block: f32 `d`, 256 × i8, 16 × i16 sums of 16.
+pub const Q8_K_BYTES: usize = 292;
+
+/// Round half to even, as `_mm256_round_ps(_, _MM_FROUND_TO_NEAREST_INT)` and llama.cpp's
+/// `nearest_int` do (Rust's `round` goes half away from zero).
+#[inline]
+fn round_even(v: f32) -> i32 {
+    v.round_ties_even() as i32
+}
+
+/// Scales one block of 32 by `127 / amax` into `qs`; returns `(d, Σq)`.
+fn q8_block(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
+    let amax = x.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut sum = 0;
+    for (q, &v) in qs.iter_mut().zip(x) {
+        let r = round_even(v * id);
+        sum += r;
+        *q = r as i8 as u8;
+    }
+    (d, sum)
+}
+
+/// `x` (`[32 · n]`) to `n` Q8_0 blocks in `out` (`[34 · n]` bytes).
+pub fn quantize_row_q8_0(x: &[f32], out: &mut [u8]) {
+    assert_eq!(x.len() / 32 * Q8_0_BYTES, out.len(), "q8_0: {} values into {} bytes", x.len(), out.len());
+    for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(Q8_0_BYTES)) {
+        let (d, _) = q8_block(xb, &mut ob[2..]);
+        ob[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+    }
+}
+
+/// `x` (`[32 · n]`) to `n` Q8_1 blocks in `out` (`[36 · n]` bytes).
+pub fn quantize_row_q8_1(x: &[f32], out: &mut [u8]) {
+    assert_eq!(x.len() / 32 * Q8_1_BYTES, out.len(), "q8_1: {} values into {} bytes", x.len(), out.len());
+    for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(Q8_1_BYTES)) {
+        let (d, sum) = q8_block(xb, &mut ob[4..]);
+        ob[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        ob[2..4].copy_from_slice(&f16::from_f32(d * sum as f32).to_le_bytes());
+    }
+}
+
+/// `x` (`[256 · n]`) to `n` Q8_K blocks in `out` (`[292 · n]` bytes).
+pub fn quantize_row_q8_k(x: &[f32], out: &mut [u8]) {
+    assert_eq!(x.len() / 256 * Q8_K_BYTES, out.len(), "q8_K: {} values into {} bytes", x.len(), out.len());
+    for (xb, ob) in x.chunks_exact(256).zip(out.chunks_exact_mut(Q8_K_BYTES)) {
+        // The signed element of largest magnitude (the first one on ties).
+        let (mut amax, mut max) = (0.0f32, 0.0f32);
+        for &v in xb {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let (head, rest) = ob.split_at_mut(4);
+        let (qs, bsums) = rest.split_at_mut(256);
+        if amax == 0.0 {
+            head.fill(0);
+            qs.fill(0);
+            bsums.fill(0);
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, &v) in qs.iter_mut().zip(xb) {
+            *q = round_even(iscale * v).min(127) as i8 as u8;
+        }
+        for (j, s) in bsums.chunks_exact_mut(2).enumerate() {
+            let sum: i32 = qs[j * 16..(j + 1) * 16].iter().map(|&q| q as i8 as i32).sum();
+            s.copy_from_slice(&(sum as i16).to_le_bytes());
+        }
+        head.copy_from_slice(&(1.0 / iscale).to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn i8s(b: &[u8]) -> Vec<i8> {
+        b.iter().map(|&q| q as i8).collect()
+    }
+
+    #[test]
+    fn q8_0_rounds_half_to_even_with_127_over_amax() {
+        // amax = 127 makes id = 1 exactly, so 0.5 / 1.5 / 2.5 are exact ties.
+        let mut x = [0.0f32; 32];
+        x[..5].copy_from_slice(&[127.0, 0.5, 1.5, 2.5, -2.5]);
+        let mut out = [0u8; Q8_0_BYTES];
+        quantize_row_q8_0(&x, &mut out);
+        assert_eq!(f16::from_le_bytes([out[0], out[1]]).to_f32(), 1.0);
+        assert_eq!(i8s(&out[2..7]), [127, 0, 2, 2, -2]);
+        // All-zero blocks stay zero (no division by zero).
+        quantize_row_q8_0(&[0.0; 32], &mut out);
+        assert!(out.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn q8_1_sum_uses_the_f32_scale() {
+        // d = 3 / 127 is not an f16; s must be f16(d · Σq), not f16(f16(d) · Σq).
+        let mut x = [3.0f32; 32];
+        x[0] = -3.0;
+        let mut out = [0u8; Q8_1_BYTES];
+        quantize_row_q8_1(&x, &mut out);
+        let d = 3.0f32 / 127.0;
+        assert_eq!(f16::from_le_bytes([out[0], out[1]]), f16::from_f32(d));
+        assert_eq!(f16::from_le_bytes([out[2], out[3]]), f16::from_f32(d * (30 * 127) as f32));
+        assert_eq!(i8s(&out[4..6]), [-127, 127]);
+    }
+
+    #[test]
+    fn q8_k_scales_by_the_signed_max() {
+        // The largest magnitude is negative: iscale = -127 / -127 = 1, so ties are exact.
+        let mut x = [0.0f32; 256];
+        x[..4].copy_from_slice(&[-127.0, 2.5, 3.5, -0.5]);
+        x[17] = 5.5;
+        let mut out = [0u8; Q8_K_BYTES];
+        quantize_row_q8_k(&x, &mut out);
+        let qs = i8s(&out[4..260]);
+        assert_eq!((qs[0], qs[1], qs[2], qs[3], qs[17]), (-127, 2, 4, 0, 6));
+        assert_eq!(f32::from_le_bytes(out[..4].try_into().unwrap()), 1.0);
+        let bsum = |j: usize| i16::from_le_bytes([out[260 + 2 * j], out[261 + 2 * j]]);
+        assert_eq!((bsum(0), bsum(1)), (-121, 6));
+        // A positive max flips the signs: the max maps to -127 and d is negative.
+        x[0] = 127.0;
+        quantize_row_q8_k(&x, &mut out);
+        assert_eq!((out[4] as i8, out[5] as i8), (-127, -2));
+        assert_eq!(f32::from_le_bytes(out[..4].try_into().unwrap()), -1.0);
+        // All zero: d = 0 and no division.
+        quantize_row_q8_k(&[0.0; 256], &mut out);
+        assert!(out.iter().all(|&b| b == 0));
+    }
+}
