@@ -11,13 +11,13 @@
 //! Measured (2026-11):
 //! - smollm2 (Q4_1 + Q8_0): identical to the 6 printed decimals at all 28 positions (max diff
 //!   9.5e-7, the rounding of the reference file), greedy 32 tokens identical. Was 0.72.
-//! - gemma3 (Q4_K/Q6_K/Q5_0/Q8_0): identical at positions 0-2, then up to 0.40 (0.57 with the
-//!   4-token window) on logits of 15-35. Was 0.81 / 1.10. The rest comes from the K-quant
-//!   products: llama.cpp runs Q4_K through its repacked 8x8 kernels and Q6_K through an AVX2
-//!   kernel whose f32 accumulation order tallow does not reproduce yet (candle's order), so
-//!   they differ in the last bit. Top-1 differs at 1/23 (gemma3) and 1/13 (window 4) positions,
-//!   both near-ties of llama.cpp itself (gaps 0.09 and 0.04); greedy 32 tokens of the gemma3
-//!   prompt are identical.
+//! - gemma3 (Q4_K/Q6_K/Q5_0/Q8_0): identical at positions 0-2, then up to 0.51 (1.04 with the
+//!   4-token window) on logits of 15-35, with top-1 equal at every position (0/23, 0/13).
+//!   The rest comes from the K-quant products: llama.cpp runs Q4_K through its repacked 8x8
+//!   kernels and Q6_K through an AVX2 kernel whose f32 accumulation order tallow's SIMD
+//!   kernels do not reproduce yet, so they differ in the last bit. (With candle's scalar order
+//!   instead: 0.40 / 0.57, but one near-tie top-1 swap in each.) Greedy 32 tokens of the
+//!   gemma3 prompt are identical.
 //!
 //! Tolerances sit just above these measurements.
 
@@ -30,8 +30,8 @@ use tallow_core::Error;
 
 /// Bit-identical up to the 6 decimals the reference file stores.
 const SMOLLM2_TOL: f32 = 1e-5;
-/// Worst measured 0.57 (see above).
-const GEMMA3_TOL: f32 = 0.75;
+/// Worst measured 1.04 (see above).
+const GEMMA3_TOL: f32 = 1.1;
 /// A gemma3 top-1 may differ only where llama.cpp's own top two are closer than this (worst
 /// measured gap 0.09).
 const GEMMA3_NEAR_TIE: f32 = 0.2;
