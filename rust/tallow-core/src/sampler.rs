@@ -359,8 +359,9 @@ impl Sampler {
 }
 
 /// Descending logit, then ascending id: a total order, so ties are cut deterministically.
+/// Adding +0.0 turns -0.0 into +0.0, so the two zeros tie (by id) as they compare equal.
 fn by_logit_desc(a: &TokenProb, b: &TokenProb) -> Ordering {
-    b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id))
+    (b.logit + 0.0).total_cmp(&(a.logit + 0.0)).then(a.id.cmp(&b.id))
 }
 
 /// A seed for `seed: None`: std's per-process random hasher keys mixed with the clock.

@@ -483,3 +483,13 @@ fn large_vocab_default_chain() {
         assert!(logits[id as usize] >= 9.0, "picked a low-probability token {id}");
     }
 }
+
+/// -0.0 and +0.0 are equal logits: ties between them go to the lower id (found by Hypothesis).
+#[test]
+fn signed_zeros_tie_by_id() {
+    let params = SamplingParams { top_k: 2, seed: Some(7), ..SamplingParams::default() };
+    let mut s = Sampler::new(params).unwrap();
+    for _ in 0..50 {
+        assert!(s.sample(&[-0.0, 0.0, 0.0], &[]).unwrap() < 2);
+    }
+}
