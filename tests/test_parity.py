@@ -7,8 +7,8 @@ Greedy generation must match token for token, except that at the first divergenc
 token may be one that llama.cpp itself scores within NEAR_TIE of its best. Logits differ slightly
 between the engines (both quantize activations to 8 bits but round and accumulate differently;
 see rust/tallow-core/tests/model_real.rs), so a near-tie can flip. Measured on 33 fixture prompts:
-16 match all 32 tokens; every divergence is at a step where tallow's token is llama.cpp's second
-or third choice, 0.006-0.47 below its best.
+19 match all 32 tokens; every divergence is at a step where tallow's token is llama.cpp's second
+or third choice, 0.02-0.33 below its best.
 Closing that gap to exact agreement is open work.
 """
 
@@ -23,7 +23,7 @@ import tallow
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: How far below llama.cpp's best logit tallow's greedy token may score (at the first divergence).
-NEAR_TIE = 0.5
+NEAR_TIE = 0.4
 
 
 def _load(model: str) -> list[dict[str, Any]]:
