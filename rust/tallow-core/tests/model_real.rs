@@ -36,6 +36,10 @@ const GEMMA3_TOL: f32 = 1.1;
 /// measured gap 0.09).
 const GEMMA3_NEAR_TIE: f32 = 0.2;
 
+/// Token-by-token vs one-batch logits of smollm2 (different attention summation orders);
+/// measured 1.10 over the whole vocabulary, top-1 equal at every position.
+const DECODE_VS_BATCH_TOL: f32 = 1.5;
+
 fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/.models")
 }
@@ -180,6 +184,13 @@ fn smollm2_greedy_32_matches_llama_cpp() {
     check_greedy("smollm2");
 }
 
+/// Its continuation reaches a near-tie that only llama.cpp's single-query attention order
+/// (vec_dot_f16 rather than tinyBLAS) decides correctly.
+#[test]
+fn smollm2_fox_greedy_32_matches_llama_cpp() {
+    check_greedy("smollm2_fox");
+}
+
 #[test]
 fn gemma3_greedy_32_matches_llama_cpp() {
     check_greedy("gemma3");
@@ -188,6 +199,7 @@ fn gemma3_greedy_32_matches_llama_cpp() {
 #[test]
 fn smollm2_logits_match_llama_cpp() {
     check_against_llama_cpp("smollm2", SMOLLM2_TOL, None);
+    check_against_llama_cpp("smollm2_fox", SMOLLM2_TOL, None);
 }
 
 #[test]
@@ -224,14 +236,21 @@ fn smollm2_batch_sizes_threads_and_rollback_agree() {
     assert_eq!(run(&*model, tokens, 2, 64), full, "1 thread vs 2 threads");
     assert_eq!(run(&*model, tokens, 1, 5), full, "chunks of 5 vs one batch");
 
-    // Token by token (decode path, last-token logits) against the one-batch prefill.
+    // Token by token (decode path, last-token logits) against the one-batch prefill. Like
+    // llama.cpp, a single query sums its attention products in another order (vec_dot_f16 vs
+    // tinyBLAS), so the two paths agree only closely, not bit for bit.
     let mut cache = model.new_cache(64).unwrap();
     let mut scratch = model.new_scratch(1).unwrap();
     let pool = ThreadPool::new(2);
+    let mut worst = 0.0f32;
     for (i, &t) in tokens.iter().enumerate() {
         let l = model.forward(&[t], &mut cache, &mut scratch, &pool, false).unwrap();
-        assert!(max_diff(l, &full[i * n_vocab..(i + 1) * n_vocab]) < 1e-4, "position {i}");
+        let want = &full[i * n_vocab..(i + 1) * n_vocab];
+        worst = worst.max(max_diff(l, want));
+        assert_eq!(argmax(l), argmax(want), "position {i}");
     }
+    eprintln!("token by token vs batch: max diff {worst}");
+    assert!(worst < DECODE_VS_BATCH_TOL, "token by token vs batch: {worst}");
     assert_eq!(cache.len(), tokens.len());
 
     // Roll back to 5 tokens and recompute the rest: identical to the first run.

@@ -11,6 +11,10 @@
 //! - softmax: ggml's vectorized [`expf`]; the sum adds 16-key chunks (each reduced pairwise) in
 //!   f64; the weights are rounded to f16.
 //! - `Σ w·v`: per output element, again 16 lanes over the keys (key `j` in lane `j % 16`).
+//! - A single query (decode) takes ggml's `vec_dot_f16` instead of tinyBLAS for both products:
+//!   4 accumulators of 16 lanes (element `i` in accumulator `i / 16 % 4`, lane `i % 16`), added
+//!   as (0 + 2) + (1 + 3) before the lane reduction ([`Order`]). llama.cpp pads the keys to a
+//!   multiple of 256 with exact zeros, so its scalar tail never runs.
 
 use super::layers::expf;
 use crate::threadpool::{split_range, ThreadPool};
@@ -31,11 +35,54 @@ pub struct AttnParams {
     pub window: Option<usize>,
     /// Multiplies `q·k` before the softmax.
     pub scale: f32,
+    /// A single query sums in `vec_dot_f16` order (see the module doc). Measured true for
+    /// llama (smollm2); gemma3's greedy reference matches only without it (not yet explained).
+    pub decode_vec_dot: bool,
+}
+
+/// Most accumulators of [`LANES`] lanes an [`Order`] uses.
+const MAX_ACCS: usize = 4;
+
+/// Summation order of the f16 products, which llama.cpp picks by batch size.
+#[derive(Clone, Copy)]
+enum Order {
+    /// Several queries: tinyBLAS, one accumulator of 16 lanes.
+    Gemm,
+    /// One query: `ggml_vec_dot_f16`, 4 accumulators of 16 lanes.
+    VecDot,
+}
+
+impl Order {
+    fn accs(self) -> usize {
+        match self {
+            Order::Gemm => 1,
+            Order::VecDot => MAX_ACCS,
+        }
+    }
+
+    /// Accumulator (of [`Self::accs`]) and lane of element `i`.
+    #[inline]
+    fn slot(self, i: usize) -> usize {
+        i % (LANES * self.accs())
+    }
+
+    /// Folds the accumulators `acc[slot]` into one 16-lane vector and reduces it.
+    #[inline]
+    fn reduce(self, acc: impl Fn(usize) -> f32) -> f32 {
+        match self {
+            Order::Gemm => reduce16(&std::array::from_fn(&acc)),
+            Order::VecDot => reduce16(&std::array::from_fn(|l| {
+                let a = acc(l) + acc(2 * LANES + l);
+                let b = acc(LANES + l) + acc(3 * LANES + l);
+                a + b
+            })),
+        }
+    }
 }
 
 /// Floats of `scores` scratch one worker needs for `n_kv` keys of width `head_dim`.
 pub fn scratch_per_thread(n_kv: usize, head_dim: usize) -> usize {
-    n_kv + LANES * head_dim
+    n_kv + MAX_ACCS * LANES * head_dim
 }
 
 /// Sum of 16 lanes in the pairwise order of `_mm512_reduce_add_ps`: halves, quarters, pairs.
@@ -46,15 +93,15 @@ fn reduce16(v: &[f32; LANES]) -> f32 {
     (q[0] + q[2]) + (q[1] + q[3])
 }
 
-/// `Σ a[i] · b[i]` with element `i` accumulated in lane `i % 16`. The products of f16 values
-/// are exact in f32, so only this order matters.
+/// `Σ a[i] · b[i]` in the summation order `order`. The products of f16 values are exact in
+/// f32, so only this order matters.
 #[inline]
-fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
-    let mut acc = [0.0f32; LANES];
+fn dot_f16(order: Order, a: &[f32], b: &[f16]) -> f32 {
+    let mut acc = [0.0f32; MAX_ACCS * LANES];
     for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
-        acc[i % LANES] += x * y.to_f32();
+        acc[order.slot(i)] += x * y.to_f32();
     }
-    reduce16(&acc)
+    order.reduce(|s| acc[s])
 }
 
 struct SyncPtr(*mut f32);
@@ -82,6 +129,8 @@ pub fn attention(
     let n_kv = p.pos0 + p.n_tokens;
     let n_items = p.n_tokens * n_head;
     let per_thread = scratch_per_thread(n_kv, hd);
+    let order = if p.n_tokens == 1 && p.decode_vec_dot { Order::VecDot } else { Order::Gemm };
+    let slots = order.accs() * LANES;
     assert!(q.len() == n_items * hd && out.len() == n_items * hd);
     assert!(k.len() >= n_kv * kv_dim && v.len() >= n_kv * kv_dim);
     assert!(scores.len() >= pool.n_threads() * per_thread);
@@ -109,7 +158,7 @@ pub fn attention(
             let sc = &mut sc_all[first..=pos];
             let mut max = f32::NEG_INFINITY;
             for (j, s) in (first..=pos).zip(sc.iter_mut()) {
-                *s = dot_f16(qh, &k[key(j)]) * p.scale;
+                *s = dot_f16(order, qh, &k[key(j)]) * p.scale;
                 max = max.max(*s);
             }
             // Chunks of 16 keys counted from key 0; masked keys would add exact zeros.
@@ -128,10 +177,12 @@ pub fn attention(
                 *s = f16::from_f32(*s * inv).to_f32();
             }
 
-            // acc[lane * hd + d]: lane `j % 16` of output element `d`.
+            // acc[slot * hd + d]: slot `order.slot(j)` of output element `d`.
+            let acc = &mut acc[..slots * hd];
             acc.fill(0.0);
             for (j, &w) in (first..=pos).zip(sc.iter()) {
-                let lane = &mut acc[(j % LANES) * hd..(j % LANES + 1) * hd];
+                let slot = order.slot(j);
+                let lane = &mut acc[slot * hd..(slot + 1) * hd];
                 for (a, &x) in lane.iter_mut().zip(&v[key(j)]) {
                     *a += w * x.to_f32();
                 }
@@ -139,7 +190,7 @@ pub fn attention(
             // SAFETY: item rows are disjoint between workers (split_range) and in bounds.
             let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(item * hd), hd) };
             for (d, o) in o.iter_mut().enumerate() {
-                *o = reduce16(&std::array::from_fn(|l| acc[l * hd + d]));
+                *o = order.reduce(|s| acc[s * hd + d]);
             }
         }
     });
@@ -161,7 +212,16 @@ mod tests {
         let pool = ThreadPool::new(2);
         let mut scores = vec![0.0; 2 * scratch_per_thread(3, 2)];
         // Query at position 0 sees only key 0.
-        let p = AttnParams { n_head: 2, n_head_kv: 1, head_dim: 2, pos0: 0, n_tokens: 1, window: None, scale: 1.0 };
+        let p = AttnParams {
+            n_head: 2,
+            n_head_kv: 1,
+            head_dim: 2,
+            pos0: 0,
+            n_tokens: 1,
+            window: None,
+            scale: 1.0,
+            decode_vec_dot: true,
+        };
         let mut out = vec![0.0; 4];
         attention(&p, &mut [5.0, 5.0, -1.0, 3.0], &k, &v, &mut out, &mut scores, &pool);
         assert_eq!(out, [1.0, 2.0, 1.0, 2.0]);

@@ -27,6 +27,12 @@ CASES = {
         "The capital of France is Paris. The capital of Germany is",
         "def fibonacci(n):\n    if n < 2:\n        return n",
     ]),
+    # Token ids without BOS: "The quick brown fox jumps over the lazy dog. Then it". Its greedy
+    # continuation reaches a decode step where the single-query attention order (ggml's
+    # vec_dot_f16, not tinyBLAS) decides the top-1 (28 vs 284, 0.08 apart).
+    "smollm2_fox": ("smollm2-135m-q4_1.gguf", {}, [
+        [504, 2365, 6354, 16438, 27003, 690, 260, 23790, 2767, 30, 3875, 357],
+    ]),
     "gemma3": ("gemma-3-270m-q4_k_m.gguf", {}, [
         "The capital of France is Paris. The capital of Germany is",
         "Once upon a time, there was a little",
@@ -49,7 +55,10 @@ def main() -> None:
         )
         window = overrides.get("gemma3.attention.sliding_window", "-")
         for ti, text in enumerate(texts):
-            tokens = llm.tokenize(text.encode(), add_bos=True, special=False)
+            if isinstance(text, list):
+                tokens = text
+            else:
+                tokens = llm.tokenize(text.encode(), add_bos=True, special=False)
             llm.reset()
             llm.eval(tokens)
             scores = np.array(llm.scores[: len(tokens)], dtype=np.float32)
