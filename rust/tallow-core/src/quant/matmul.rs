@@ -53,10 +53,15 @@ pub fn matmul(w: &QTensor, x: &[f32], n_tokens: usize, y: &mut [f32], scratch: &
     let Some(table_dot) = k.vec_dot_fn(w.qtype) else {
         return reference::matmul_candle(w, x, n_tokens, y, scratch, pool);
     };
-    let exact = super::legacy_dot::row_dot(w.qtype);
+    // The 32-element formats must sum in llama.cpp's order: the AVX2 kernels do (bit-identical,
+    // tests/quant_llama_order.rs); elsewhere, or with TALLOW_KERNELS=scalar, the portable `row_dot`.
+    let legacy = super::legacy_dot::row_dot(w.qtype)
+        .map(|exact| (exact, Kernels::avx2().filter(|_| k.name() != "scalar").and_then(|t| t.vec_dot_fn(w.qtype))));
     let cols = w.cols;
-    let dot = |wr: &[u8], at: &[u8]| match exact {
-        Some(exact) => exact(wr, at),
+    let dot = |wr: &[u8], at: &[u8]| match legacy {
+        // SAFETY: the AVX2 table exists only on CPUs with AVX2; `wr` and `at` hold `cols` values.
+        Some((_, Some(avx2))) => unsafe { avx2(cols, wr, at) },
+        Some((exact, None)) => exact(wr, at),
         // SAFETY: the table matches this CPU; `wr` and `at` hold exactly `cols` values.
         None => unsafe { table_dot(cols, wr, at) },
     };

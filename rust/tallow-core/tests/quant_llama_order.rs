@@ -1,0 +1,47 @@
+//! The AVX2 dot products of the 32-element formats sum in llama.cpp's order, bit for bit equal
+//! to `row_dot` (quant/legacy_dot.rs), so `matmul` may use them without changing a single
+//! logit. (The AVX-512 VNNI kernels take two blocks per instruction, a different f32 order.)
+
+use tallow_core::quant::{activation, row_dot, Kernels, QType};
+
+#[test]
+fn avx2_legacy_dots_are_bit_identical_to_llama_cpp_order() {
+    let Some(k) = Kernels::avx2() else {
+        // No AVX2 on this CPU: `matmul` uses `row_dot` itself, nothing to compare.
+        assert!(!std::is_x86_feature_detected!("avx2"), "an AVX2 CPU must have the AVX2 table");
+        return;
+    };
+    let mut seed = 0x1234_5678_9abc_def0u64;
+    let mut rnd = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for qtype in [QType::Q4_0, QType::Q4_1, QType::Q5_0, QType::Q5_1, QType::Q8_0] {
+        let with_min = matches!(qtype, QType::Q4_1 | QType::Q5_1);
+        for _ in 0..200 {
+            let n = 32 * (1 + (rnd() % 40) as usize);
+            let mut w: Vec<u8> = (0..n / 32 * qtype.type_size()).map(|_| rnd() as u8).collect();
+            // Finite f16 scales (and mins) of moderate size.
+            for blk in w.chunks_exact_mut(qtype.type_size()) {
+                blk[0] = rnd() as u8;
+                blk[1] = 0x18 + (rnd() % 16) as u8;
+                if with_min {
+                    blk[2] = rnd() as u8;
+                    blk[3] = 0x98 + (rnd() % 16) as u8;
+                }
+            }
+            let x: Vec<f32> = (0..n).map(|_| ((rnd() % 2001) as f32 - 1000.0) / 37.0).collect();
+            let mut xq = vec![0u8; n / 32 * if with_min { 36 } else { 34 }];
+            if with_min {
+                activation::quantize_row_q8_1(&x, &mut xq)
+            } else {
+                activation::quantize_row_q8_0(&x, &mut xq)
+            }
+            let want = row_dot(qtype).unwrap()(&w, &xq);
+            let got = k.vec_dot(qtype, n, &w, &xq);
+            assert_eq!(got.to_bits(), want.to_bits(), "{qtype}, n = {n}: {got} vs {want}");
+        }
+    }
+}
