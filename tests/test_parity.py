@@ -3,13 +3,12 @@
 The fixtures come from benches/reference.py (llama-cpp-python 0.3.36, f16 KV cache, no flash
 attention). Tokenization must match exactly.
 
-Greedy generation must match token for token, except that at the first divergence tallow's
-token may be one that llama.cpp itself scores within NEAR_TIE of its best. Logits differ slightly
-between the engines (both quantize activations to 8 bits but round and accumulate differently;
-see rust/tallow-core/tests/model_real.rs), so a near-tie can flip. Measured on 33 fixture prompts:
-19 match all 32 tokens; every divergence is at a step where tallow's token is llama.cpp's second
-or third choice, 0.02-0.33 below its best.
-Closing that gap to exact agreement is open work.
+Greedy generation must match token for token. SmolLM2 (Q4_1/Q8_0) does on every prompt: tallow
+reproduces llama.cpp's arithmetic there bit for bit. Gemma 3's K-quant products do not yet sum in
+llama.cpp's order, so its logits differ slightly (see rust/tallow-core/tests/model_real.rs) and a
+near-tie can flip: for Gemma 3, at the first divergence tallow's token must be one llama.cpp itself
+scores within NEAR_TIE of its best. Measured: 16/16 SmolLM2 and 9/17 Gemma 3 prompts identical;
+each Gemma 3 divergence is at llama.cpp's second choice, 0.02-0.33 below its best.
 """
 
 from __future__ import annotations
@@ -74,6 +73,8 @@ def test_greedy_generation_matches_llama_cpp(
     if prompt["gen_eog"]:
         expected = expected[:-1]  # tallow stops at the end-of-generation token without emitting it
     ids, finish = _greedy_ids(model, prompt, 32)
+    if model_name == "smollm2-135m":
+        assert ids == expected
     if ids == expected:
         assert finish == ("stop" if prompt["gen_eog"] else "length")
         return
