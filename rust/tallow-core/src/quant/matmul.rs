@@ -79,7 +79,8 @@ pub fn matmul(w: &QTensor, x: &[f32], n_tokens: usize, y: &mut [f32], scratch: &
     }
 }
 
-fn check_shapes(w: &QTensor, x: &[f32], n_tokens: usize, y: &[f32]) {
+/// Panics unless `x` is `[n_tokens, w.cols]` and `y` is `[n_tokens, w.rows]` (a caller bug).
+pub(crate) fn check_shapes(w: &QTensor, x: &[f32], n_tokens: usize, y: &[f32]) {
     assert_eq!(x.len(), n_tokens * w.cols, "matmul {}: x has {} values, want {}x{}", w.name, x.len(), n_tokens, w.cols);
     assert_eq!(y.len(), n_tokens * w.rows, "matmul {}: y has {} values, want {}x{}", w.name, y.len(), n_tokens, w.rows);
 }

@@ -98,8 +98,7 @@ pub fn matmul_candle(
     scratch: &mut MatmulScratch,
     pool: &ThreadPool,
 ) {
-    assert_eq!(x.len(), n_tokens * w.cols, "matmul {}: x has {} values, want {}x{}", w.name, x.len(), n_tokens, w.cols);
-    assert_eq!(y.len(), n_tokens * w.rows, "matmul {}: y has {} values, want {}x{}", w.name, y.len(), n_tokens, w.rows);
+    super::matmul::check_shapes(w, x, n_tokens, y);
     with_block_type!(w.qtype, T => matmul_typed::<T>(w, x, n_tokens, y, scratch, pool))
 }
 
