@@ -6,6 +6,7 @@
 
 use super::blocks::{ActBlock, BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::kernels::{kernels, Kernels};
+use super::kquant_order::{self, k_order, IntKernels};
 use super::{reference, QTensor, QType};
 use crate::threadpool::{split_range, ThreadPool};
 
@@ -42,8 +43,9 @@ unsafe impl<T> Sync for SyncPtr<T> {}
 
 /// `y[t * rows + r] = Σ_c W[r, c] · x[t * cols + c]` for `t in 0..n_tokens`, with llama.cpp's
 /// numerics: activations are quantized exactly as llama.cpp rounds them (`activation.rs`), the
-/// 32-element formats are summed in its order (`legacy_dot.rs`), and the k-quants go through the
-/// process-wide SIMD kernels ([`kernels()`]). Bit-level agreement matters: one ulp of difference
+/// 32-element formats are summed in its order (`legacy_dot.rs`), Q4_K and Q6_K in the order of the
+/// path llama.cpp takes for this shape and token count (`kquant_order.rs`), and the other
+/// k-quants go through the process-wide SIMD kernels ([`kernels()`]). Bit-level agreement matters: one ulp of difference
 /// flips an int8 rounding in a later layer now and then, and those flips compound.
 ///
 /// `x` is `[n_tokens, cols]`, `y` is `[n_tokens, rows]`, both row-major.
@@ -58,12 +60,17 @@ pub fn matmul(w: &QTensor, x: &[f32], n_tokens: usize, y: &mut [f32], scratch: &
     let legacy = super::legacy_dot::row_dot(w.qtype)
         .map(|exact| (exact, Kernels::avx2().filter(|_| k.name() != "scalar").and_then(|t| t.vec_dot_fn(w.qtype))));
     let cols = w.cols;
-    let dot = |wr: &[u8], at: &[u8]| match legacy {
+    // Q4_K and Q6_K: the order of the llama.cpp path this shape and token count would take.
+    let ints = if k.name() == "scalar" { IntKernels::PORTABLE } else { IntKernels::best() };
+    let dot = |wr: &[u8], at: &[u8], t: usize| match legacy {
         // SAFETY: the AVX2 table exists only on CPUs with AVX2; `wr` and `at` hold `cols` values.
         Some((_, Some(avx2))) => unsafe { avx2(cols, wr, at) },
         Some((exact, None)) => exact(wr, at),
-        // SAFETY: the table matches this CPU; `wr` and `at` hold exactly `cols` values.
-        None => unsafe { table_dot(cols, wr, at) },
+        None => match k_order(w.qtype, w.rows, t, n_tokens) {
+            Some(order) => kquant_order::row_dot(order, &ints, wr, at),
+            // SAFETY: the table matches this CPU; `wr` and `at` hold exactly `cols` values.
+            None => unsafe { table_dot(cols, wr, at) },
+        },
     };
     match super::act_type(w.qtype) {
         Some(QType::Q8_0) => run::<BlockQ8_0>(w, x, n_tokens, y, scratch, pool, &dot, &|x, b| {
@@ -102,7 +109,7 @@ pub fn matmul_with(
     };
     let cols = w.cols;
     // SAFETY: the table matches this CPU; `wr` and `at` hold exactly `cols` values.
-    let dot = |wr: &[u8], at: &[u8]| unsafe { dot(cols, wr, at) };
+    let dot = |wr: &[u8], at: &[u8], _t: usize| unsafe { dot(cols, wr, at) };
     match super::act_type(w.qtype) {
         Some(QType::Q8_0) => run::<BlockQ8_0>(w, x, n_tokens, y, scratch, pool, &dot, &|x, b| k.quantize_q8_0(x, b)),
         Some(QType::Q8_1) => run::<BlockQ8_1>(w, x, n_tokens, y, scratch, pool, &dot, &|x, b| k.quantize_q8_1(x, b)),
@@ -111,6 +118,10 @@ pub fn matmul_with(
     }
 }
 
+/// `dot(weight_row, token_activations, token_index)`: the index picks llama.cpp's order where
+/// it depends on the token's place in the batch (`kquant_order.rs`).
+type RowTokenDot<'a> = dyn Fn(&[u8], &[u8], usize) -> f32 + Sync + 'a;
+
 fn run<A: ActBlock + Send + Sync>(
     w: &QTensor,
     x: &[f32],
@@ -118,7 +129,7 @@ fn run<A: ActBlock + Send + Sync>(
     y: &mut [f32],
     scratch: &mut MatmulScratch,
     pool: &ThreadPool,
-    dot: &(dyn Fn(&[u8], &[u8]) -> f32 + Sync),
+    dot: &RowTokenDot<'_>,
     quantize: &(dyn Fn(&[f32], &mut [A]) + Sync),
 ) {
     let (rows, cols) = (w.rows, w.cols);
@@ -149,7 +160,7 @@ fn run<A: ActBlock + Send + Sync>(
             let wr = &data[r * row_bytes..(r + 1) * row_bytes];
             for t in 0..n_tokens {
                 let at = &xq_bytes[t * act_row..(t + 1) * act_row];
-                let v = dot(wr, at);
+                let v = dot(wr, at, t);
                 // SAFETY: row r of every token belongs to this worker only; index in bounds.
                 unsafe { *out.0.add(t * rows + r) = v };
             }

@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod blocks;
 mod kernels;
+pub mod kquant_order;
 mod legacy_dot;
 mod matmul;
 mod qtype;

@@ -317,22 +317,6 @@ pub unsafe fn vec_dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     hsum_f32_8(acc)
 }
 
-/// Unpacks Q4_K's 12 scale bytes into 8 six-bit scales and 8 six-bit mins.
-#[inline]
-pub(super) fn q4k_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
-    let u = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
-    let (u0, u1, u2) = (u(0), u(1), u(2));
-    let sc = [u0 & 0x3f3f3f3f, (u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)];
-    let mn = [u1 & 0x3f3f3f3f, ((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)];
-    let mut scales = [0u8; 8];
-    let mut mins = [0u8; 8];
-    scales[..4].copy_from_slice(&sc[0].to_le_bytes());
-    scales[4..].copy_from_slice(&sc[1].to_le_bytes());
-    mins[..4].copy_from_slice(&mn[0].to_le_bytes());
-    mins[4..].copy_from_slice(&mn[1].to_le_bytes());
-    (scales, mins)
-}
-
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let nb = n / QK_K;
@@ -347,7 +331,7 @@ pub unsafe fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
             let ad = (ab.as_ptr() as *const f32).read_unaligned();
             let d = load_f16(wb.as_ptr()) * ad;
             let dmin = load_f16(wb.as_ptr().add(2)) * ad;
-            let (scales, mins) = q4k_scales_mins(&wb[4..16]);
+            let (scales, mins) = super::kquant_order::q4k_scales_mins(&wb[4..16]);
             // Σ_j bsums[j] · mins[j / 2]: 16 i16 sums against the mins, each used twice.
             let bsums = _mm256_loadu_si256(ab.as_ptr().add(4 + QK_K) as *const __m256i);
             let mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
@@ -424,4 +408,97 @@ pub unsafe fn vec_dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
         }
     }
     hsum_f32_8(acc)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Integer parts of the llama.cpp-order K-quant products (`kquant_order.rs`): plain `fn`s so the
+// order code can hold them; `IntKernels::best` hands them out only after detecting AVX2.
+
+/// AVX2 twin of `kquant_order::q4k_ints`.
+pub(super) fn q4k_ints(w: &[u8], a: &[u8]) -> super::kquant_order::Q4KInts {
+    assert!(w.len() >= 144 && a.len() >= 292);
+    // SAFETY: only reachable through `IntKernels::best`, which checked for AVX2/FMA/F16C; the
+    // lengths were checked above.
+    unsafe { q4k_ints_avx2(w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_ints_avx2(w: &[u8], a: &[u8]) -> super::kquant_order::Q4KInts {
+    let (sc, mn) = super::kquant_order::q4k_scales_mins(&w[4..16]);
+    let bs = |i: usize| i16::from_le_bytes([a[260 + 2 * i], a[261 + 2 * i]]) as i32;
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut out = super::kquant_order::Q4KInts::default();
+    for j in 0..4 {
+        // SAFETY: 16 + 32j + 32 ≤ 144 and 4 + 64j + 64 ≤ 292.
+        let (q4, q8l, q8h) = unsafe {
+            (
+                _mm256_loadu_si256(w.as_ptr().add(16 + 32 * j) as *const __m256i),
+                _mm256_loadu_si256(a.as_ptr().add(4 + 64 * j) as *const __m256i),
+                _mm256_loadu_si256(a.as_ptr().add(4 + 64 * j + 32) as *const __m256i),
+            )
+        };
+        let lo = _mm256_maddubs_epi16(_mm256_and_si256(q4, m4), q8l);
+        let hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4), q8h);
+        let p = _mm256_add_epi32(
+            _mm256_madd_epi16(lo, _mm256_set1_epi16(sc[2 * j] as i16)),
+            _mm256_madd_epi16(hi, _mm256_set1_epi16(sc[2 * j + 1] as i16)),
+        );
+        out.isum[j] = hsum_i32_8(p);
+        out.imin[j] =
+            mn[2 * j] as i32 * (bs(4 * j) + bs(4 * j + 1)) + mn[2 * j + 1] as i32 * (bs(4 * j + 2) + bs(4 * j + 3));
+    }
+    out
+}
+
+/// AVX2 twin of `kquant_order::q6k_lanes` (the lanes of `ggml_vec_dot_q6_K_q8_K`).
+pub(super) fn q6k_lanes(w: &[u8], a: &[u8]) -> [i32; 8] {
+    assert!(w.len() >= 210 && a.len() >= 292);
+    // SAFETY: as for `q4k_ints`.
+    unsafe { q6k_lanes_avx2(w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6k_lanes_avx2(w: &[u8], a: &[u8]) -> [i32; 8] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let sc = &w[192..208];
+    // SAFETY: every load below stays inside the 210-byte and 292-byte blocks.
+    unsafe {
+        let scales = _mm_loadu_si128(sc.as_ptr() as *const __m128i);
+        let bsums = _mm256_loadu_si256(a.as_ptr().add(260) as *const __m256i);
+        let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, _mm256_cvtepi8_epi16(scales)));
+        let mut sumi = _mm256_setzero_si256();
+        for h in 0..2 {
+            let ql1 = _mm256_loadu_si256(w.as_ptr().add(64 * h) as *const __m256i);
+            let ql2 = _mm256_loadu_si256(w.as_ptr().add(64 * h + 32) as *const __m256i);
+            let qh = _mm256_loadu_si256(w.as_ptr().add(128 + 32 * h) as *const __m256i);
+            // Elements 128h + 32k + l: 4 low bits from ql, 2 high bits from qh, unsigned 0..63.
+            let q = [
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(0x03))),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql2, m4),
+                    _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C))),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                    _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql2), m4),
+                    _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8))),
+                ),
+            ];
+            for (k, &qk) in q.iter().enumerate() {
+                let q8 = _mm256_loadu_si256(a.as_ptr().add(4 + 128 * h + 32 * k) as *const __m256i);
+                let s = 8 * h + 2 * k;
+                let scv = _mm256_set_m128i(_mm_set1_epi16(sc[s + 1] as i8 as i16), _mm_set1_epi16(sc[s] as i8 as i16));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(qk, q8), scv));
+            }
+        }
+        let mut lanes = [0i32; 8];
+        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, _mm256_sub_epi32(sumi, offset));
+        lanes
+    }
 }
