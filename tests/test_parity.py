@@ -1,14 +1,14 @@
 """Tokenization and greedy generation against llama.cpp's committed reference fixtures.
 
 The fixtures come from benches/reference.py (llama-cpp-python 0.3.36, f16 KV cache, no flash
-attention). Tokenization must match exactly.
+attention). Tokenization must match exactly, and so must greedy generation, token for token, on
+both models: tallow reproduces llama.cpp's CPU arithmetic bit for bit (see
+rust/tallow-core/tests/model_real.rs), so there is no tolerance to state.
 
-Greedy generation must match token for token. SmolLM2 (Q4_1/Q8_0) does on every prompt: tallow
-reproduces llama.cpp's arithmetic there bit for bit. Gemma 3's K-quant products do not yet sum in
-llama.cpp's order, so its logits differ slightly (see rust/tallow-core/tests/model_real.rs) and a
-near-tie can flip: for Gemma 3, at the first divergence tallow's token must be one llama.cpp itself
-scores within NEAR_TIE of its best. Measured: 16/16 SmolLM2 and 9/17 Gemma 3 prompts identical;
-each Gemma 3 divergence is at llama.cpp's second choice, 0.02-0.33 below its best.
+llama.cpp's f32 summation orders depend on how many tokens a product has, so a prompt whose prefix
+was reused from an earlier request (tallow, like llama-cpp-python, keeps the previous sequence's KV
+cache) can differ from a fresh evaluation in the last bits. The references are fresh evaluations,
+so each prompt here runs on a freshly loaded model (0.15 s for Gemma 3).
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import pytest
 import tallow
 
 FIXTURES = Path(__file__).parent / "fixtures"
-#: How far below llama.cpp's best logit tallow's greedy token may score (at the first divergence).
-NEAR_TIE = 0.4
 
 
 def _load(model: str) -> list[dict[str, Any]]:
@@ -39,6 +37,11 @@ def _model(request: pytest.FixtureRequest, name: str) -> tallow.Model:
     fixture = "smollm2" if name == "smollm2-135m" else "gemma3"
     model: tallow.Model = request.getfixturevalue(fixture)
     return model
+
+
+def _fresh_model(request: pytest.FixtureRequest, name: str) -> tallow.Model:
+    path: Path = request.getfixturevalue("smollm2_path" if name == "smollm2-135m" else "gemma3_path")
+    return tallow.Model(path, n_threads=2, n_ctx=1024)
 
 
 def _greedy_ids(model: tallow.Model, prompt: dict[str, Any], n: int) -> tuple[list[int], str | None]:
@@ -68,22 +71,22 @@ def test_tokenization_matches_llama_cpp(
 def test_greedy_generation_matches_llama_cpp(
     request: pytest.FixtureRequest, model_name: str, prompt: dict[str, Any]
 ) -> None:
-    model = _model(request, model_name)
+    model = _fresh_model(request, model_name)
     expected = list(prompt["gen_tokens"])
     if prompt["gen_eog"]:
         expected = expected[:-1]  # tallow stops at the end-of-generation token without emitting it
     ids, finish = _greedy_ids(model, prompt, 32)
-    if model_name == "smollm2-135m":
-        assert ids == expected
-    if ids == expected:
-        assert finish == ("stop" if prompt["gen_eog"] else "length")
-        return
+    assert ids == expected, _first_difference(ids, expected, prompt)
+    assert finish == ("stop" if prompt["gen_eog"] else "length")
+
+
+def _first_difference(ids: list[int], expected: list[int], prompt: dict[str, Any]) -> str:
     n = 0
     while n < min(len(ids), len(expected)) and ids[n] == expected[n]:
         n += 1
-    assert n < len(expected) and n < len(ids), f"lengths differ after a common prefix: {ids} vs {expected}"
-    top_ids = prompt["gen_top5_ids"][n]
-    top_logits = prompt["gen_top5_logits"][n]
-    assert ids[n] in top_ids, f"step {n}: tallow chose {ids[n]}, llama.cpp's top-5 was {top_ids}"
-    gap = top_logits[0] - top_logits[top_ids.index(ids[n])]
-    assert gap < NEAR_TIE, f"step {n}: tallow's token scores {gap:.3f} below llama.cpp's best there"
+    if n >= len(ids) or n >= len(expected):
+        return f"lengths differ after a common prefix: {ids} vs {expected}"
+    return (
+        f"step {n}: tallow chose {ids[n]}, llama.cpp {expected[n]} "
+        f"(its top-5 {prompt['gen_top5_ids'][n]}: {prompt['gen_top5_logits'][n]})"
+    )

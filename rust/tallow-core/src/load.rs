@@ -13,8 +13,10 @@ use std::sync::Arc;
 /// Context length used when the caller gives none: the model's own, capped to keep the
 /// preallocated KV cache modest.
 pub const DEFAULT_N_CTX_CAP: usize = 4096;
-/// Prompt tokens per prefill chunk.
-pub const DEFAULT_N_BATCH: usize = 256;
+/// Prompt tokens per prefill chunk: llama.cpp's default `n_ubatch`. The last bits of a product
+/// depend on how many tokens it has (quant/kquant_order.rs), so the same chunking as llama.cpp
+/// is part of matching it on long prompts.
+pub const DEFAULT_N_BATCH: usize = 512;
 
 /// Gemma's turn format, for Gemma files that ship without `tokenizer.chat_template` (the
 /// catalog's gemma3-270m is one). System text is folded into the first user turn, as Gemma's

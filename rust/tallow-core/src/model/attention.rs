@@ -35,9 +35,6 @@ pub struct AttnParams {
     pub window: Option<usize>,
     /// Multiplies `q·k` before the softmax.
     pub scale: f32,
-    /// A single query sums in `vec_dot_f16` order (see the module doc). Measured true for
-    /// llama (smollm2); gemma3's greedy reference matches only without it (not yet explained).
-    pub decode_vec_dot: bool,
 }
 
 /// Most accumulators of [`LANES`] lanes an [`Order`] uses.
@@ -129,7 +126,8 @@ pub fn attention(
     let n_kv = p.pos0 + p.n_tokens;
     let n_items = p.n_tokens * n_head;
     let per_thread = scratch_per_thread(n_kv, hd);
-    let order = if p.n_tokens == 1 && p.decode_vec_dot { Order::VecDot } else { Order::Gemm };
+    // llamafile's sgemm takes only products of 2+ columns (`n < 2` returns false).
+    let order = if p.n_tokens == 1 { Order::VecDot } else { Order::Gemm };
     let slots = order.accs() * LANES;
     assert!(q.len() == n_items * hd && out.len() == n_items * hd);
     assert!(k.len() >= n_kv * kv_dim && v.len() >= n_kv * kv_dim);
@@ -212,16 +210,7 @@ mod tests {
         let pool = ThreadPool::new(2);
         let mut scores = vec![0.0; 2 * scratch_per_thread(3, 2)];
         // Query at position 0 sees only key 0.
-        let p = AttnParams {
-            n_head: 2,
-            n_head_kv: 1,
-            head_dim: 2,
-            pos0: 0,
-            n_tokens: 1,
-            window: None,
-            scale: 1.0,
-            decode_vec_dot: true,
-        };
+        let p = AttnParams { n_head: 2, n_head_kv: 1, head_dim: 2, pos0: 0, n_tokens: 1, window: None, scale: 1.0 };
         let mut out = vec![0.0; 4];
         attention(&p, &mut [5.0, 5.0, -1.0, 3.0], &k, &v, &mut out, &mut scores, &pool);
         assert_eq!(out, [1.0, 2.0, 1.0, 2.0]);

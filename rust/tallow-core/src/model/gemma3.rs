@@ -131,7 +131,6 @@ impl Layers for Gemma3 {
                 n_tokens: n,
                 window: if swa { c.sliding_window } else { None },
                 scale: 1.0,
-                decode_vec_dot: false,
             };
             attention(&params, q, cache.k_layer(il), cache.v_layer(il), att, &mut s.scores, pool);
             matmul(&b.attn_output, att, n, proj, mm, pool);

@@ -86,7 +86,6 @@ impl Layers for Llama {
             n_tokens: n,
             window: None,
             scale: c.attn_scale,
-            decode_vec_dot: true,
         };
         let x = &mut s.x[..n * n_embd];
         let xn = &mut s.xn[..n * n_embd];
