@@ -19,7 +19,7 @@ import math
 import numpy as np
 import pytest
 import tallow
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -126,7 +126,8 @@ def penalized_ref(
 ) -> np.ndarray:
     """llama.cpp's penalties in float32, like the engine."""
     out = logits.copy()
-    window = history if last_n == -1 else (history[len(history) - last_n :] if last_n > 0 else [])
+    # A window longer than the history covers all of it (a negative slice start would wrap).
+    window = history if last_n == -1 else (history[max(0, len(history) - last_n) :] if last_n > 0 else [])
     counts: dict[int, int] = {}
     for t in window:
         if 0 <= t < len(out):
@@ -346,6 +347,8 @@ last_ns = st.one_of(st.sampled_from([-1, 0, 1]), st.integers(0, 50))
     freq=st.one_of(st.just(0.0), st.floats(-2, 2, width=32)),
     pres=st.one_of(st.just(0.0), st.floats(-2, 2, width=32)),
 )
+# A repeat_last_n longer than the history penalizes all of it (found by Hypothesis).
+@example(logits=np.array([2.0, 2.0], np.float32), history=[0, 0, 1, 0], last_n=5, rep=2.0, freq=0.0, pres=0.0)
 def test_s9_s10_penalties_match_llama_cpp_rule(
     logits: np.ndarray, history: list[int], last_n: int, rep: float, freq: float, pres: float
 ) -> None:
