@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tallow
 
 
 def tallow_cli(
@@ -80,8 +81,40 @@ def test_inspect(smollm2_path: Path) -> None:
     assert "49152" in r.stdout  # the vocabulary array is summarised with its length
 
 
+def test_bench_reports_prefill_decode_and_first_token(smollm2_path: Path) -> None:
+    r = tallow_cli(
+        "bench", str(smollm2_path), "-t", "2", "--reps", "2", "--prompt-tokens", "48", "--gen-tokens", "8"
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "kernels" in lines[0] and "load" in lines[0]
+    runs = [line for line in lines if line.startswith("run ")]
+    assert len(runs) == 2
+    # The prompt is as long as asked (never longer), and decode produced every token asked for.
+    assert all("(48 tokens)" in line and "(8 tokens)" in line for line in runs), runs
+    assert lines[-1].startswith("median: prefill ")
+
+
+def test_bench_prompts_have_the_asked_length(smollm2: tallow.Model) -> None:
+    from tallow import bench
+
+    def count(text: str) -> int:
+        return len(smollm2.tokenize(text))
+
+    for n in (8, 33, 200):
+        prompt = bench.prose_prompt(n, count, "Story 1")
+        assert n - 3 <= count(prompt) <= n
+    assert bench.prose_prompt(40, count, "Story 1") != bench.prose_prompt(40, count, "Story 2")
+
+
 @pytest.mark.parametrize(
-    "args", [["run", "/nonexistent.gguf", "hi"], ["inspect", "/nonexistent.gguf"], ["pull", "nope"]]
+    "args",
+    [
+        ["bench", "/nonexistent.gguf"],
+        ["run", "/nonexistent.gguf", "hi"],
+        ["inspect", "/nonexistent.gguf"],
+        ["pull", "nope"],
+    ],
 )
 def test_errors_are_one_line_not_tracebacks(args: list[str]) -> None:
     r = tallow_cli(*args)

@@ -1,4 +1,4 @@
-"""The ``tallow`` command: run, chat, pull, models, inspect."""
+"""The ``tallow`` command: run, chat, pull, models, inspect, bench."""
 
 from __future__ import annotations
 
@@ -134,6 +134,43 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import time
+
+    from . import bench, build_info
+
+    t0 = time.perf_counter()
+    model = _load(args)
+    load_s = time.perf_counter() - t0
+
+    def stream(prompt: str, max_tokens: int) -> Any:
+        return model.stream(prompt, max_tokens=max_tokens, temperature=0.0)
+
+    def count(text: str) -> int:
+        return len(model.tokenize(text))
+
+    info = build_info()
+    print(
+        f"{model.info.name} ({model.info.quantization}), {args.threads or info['n_cpus']} threads, "
+        f"kernels {info['kernels']}; load {load_s:.2f} s"
+    )
+    runs = []
+    for i in range(args.reps):
+        m = bench.measure(stream, count, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens, run=i)
+        runs.append(m.as_dict())
+        print(
+            f"run {i + 1}: prefill {m.prefill_tok_s:7.1f} tok/s ({m.n_prompt} tokens)  "
+            f"decode {m.decode_tok_s:6.1f} tok/s ({m.n_decode} tokens)  "
+            f"first token {m.ttft_s * 1000:6.1f} ms ({m.n_ttft_prompt}-token prompt)"
+        )
+    med = bench.median_of(runs)
+    print(
+        f"median: prefill {med['prefill_tok_s']:.1f} tok/s, decode {med['decode_tok_s']:.1f} tok/s, "
+        f"first token {med['ttft_s'] * 1000:.1f} ms"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tallow", description="Run GGUF language models locally on the CPU."
@@ -164,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list catalog models and whether they are downloaded")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("bench", help="measure prefill and decode speed on this machine (greedy)")
+    _add_model(p)
+    p.add_argument("--prompt-tokens", type=int, default=512, help="prefill prompt length (default 512)")
+    p.add_argument("--gen-tokens", type=int, default=128, help="tokens to decode (default 128)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions; the median is reported (default 3)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("inspect", help="print a GGUF file's metadata and tensor table")
     p.add_argument("file")

@@ -17,7 +17,7 @@
 //!   multiple of 256 with exact zeros, so its scalar tail never runs.
 
 use super::layers::expf;
-use crate::threadpool::{split_range, ThreadPool};
+use crate::threadpool::ThreadPool;
 use half::f16;
 
 /// Width of the f32 accumulators whose summation order is reproduced.
@@ -95,10 +95,90 @@ fn reduce16(v: &[f32; LANES]) -> f32 {
 #[inline]
 fn dot_f16(order: Order, a: &[f32], b: &[f16]) -> f32 {
     let mut acc = [0.0f32; MAX_ACCS * LANES];
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: AVX-512F was detected.
+        unsafe { x86::dot_f16_lanes(order.accs(), a, b, &mut acc) };
+        return order.reduce(|s| acc[s]);
+    }
     for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
         acc[order.slot(i)] += x * y.to_f32();
     }
     order.reduce(|s| acc[s])
+}
+
+/// `acc[d] += w · v[d]`: `w` is an f16-rounded weight, so each product is exact.
+#[inline]
+fn axpy_f16(acc: &mut [f32], w: f32, v: &[f16]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: AVX-512F was detected.
+        return unsafe { x86::axpy_f16(acc, w, v) };
+    }
+    for (a, &x) in acc.iter_mut().zip(v) {
+        *a += w * x.to_f32();
+    }
+}
+
+/// Whether the AVX-512 versions of [`dot_f16`] and [`axpy_f16`] may run (same results as the
+/// portable loops, lane for lane; `TALLOW_KERNELS=scalar` turns them off too).
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| crate::quant::kernels().name() != "scalar" && std::is_x86_feature_detected!("avx512f"))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::LANES;
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// The lanes of `dot_f16`: element `i` into accumulator `i / 16 % accs`, lane `i % 16`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_f16_lanes(accs: usize, a: &[f32], b: &[f16], out: &mut [f32; 64]) {
+        let n = a.len().min(b.len());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let full = n / LANES;
+        for c in 0..full {
+            // SAFETY: c * 16 + 16 <= n for both slices.
+            let (x, y) = unsafe {
+                (
+                    _mm512_loadu_ps(a.as_ptr().add(c * LANES)),
+                    _mm512_cvtph_ps(_mm256_loadu_si256(b.as_ptr().add(c * LANES) as *const __m256i)),
+                )
+            };
+            // x · y is exact (f16 × f16), so the fused add rounds like the portable `+=`.
+            acc[c % accs] = _mm512_fmadd_ps(x, y, acc[c % accs]);
+        }
+        for (k, v) in acc.iter().enumerate().take(accs) {
+            // SAFETY: out holds 64 floats.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(k * LANES), *v) };
+        }
+        for i in full * LANES..n {
+            out[i % (LANES * accs)] += a[i] * b[i].to_f32();
+        }
+    }
+
+    /// `acc[d] += w · v[d]` 16 at a time.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn axpy_f16(acc: &mut [f32], w: f32, v: &[f16]) {
+        let n = acc.len().min(v.len());
+        let wv = _mm512_set1_ps(w);
+        let full = n / LANES;
+        for c in 0..full {
+            // SAFETY: c * 16 + 16 <= n for both slices.
+            unsafe {
+                let p = acc.as_mut_ptr().add(c * LANES);
+                let x = _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().add(c * LANES) as *const __m256i));
+                _mm512_storeu_ps(p, _mm512_fmadd_ps(wv, x, _mm512_loadu_ps(p)));
+            }
+        }
+        for d in full * LANES..n {
+            acc[d] += w * v[d].to_f32();
+        }
+    }
 }
 
 struct SyncPtr(*mut f32);
@@ -145,7 +225,9 @@ pub fn attention(
         // asserted above).
         let own = unsafe { std::slice::from_raw_parts_mut(scores_ptr.0.add(ti * per_thread), per_thread) };
         let (sc_all, acc) = own.split_at_mut(n_kv);
-        for item in split_range(n_items, ti, nt) {
+        // Items interleaved over the workers: with a causal mask later tokens cost more, and a
+        // contiguous split would leave the first worker idle while the last one finishes.
+        for item in (ti..n_items).step_by(nt) {
             let (t, h) = (item / n_head, item % n_head);
             let pos = p.pos0 + t;
             let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
@@ -180,12 +262,9 @@ pub fn attention(
             acc.fill(0.0);
             for (j, &w) in (first..=pos).zip(sc.iter()) {
                 let slot = order.slot(j);
-                let lane = &mut acc[slot * hd..(slot + 1) * hd];
-                for (a, &x) in lane.iter_mut().zip(&v[key(j)]) {
-                    *a += w * x.to_f32();
-                }
+                axpy_f16(&mut acc[slot * hd..(slot + 1) * hd], w, &v[key(j)]);
             }
-            // SAFETY: item rows are disjoint between workers (split_range) and in bounds.
+            // SAFETY: item rows are disjoint between workers (interleaved) and in bounds.
             let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(item * hd), hd) };
             for (d, o) in o.iter_mut().enumerate() {
                 *o = order.reduce(|s| acc[s * hd + d]);
@@ -197,6 +276,48 @@ pub fn attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_lanes_equal_the_portable_loops() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            return; // nothing to compare: only the portable loops run on this CPU
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0
+        };
+        for n in [1, 15, 16, 17, 64, 100, 256, 257] {
+            // f16-exact inputs, as attention feeds them.
+            let a: Vec<f32> = (0..n).map(|_| f16::from_f32(rnd()).to_f32()).collect();
+            let b: Vec<f16> = (0..n).map(|_| f16::from_f32(rnd())).collect();
+            for accs in [1, MAX_ACCS] {
+                let mut want = [0.0f32; MAX_ACCS * LANES];
+                for (i, (&x, &y)) in a.iter().zip(&b).enumerate() {
+                    want[i % (LANES * accs)] += x * y.to_f32();
+                }
+                let mut got = [0.0f32; MAX_ACCS * LANES];
+                // SAFETY: AVX-512F detected above.
+                unsafe { x86::dot_f16_lanes(accs, &a, &b, &mut got) };
+                assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "n = {n}, accs = {accs}");
+            }
+            let w = f16::from_f32(rnd()).to_f32();
+            let mut want: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let mut got = want.clone();
+            for (acc, &x) in want.iter_mut().zip(&b) {
+                *acc += w * x.to_f32();
+            }
+            // SAFETY: AVX-512F detected above.
+            unsafe { x86::axpy_f16(&mut got, w, &b) };
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
+    }
 
     fn h(v: &[f32]) -> Vec<f16> {
         v.iter().map(|&x| f16::from_f32(x)).collect()

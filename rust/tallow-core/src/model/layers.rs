@@ -58,7 +58,9 @@ pub fn expf(x: f32) -> f32 {
     let p = C[4].mul_add(b, C[3]).mul_add(u, C[2].mul_add(b, C[1]));
     let j = p.mul_add(u, C[0].mul_add(b, 1.0));
     // j · 2^n with one rounding (AVX-512 scalef): exact in f64, then rounded once to f32.
-    (j as f64 * 2f64.powi(n as i32)) as f32
+    // |n| <= 192, so 2^n is a normal f64 built from its exponent bits.
+    let two_n = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+    (j as f64 * two_n) as f32
 }
 
 /// SwiGLU: `gate = silu(gate) * up`, `silu(x) = x / (1 + e^-x)` with ggml's [`expf`].

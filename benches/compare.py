@@ -1,0 +1,192 @@
+"""tallow against llama-cpp-python on the same GGUF file and cores, in one run.
+
+    python benches/compare.py --model tests/.models/smollm2-135m-q4_1.gguf --threads 2 --reps 5 \\
+        --json compare.json
+
+Each repetition runs each engine in a fresh process (so load time and peak RSS are its own),
+alternating which goes first; the table shows medians. Both are driven from Python as a user
+would (``tallow.Model.stream`` / ``llama_cpp.Llama.create_completion(stream=True)``), greedy,
+through the same harness (``python/tallow/bench.py``): prefill rate (512-token prompt), time to
+first token (32-token prompt), decode rate (128 tokens), load time, peak RSS.
+
+It also probes streaming read bandwidth (numpy, one reader per thread) and prints the decode
+rate that bandwidth allows: bandwidth / bytes of weights read per token.
+
+Needs tallow, llama-cpp-python, numpy and gguf in one environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SIDES = ("tallow", "llama.cpp")
+METRICS = [
+    # key, label, unit, higher is better
+    ("prefill_tok_s", "prefill", "tok/s", True),
+    ("decode_tok_s", "decode", "tok/s", True),
+    ("ttft_s", "first token (32-token prompt)", "ms", False),
+    ("load_s", "load", "ms", False),
+    ("peak_rss_mb", "peak RSS", "MiB", False),
+]
+
+
+def _bench_module() -> Any:
+    """python/tallow/bench.py, loaded by path so the llama.cpp process does not load tallow."""
+    spec = importlib.util.spec_from_file_location("tallow_bench", ROOT / "python" / "tallow" / "bench.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["tallow_bench"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def worker(side: str, model: str, threads: int, n_ctx: int, args: argparse.Namespace) -> dict[str, float]:
+    """One engine in this process: load, measure once, report peak RSS."""
+    bench = _bench_module()
+    t0 = time.perf_counter()
+    if side == "tallow":
+        import tallow  # type: ignore[import-not-found]
+
+        tm = tallow.Model(model, n_threads=threads, n_ctx=n_ctx)
+        load_s = time.perf_counter() - t0
+
+        def stream(prompt: str, max_tokens: int) -> Any:
+            return tm.stream(prompt, max_tokens=max_tokens, temperature=0.0)
+
+        def count(text: str) -> int:
+            return len(tm.tokenize(text))
+
+    else:
+        import llama_cpp
+
+        llm = llama_cpp.Llama(
+            model_path=model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
+        )
+        load_s = time.perf_counter() - t0
+
+        def stream(prompt: str, max_tokens: int) -> Any:
+            llm.reset()  # measure a fresh prompt, never a cached prefix
+            chunks = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stream=True)
+            # Skip the closing chunk (empty text, finish_reason only): one piece per token.
+            return (text for c in chunks if (text := c["choices"][0]["text"]))
+
+        def count(text: str) -> int:
+            return len(llm.tokenize(text.encode()))
+
+    m = bench.measure(
+        stream, count, prompt_tokens=args.prompt_tokens, ttft_tokens=32, gen_tokens=args.gen_tokens
+    )
+    out: dict[str, float] = m.as_dict()
+    out["load_s"] = load_s
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def read_bandwidth(threads: int, mib: int = 1024, reps: int = 5) -> float:
+    """Best streaming read bandwidth in GB/s: ``threads`` readers summing disjoint parts."""
+    import numpy as np
+
+    data = np.ones(mib * 2**20 // 8, dtype=np.float64)
+    parts = np.array_split(data, threads)
+    best = 0.0
+    for _ in range(reps):
+        ts = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        best = max(best, data.nbytes / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def bytes_per_token(model: str) -> int:
+    """Weight bytes a decode step reads: every tensor, except the embedding table when a separate
+    output matrix exists (then only one embedding row is read)."""
+    from gguf import GGUFReader
+
+    tensors = {t.name: int(t.n_bytes) for t in GGUFReader(model).tensors}
+    total = sum(tensors.values())
+    if "output.weight" in tensors:
+        total -= tensors.get("token_embd.weight", 0)
+    return total
+
+
+def run_side(side: str, args: argparse.Namespace) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--worker", side, "--model", str(args.model)]
+    cmd += ["--threads", str(args.threads), "--n-ctx", str(args.n_ctx)]
+    cmd += ["--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{side} worker failed:\n{done.stderr}")
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="tallow vs llama-cpp-python, side by side.")
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--reps", type=int, default=3, help="repetitions per engine (medians reported)")
+    ap.add_argument("--prompt-tokens", type=int, default=512)
+    ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--json", type=Path, help="write the raw runs and medians here")
+    ap.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(worker(args.worker, str(args.model), args.threads, args.n_ctx, args)))
+        return 0
+
+    runs: dict[str, list[dict[str, float]]] = {s: [] for s in SIDES}
+    for rep in range(args.reps):
+        order = SIDES if rep % 2 == 0 else SIDES[::-1]
+        for side in order:
+            runs[side].append(run_side(side, args))
+            print(f"rep {rep + 1}/{args.reps} {side}: {runs[side][-1]}", file=sys.stderr)
+    med = {s: {k: statistics.median(r[k] for r in runs[s]) for k in runs[s][0]} for s in SIDES}
+
+    gbps = read_bandwidth(args.threads)
+    bpt = bytes_per_token(str(args.model))
+    bound = gbps * 1e9 / bpt
+
+    print(f"\n{args.model.name}, {args.threads} threads, medians of {args.reps} runs each\n")
+    print("| metric | tallow | llama.cpp | tallow / llama.cpp |")
+    print("|---|---|---|---|")
+    for key, label, unit, _higher in METRICS:
+        scale = 1000.0 if unit == "ms" and key.endswith("_s") else 1.0
+        a, b = med["tallow"][key] * scale, med["llama.cpp"][key] * scale
+        print(f"| {label} ({unit}) | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+    print(
+        f"\nread bandwidth {gbps:.1f} GB/s; {bpt / 2**20:.1f} MiB of weights per token -> decode bound "
+        f"{bound:.0f} tok/s (tallow at {100 * med['tallow']['decode_tok_s'] / bound:.0f}%, "
+        f"llama.cpp at {100 * med['llama.cpp']['decode_tok_s'] / bound:.0f}%)"
+    )
+    if args.json:
+        report = {
+            "model": str(args.model),
+            "threads": args.threads,
+            "runs": runs,
+            "medians": med,
+            "read_bandwidth_gbps": gbps,
+            "bytes_per_token": bpt,
+            "decode_bound_tok_s": bound,
+        }
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
