@@ -45,3 +45,53 @@ fn avx2_legacy_dots_are_bit_identical_to_llama_cpp_order() {
         }
     }
 }
+
+/// The 4-token kernels give each token exactly the single-token kernel's bits.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn four_token_dots_equal_single_dots_bit_for_bit() {
+    use tallow_core::quant::x86_legacy_x4::dot_x4_fn;
+    let Some(k) = Kernels::avx2() else {
+        assert!(dot_x4_fn(QType::Q4_0).is_none(), "no AVX2, no 4-token kernels");
+        return;
+    };
+    let mut seed = 0x0bad_cafe_1234_5678u64;
+    let mut rnd = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for qtype in [QType::Q4_0, QType::Q4_1, QType::Q5_0, QType::Q5_1, QType::Q8_0] {
+        let dot4 = dot_x4_fn(qtype).expect("AVX2 CPU has the 4-token kernels");
+        let with_min = matches!(qtype, QType::Q4_1 | QType::Q5_1);
+        for _ in 0..100 {
+            let n = 32 * (1 + (rnd() % 40) as usize);
+            let mut w: Vec<u8> = (0..n / 32 * qtype.type_size()).map(|_| rnd() as u8).collect();
+            for blk in w.chunks_exact_mut(qtype.type_size()) {
+                blk[1] = 0x18 + (rnd() % 16) as u8;
+                if with_min {
+                    blk[3] = 0x98 + (rnd() % 16) as u8;
+                }
+            }
+            let acts: Vec<Vec<u8>> = (0..4)
+                .map(|_| {
+                    let x: Vec<f32> = (0..n).map(|_| ((rnd() % 2001) as f32 - 1000.0) / 37.0).collect();
+                    let mut xq = vec![0u8; n / 32 * if with_min { 36 } else { 34 }];
+                    if with_min {
+                        activation::quantize_row_q8_1(&x, &mut xq)
+                    } else {
+                        activation::quantize_row_q8_0(&x, &mut xq)
+                    }
+                    xq
+                })
+                .collect();
+            // SAFETY: the kernel came from dot_x4_fn, which checked the CPU; lengths match n.
+            let got = unsafe { dot4(n, &w, [&acts[0], &acts[1], &acts[2], &acts[3]]) };
+            for (t, a) in acts.iter().enumerate() {
+                let want = k.vec_dot(qtype, n, &w, a);
+                assert_eq!(got[t].to_bits(), want.to_bits(), "{qtype}, n = {n}, token {t}");
+            }
+        }
+    }
+}

@@ -72,14 +72,26 @@ pub fn matmul(w: &QTensor, x: &[f32], n_tokens: usize, y: &mut [f32], scratch: &
             None => unsafe { table_dot(cols, wr, at) },
         },
     };
+    // Where the AVX2 kernels run, 4 tokens at a time share each weight block (same bits).
+    #[cfg(target_arch = "x86_64")]
+    let x4 = match legacy {
+        Some((_, Some(_))) => super::x86_legacy_x4::dot_x4_fn(w.qtype),
+        _ => None,
+    };
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the kernel exists only on CPUs with AVX2; `wr` and every `at` hold `cols` values.
+    let dot4 = x4.map(|f| move |wr: &[u8], at: [&[u8]; 4]| unsafe { f(cols, wr, at) });
+    #[cfg(not(target_arch = "x86_64"))]
+    let dot4: Option<fn(&[u8], [&[u8]; 4]) -> [f32; 4]> = None;
+    let dot4 = dot4.as_ref().map(|f| f as &RowDotX4<'_>);
     match super::act_type(w.qtype) {
-        Some(QType::Q8_0) => run::<BlockQ8_0>(w, x, n_tokens, y, scratch, pool, &dot, &|x, b| {
+        Some(QType::Q8_0) => run::<BlockQ8_0>(w, x, n_tokens, y, scratch, pool, &dot, dot4, &|x, b| {
             super::activation::quantize_row_q8_0(x, super::blocks::as_bytes_mut(b))
         }),
-        Some(QType::Q8_1) => run::<BlockQ8_1>(w, x, n_tokens, y, scratch, pool, &dot, &|x, b| {
+        Some(QType::Q8_1) => run::<BlockQ8_1>(w, x, n_tokens, y, scratch, pool, &dot, dot4, &|x, b| {
             super::activation::quantize_row_q8_1(x, super::blocks::as_bytes_mut(b))
         }),
-        Some(QType::Q8_K) => run::<BlockQ8K>(w, x, n_tokens, y, scratch, pool, &dot, &|x, b| {
+        Some(QType::Q8_K) => run::<BlockQ8K>(w, x, n_tokens, y, scratch, pool, &dot, dot4, &|x, b| {
             super::activation::quantize_row_q8_k(x, super::blocks::as_bytes_mut(b))
         }),
         other => unreachable!("{} pairs with {other:?}", w.qtype),
@@ -111,9 +123,15 @@ pub fn matmul_with(
     // SAFETY: the table matches this CPU; `wr` and `at` hold exactly `cols` values.
     let dot = |wr: &[u8], at: &[u8], _t: usize| unsafe { dot(cols, wr, at) };
     match super::act_type(w.qtype) {
-        Some(QType::Q8_0) => run::<BlockQ8_0>(w, x, n_tokens, y, scratch, pool, &dot, &|x, b| k.quantize_q8_0(x, b)),
-        Some(QType::Q8_1) => run::<BlockQ8_1>(w, x, n_tokens, y, scratch, pool, &dot, &|x, b| k.quantize_q8_1(x, b)),
-        Some(QType::Q8_K) => run::<BlockQ8K>(w, x, n_tokens, y, scratch, pool, &dot, &|x, b| k.quantize_q8_k(x, b)),
+        Some(QType::Q8_0) => {
+            run::<BlockQ8_0>(w, x, n_tokens, y, scratch, pool, &dot, None, &|x, b| k.quantize_q8_0(x, b))
+        }
+        Some(QType::Q8_1) => {
+            run::<BlockQ8_1>(w, x, n_tokens, y, scratch, pool, &dot, None, &|x, b| k.quantize_q8_1(x, b))
+        }
+        Some(QType::Q8_K) => {
+            run::<BlockQ8K>(w, x, n_tokens, y, scratch, pool, &dot, None, &|x, b| k.quantize_q8_k(x, b))
+        }
         other => unreachable!("{} pairs with {other:?}", w.qtype),
     }
 }
@@ -121,6 +139,9 @@ pub fn matmul_with(
 /// `dot(weight_row, token_activations, token_index)`: the index picks llama.cpp's order where
 /// it depends on the token's place in the batch (`kquant_order.rs`).
 type RowTokenDot<'a> = dyn Fn(&[u8], &[u8], usize) -> f32 + Sync + 'a;
+
+/// `dot4(weight_row, [4 tokens' activations])`: the same 4 results as `dot`, faster.
+type RowDotX4<'a> = dyn Fn(&[u8], [&[u8]; 4]) -> [f32; 4] + Sync + 'a;
 
 fn run<A: ActBlock + Send + Sync>(
     w: &QTensor,
@@ -130,6 +151,7 @@ fn run<A: ActBlock + Send + Sync>(
     scratch: &mut MatmulScratch,
     pool: &ThreadPool,
     dot: &RowTokenDot<'_>,
+    dot4: Option<&RowDotX4<'_>>,
     quantize: &(dyn Fn(&[f32], &mut [A]) + Sync),
 ) {
     let (rows, cols) = (w.rows, w.cols);
@@ -158,9 +180,20 @@ fn run<A: ActBlock + Send + Sync>(
         let out = &out;
         for r in split_range(rows, i, n) {
             let wr = &data[r * row_bytes..(r + 1) * row_bytes];
-            for t in 0..n_tokens {
-                let at = &xq_bytes[t * act_row..(t + 1) * act_row];
-                let v = dot(wr, at, t);
+            let at = |t: usize| &xq_bytes[t * act_row..(t + 1) * act_row];
+            let mut t = 0;
+            if let Some(dot4) = dot4 {
+                while t + 4 <= n_tokens {
+                    let v = dot4(wr, [at(t), at(t + 1), at(t + 2), at(t + 3)]);
+                    for (k, v) in v.into_iter().enumerate() {
+                        // SAFETY: row r of every token belongs to this worker only; in bounds.
+                        unsafe { *out.0.add((t + k) * rows + r) = v };
+                    }
+                    t += 4;
+                }
+            }
+            for t in t..n_tokens {
+                let v = dot(wr, at(t), t);
                 // SAFETY: row r of every token belongs to this worker only; index in bounds.
                 unsafe { *out.0.add(t * rows + r) = v };
             }

@@ -19,6 +19,8 @@ mod tensor;
 mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_legacy_x4;
 
 pub use kernels::{kernels, Kernels, VecDotFn};
 pub use legacy_dot::{row_dot, RowDot};
