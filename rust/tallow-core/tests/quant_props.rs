@@ -5,11 +5,7 @@
 //! straightforward loop: candle `VecDotType::from_float` on each token, then `vec_dot_unopt` per
 //! (row, token).
 
-use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
-};
 use candle_core::quantized::GgmlType;
-use half::{bf16, f16};
 use proptest::prelude::*;
 use tallow_core::quant::{dequantize_row, matmul, MatmulScratch, QTensor, QType};
 use tallow_core::threadpool::ThreadPool;
@@ -29,67 +25,6 @@ const SUPPORTED: [QType; 13] = [
     QType::Q5_K,
     QType::Q6_K,
 ];
-
-/// Runs `$body` with `$T` bound to candle's block type for `$qtype`.
-macro_rules! with_block {
-    ($qtype:expr, $T:ident => $body:expr) => {
-        match $qtype {
-            QType::F32 => {
-                type $T = f32;
-                $body
-            }
-            QType::F16 => {
-                type $T = f16;
-                $body
-            }
-            QType::BF16 => {
-                type $T = bf16;
-                $body
-            }
-            QType::Q4_0 => {
-                type $T = BlockQ4_0;
-                $body
-            }
-            QType::Q4_1 => {
-                type $T = BlockQ4_1;
-                $body
-            }
-            QType::Q5_0 => {
-                type $T = BlockQ5_0;
-                $body
-            }
-            QType::Q5_1 => {
-                type $T = BlockQ5_1;
-                $body
-            }
-            QType::Q8_0 => {
-                type $T = BlockQ8_0;
-                $body
-            }
-            QType::Q2_K => {
-                type $T = BlockQ2K;
-                $body
-            }
-            QType::Q3_K => {
-                type $T = BlockQ3K;
-                $body
-            }
-            QType::Q4_K => {
-                type $T = BlockQ4K;
-                $body
-            }
-            QType::Q5_K => {
-                type $T = BlockQ5K;
-                $body
-            }
-            QType::Q6_K => {
-                type $T = BlockQ6K;
-                $body
-            }
-            other => panic!("{other} is not supported"),
-        }
-    };
-}
 
 fn to_bytes<T>(blocks: &[T]) -> Vec<u8> {
     // SAFETY: candle's block types are repr(C) plain data without padding.
@@ -141,7 +76,7 @@ proptest! {
     fn dequantize_matches_candle(qtype in qtype_strategy(), n_blocks in 1usize..4, seed in any::<u64>(), scale in 0.01f32..8.0) {
         let cols = n_blocks * 256; // a whole number of blocks for every type
         let xs = floats(seed, cols, scale);
-        with_block!(qtype, T => {
+        tallow_core::with_candle_block!(qtype, T => {
             let blocks = quantize::<T>(&xs);
             let mut want = vec![0f32; cols];
             T::to_float(&blocks, &mut want);
@@ -174,7 +109,7 @@ proptest! {
         let cols = n_blocks * 256;
         let wf = floats(seed, rows * cols, scale);
         let x = floats(seed.rotate_left(17) ^ 0x9e37, n_tokens * cols, 1.0);
-        with_block!(qtype, T => {
+        tallow_core::with_candle_block!(qtype, T => {
             let blocks = quantize::<T>(&wf);
             let want = reference_matmul::<T>(&blocks, rows, cols, &x, n_tokens);
             let w = QTensor::from_bytes("w", qtype, rows, cols, &to_bytes(&blocks)).unwrap();

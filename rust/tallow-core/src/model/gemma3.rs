@@ -11,7 +11,7 @@
 
 use super::attention::{attention, AttnParams};
 use super::layers::{add_assign, gelu_mul, rms_norm, rms_norm_into};
-use super::{norm, run_forward, tensor, CommonWeights, ForwardScratch, Layers, Model, ModelConfig};
+use super::{norm, tensor, CommonWeights, ForwardScratch, Layers, ModelConfig};
 use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
@@ -146,22 +146,5 @@ impl Layers for Gemma3 {
             rms_norm(proj, &b.post_ffw_norm, c.norm_eps);
             add_assign(x, proj);
         }
-    }
-}
-
-impl Model for Gemma3 {
-    fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-
-    fn forward<'s>(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        scratch: &'s mut ForwardScratch,
-        pool: &ThreadPool,
-        all_logits: bool,
-    ) -> Result<&'s [f32]> {
-        run_forward(self, tokens, cache, scratch, pool, all_logits)
     }
 }

@@ -3,7 +3,7 @@
 
 use super::attention::{attention, AttnParams};
 use super::layers::{add_assign, rms_norm_into, silu_mul};
-use super::{norm, run_forward, tensor, CommonWeights, ForwardScratch, Layers, Model, ModelConfig};
+use super::{norm, tensor, CommonWeights, ForwardScratch, Layers, ModelConfig};
 use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
@@ -116,22 +116,5 @@ impl Layers for Llama {
             matmul(&b.ffn_down, gate, n, proj, mm, pool);
             add_assign(x, proj);
         }
-    }
-}
-
-impl Model for Llama {
-    fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-
-    fn forward<'s>(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        scratch: &'s mut ForwardScratch,
-        pool: &ThreadPool,
-        all_logits: bool,
-    ) -> Result<&'s [f32]> {
-        run_forward(self, tokens, cache, scratch, pool, all_logits)
     }
 }

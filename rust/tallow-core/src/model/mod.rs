@@ -104,6 +104,24 @@ pub(crate) trait Layers {
     fn run_layers(&self, n: usize, pos0: usize, cache: &mut KvCache, s: &mut ForwardScratch, pool: &ThreadPool);
 }
 
+/// Every architecture is a [`Model`] through its layers: config and forward come from here.
+impl<L: Layers + Send + Sync> Model for L {
+    fn config(&self) -> &ModelConfig {
+        self.cfg()
+    }
+
+    fn forward<'s>(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        scratch: &'s mut ForwardScratch,
+        pool: &ThreadPool,
+        all_logits: bool,
+    ) -> Result<&'s [f32]> {
+        run_forward(self, tokens, cache, scratch, pool, all_logits)
+    }
+}
+
 /// The shared driver behind `Model::forward`: validation, chunking, embedding, output head.
 pub(crate) fn run_forward<'s, L: Layers>(
     model: &L,

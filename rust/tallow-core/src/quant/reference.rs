@@ -4,69 +4,69 @@
 use super::matmul::{MatmulScratch, SyncPtr};
 use super::{QTensor, QType};
 use crate::threadpool::{split_range, ThreadPool};
-use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
-};
 use candle_core::quantized::GgmlType;
-use half::{bf16, f16};
 
-/// Runs `$body` with `$T` bound to the candle block type of `$qtype`.
-macro_rules! with_block_type {
+/// Runs `$body` with `$T` bound to candle's block type for `$qtype` (a [`QType`] value): the
+/// reference routines here and the property tests dispatch on types through it. Panics for types
+/// candle has no block for (`check_supported` rejects those at load).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! with_candle_block {
     ($qtype:expr, $T:ident => $body:expr) => {
         match $qtype {
-            QType::F32 => {
+            $crate::quant::QType::F32 => {
                 type $T = f32;
                 $body
             }
-            QType::F16 => {
-                type $T = f16;
+            $crate::quant::QType::F16 => {
+                type $T = ::half::f16;
                 $body
             }
-            QType::BF16 => {
-                type $T = bf16;
+            $crate::quant::QType::BF16 => {
+                type $T = ::half::bf16;
                 $body
             }
-            QType::Q4_0 => {
-                type $T = BlockQ4_0;
+            $crate::quant::QType::Q4_0 => {
+                type $T = ::candle_core::quantized::k_quants::BlockQ4_0;
                 $body
             }
-            QType::Q4_1 => {
-                type $T = BlockQ4_1;
+            $crate::quant::QType::Q4_1 => {
+                type $T = ::candle_core::quantized::k_quants::BlockQ4_1;
                 $body
             }
-            QType::Q5_0 => {
-                type $T = BlockQ5_0;
+            $crate::quant::QType::Q5_0 => {
+                type $T = ::candle_core::quantized::k_quants::BlockQ5_0;
                 $body
             }
-            QType::Q5_1 => {
-                type $T = BlockQ5_1;
+            $crate::quant::QType::Q5_1 => {
+                type $T = ::candle_core::quantized::k_quants::BlockQ5_1;
                 $body
             }
-            QType::Q8_0 => {
-                type $T = BlockQ8_0;
+            $crate::quant::QType::Q8_0 => {
+                type $T = ::candle_core::quantized::k_quants::BlockQ8_0;
                 $body
             }
-            QType::Q2_K => {
-                type $T = BlockQ2K;
+            $crate::quant::QType::Q2_K => {
+                type $T = ::candle_core::quantized::k_quants::BlockQ2K;
                 $body
             }
-            QType::Q3_K => {
-                type $T = BlockQ3K;
+            $crate::quant::QType::Q3_K => {
+                type $T = ::candle_core::quantized::k_quants::BlockQ3K;
                 $body
             }
-            QType::Q4_K => {
-                type $T = BlockQ4K;
+            $crate::quant::QType::Q4_K => {
+                type $T = ::candle_core::quantized::k_quants::BlockQ4K;
                 $body
             }
-            QType::Q5_K => {
-                type $T = BlockQ5K;
+            $crate::quant::QType::Q5_K => {
+                type $T = ::candle_core::quantized::k_quants::BlockQ5K;
                 $body
             }
-            QType::Q6_K => {
-                type $T = BlockQ6K;
+            $crate::quant::QType::Q6_K => {
+                type $T = ::candle_core::quantized::k_quants::BlockQ6K;
                 $body
             }
-            other => unreachable!("{other} is rejected by check_supported at load"),
+            other => panic!("{other} has no candle block type"),
         }
     };
 }
@@ -83,7 +83,7 @@ pub(crate) fn as_blocks<T: GgmlType>(bytes: &[u8]) -> &[T] {
 
 /// Dequantizes one row (`out.len()` elements) of `qtype` blocks.
 pub fn dequantize_row(qtype: QType, bytes: &[u8], out: &mut [f32]) {
-    with_block_type!(qtype, T => T::to_float(as_blocks::<T>(bytes), out))
+    crate::with_candle_block!(qtype, T => T::to_float(as_blocks::<T>(bytes), out))
 }
 
 /// candle's generic product (its `from_float` + `vec_dot` per row and token): the baseline the
@@ -99,7 +99,7 @@ pub fn matmul_candle(
     pool: &ThreadPool,
 ) {
     super::matmul::check_shapes(w, x, n_tokens, y);
-    with_block_type!(w.qtype, T => matmul_typed::<T>(w, x, n_tokens, y, scratch, pool))
+    crate::with_candle_block!(w.qtype, T => matmul_typed::<T>(w, x, n_tokens, y, scratch, pool))
 }
 
 fn matmul_typed<T: GgmlType>(

@@ -317,13 +317,34 @@ pub unsafe fn vec_dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     hsum_f32_8(acc)
 }
 
+/// Elements `64j..64j+64` of a Q4_K × Q8_K block pair (sub-blocks `2j`, `2j+1`): the scaled
+/// products `scale · q4 · q8` in 8 i32 lanes. `wb`/`ab` must be whole blocks (144/292 bytes).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q4k_sumi_64(wb: &[u8], ab: &[u8], scales: &[u8; 8], j: usize) -> __m256i {
+    let m4 = _mm256_set1_epi8(0x0F);
+    // SAFETY: 16 + 32j + 32 <= 144 and 4 + 64j + 64 <= 292 for j < 4.
+    let (q4, q8l, q8h) = unsafe {
+        (
+            _mm256_loadu_si256(wb.as_ptr().add(16 + 32 * j) as *const __m256i),
+            _mm256_loadu_si256(ab.as_ptr().add(4 + 64 * j) as *const __m256i),
+            _mm256_loadu_si256(ab.as_ptr().add(4 + 64 * j + 32) as *const __m256i),
+        )
+    };
+    let lo = _mm256_maddubs_epi16(_mm256_and_si256(q4, m4), q8l);
+    let hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4), q8h);
+    _mm256_add_epi32(
+        _mm256_madd_epi16(lo, _mm256_set1_epi16(scales[2 * j] as i16)),
+        _mm256_madd_epi16(hi, _mm256_set1_epi16(scales[2 * j + 1] as i16)),
+    )
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let nb = n / QK_K;
     assert!(w.len() >= nb * 144 && a.len() >= nb * 292);
     let mut acc = _mm256_setzero_ps();
     let mut acc_m = _mm256_setzero_ps();
-    let m4 = _mm256_set1_epi8(0x0F);
     for i in 0..nb {
         let (wb, ab) = (&w[i * 144..(i + 1) * 144], &a[i * 292..(i + 1) * 292]);
         // SAFETY: wb/ab are whole blocks; every load below stays inside them.
@@ -342,14 +363,7 @@ pub unsafe fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
             acc_m = _mm256_fmadd_ps(_mm256_set1_ps(dmin), prod, acc_m);
             let mut sumi = _mm256_setzero_si256();
             for j in 0..4 {
-                let q4 = _mm256_loadu_si256(wb.as_ptr().add(16 + 32 * j) as *const __m256i);
-                let q4l = _mm256_and_si256(q4, m4);
-                let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
-                let q8l = _mm256_loadu_si256(ab.as_ptr().add(4 + 64 * j) as *const __m256i);
-                let q8h = _mm256_loadu_si256(ab.as_ptr().add(4 + 64 * j + 32) as *const __m256i);
-                let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(q4l, q8l), _mm256_set1_epi16(scales[2 * j] as i16));
-                let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q4h, q8h), _mm256_set1_epi16(scales[2 * j + 1] as i16));
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+                sumi = _mm256_add_epi32(sumi, q4k_sumi_64(wb, ab, &scales, j));
             }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
         }
@@ -357,54 +371,19 @@ pub unsafe fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     hsum_f32_8(acc) - hsum_f32_8(acc_m)
 }
 
+/// llama.cpp's `ggml_vec_dot_q6_K_q8_K` order: per block, `fma(d, lanes, acc)` over the 8 lanes
+/// of [`q6k_sumi`], reduced with `hsum_float_8` at the end.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let nb = n / QK_K;
     assert!(w.len() >= nb * 210 && a.len() >= nb * 292);
     let mut acc = _mm256_setzero_ps();
-    let m4 = _mm256_set1_epi8(0x0F);
     for i in 0..nb {
         let (wb, ab) = (&w[i * 210..(i + 1) * 210], &a[i * 292..(i + 1) * 292]);
-        // SAFETY: wb/ab are whole blocks; every load below stays inside them.
+        // SAFETY: wb/ab are whole blocks.
         unsafe {
             let d = load_f16(wb.as_ptr().add(208)) * (ab.as_ptr() as *const f32).read_unaligned();
-            let sc = &wb[192..208];
-            let mut sumi = _mm256_setzero_si256();
-            for h in 0..2 {
-                let ql1 = _mm256_loadu_si256(wb.as_ptr().add(64 * h) as *const __m256i);
-                let ql2 = _mm256_loadu_si256(wb.as_ptr().add(64 * h + 32) as *const __m256i);
-                let qh = _mm256_loadu_si256(wb.as_ptr().add(128 + 32 * h) as *const __m256i);
-                // Elements 128h + 32k + l, k = 0..4: 4 low bits from ql, 2 high bits from qh.
-                let q = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, m4),
-                        _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(0x03))),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql2, m4),
-                        _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C))),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                        _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql2), m4),
-                        _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8))),
-                    ),
-                ];
-                for (k, &qk) in q.iter().enumerate() {
-                    let q8 = _mm256_loadu_si256(ab.as_ptr().add(4 + 128 * h + 32 * k) as *const __m256i);
-                    // (q - 32)·y = q·y - 32·y; both maddubs stay inside i16.
-                    let p =
-                        _mm256_sub_epi16(_mm256_maddubs_epi16(qk, q8), _mm256_maddubs_epi16(_mm256_set1_epi8(32), q8));
-                    let s = 8 * h + 2 * k;
-                    let scv =
-                        _mm256_set_m128i(_mm_set1_epi16(sc[s + 1] as i8 as i16), _mm_set1_epi16(sc[s] as i8 as i16));
-                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv));
-                }
-            }
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q6k_sumi(wb, ab)), acc);
         }
     }
     hsum_f32_8(acc)
@@ -426,24 +405,10 @@ pub(super) fn q4k_ints(w: &[u8], a: &[u8]) -> super::kquant_order::Q4KInts {
 unsafe fn q4k_ints_avx2(w: &[u8], a: &[u8]) -> super::kquant_order::Q4KInts {
     let (sc, mn) = super::kquant_order::q4k_scales_mins(&w[4..16]);
     let bs = |i: usize| i16::from_le_bytes([a[260 + 2 * i], a[261 + 2 * i]]) as i32;
-    let m4 = _mm256_set1_epi8(0x0F);
     let mut out = super::kquant_order::Q4KInts::default();
     for j in 0..4 {
-        // SAFETY: 16 + 32j + 32 ≤ 144 and 4 + 64j + 64 ≤ 292.
-        let (q4, q8l, q8h) = unsafe {
-            (
-                _mm256_loadu_si256(w.as_ptr().add(16 + 32 * j) as *const __m256i),
-                _mm256_loadu_si256(a.as_ptr().add(4 + 64 * j) as *const __m256i),
-                _mm256_loadu_si256(a.as_ptr().add(4 + 64 * j + 32) as *const __m256i),
-            )
-        };
-        let lo = _mm256_maddubs_epi16(_mm256_and_si256(q4, m4), q8l);
-        let hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4), q8h);
-        let p = _mm256_add_epi32(
-            _mm256_madd_epi16(lo, _mm256_set1_epi16(sc[2 * j] as i16)),
-            _mm256_madd_epi16(hi, _mm256_set1_epi16(sc[2 * j + 1] as i16)),
-        );
-        out.isum[j] = hsum_i32_8(p);
+        // SAFETY: whole blocks (asserted by the caller).
+        out.isum[j] = hsum_i32_8(unsafe { q4k_sumi_64(w, a, &sc, j) });
         out.imin[j] =
             mn[2 * j] as i32 * (bs(4 * j) + bs(4 * j + 1)) + mn[2 * j + 1] as i32 * (bs(4 * j + 2) + bs(4 * j + 3));
     }
@@ -459,6 +424,18 @@ pub(super) fn q6k_lanes(w: &[u8], a: &[u8]) -> [i32; 8] {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6k_lanes_avx2(w: &[u8], a: &[u8]) -> [i32; 8] {
+    let mut lanes = [0i32; 8];
+    // SAFETY: whole blocks (asserted by the caller); lanes holds 8 i32.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, q6k_sumi(w, a)) };
+    lanes
+}
+
+/// One Q6_K × Q8_K block pair (210/292 bytes) as the 8 i32 lanes of `ggml_vec_dot_q6_K_q8_K`:
+/// lane `k` holds bytes `4k..4k+4` of every 32-element chunk, `Σ scale · q6 · q8` with the
+/// unsigned 6-bit `q6`, minus `32 · Σ scale · q8` over elements `32k..32k+32` (from `bsums`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q6k_sumi(w: &[u8], a: &[u8]) -> __m256i {
     let m4 = _mm256_set1_epi8(0x0F);
     let sc = &w[192..208];
     // SAFETY: every load below stays inside the 210-byte and 292-byte blocks.
@@ -497,8 +474,6 @@ unsafe fn q6k_lanes_avx2(w: &[u8], a: &[u8]) -> [i32; 8] {
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(qk, q8), scv));
             }
         }
-        let mut lanes = [0i32; 8];
-        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, _mm256_sub_epi32(sumi, offset));
-        lanes
+        _mm256_sub_epi32(sumi, offset)
     }
 }
