@@ -71,27 +71,91 @@ fn avx2_legacy_dots_are_bit_identical_to_llama_cpp_order() {
     }
 }
 
-/// The 4-token kernels give each token exactly the single-token kernel's bits.
+/// Every tile shape (rows × tokens), AVX2 and AVX-512 VNNI, gives each (row, token) exactly the
+/// single product's bits.
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn four_token_dots_equal_single_dots_bit_for_bit() {
-    use tallow_core::quant::x86_legacy_x4::dot_x4_fn;
+fn tiles_equal_single_dots_bit_for_bit() {
+    use tallow_core::quant::x86_legacy_tile::LegacyTiles;
     let Some(k) = Kernels::avx2() else {
-        assert!(dot_x4_fn(QType::Q4_0).is_none(), "no AVX2, no 4-token kernels");
+        assert!(LegacyTiles::for_type(QType::Q4_0, true).is_none(), "no AVX2, no tiles");
         return;
     };
     let mut inputs = Inputs(0x0bad_cafe_1234_5678);
     for qtype in LEGACY {
-        let dot4 = dot_x4_fn(qtype).expect("AVX2 CPU has the 4-token kernels");
-        for _ in 0..100 {
-            let n = inputs.n();
-            let w = inputs.weights(qtype, n);
-            let acts: Vec<Vec<u8>> = (0..4).map(|_| inputs.activations(qtype, n)).collect();
-            // SAFETY: the kernel came from dot_x4_fn, which checked the CPU; lengths match n.
-            let got = unsafe { dot4(n, &w, [&acts[0], &acts[1], &acts[2], &acts[3]]) };
-            for (t, a) in acts.iter().enumerate() {
-                let want = k.vec_dot(qtype, n, &w, a);
-                assert_eq!(got[t].to_bits(), want.to_bits(), "{qtype}, n = {n}, token {t}");
+        for avx512 in [false, true] {
+            let tiles = LegacyTiles::for_type(qtype, avx512).expect("AVX2 CPU has the tiles");
+            for _ in 0..40 {
+                let n = inputs.n();
+                let rows: Vec<Vec<u8>> = (0..4).map(|_| inputs.weights(qtype, n)).collect();
+                let acts: Vec<Vec<u8>> = (0..4).map(|_| inputs.activations(qtype, n)).collect();
+                let (w, a) = (rows.concat(), acts.concat());
+                let (w_stride, a_stride) = (rows[0].len(), acts[0].len());
+                for (nr, nt) in [(1, 1), (4, 1), (1, 4), (4, 4)] {
+                    if nr * nt == 16 && tiles.row_group(4) != 4 {
+                        continue; // no 4 × 4 tile without AVX-512
+                    }
+                    let mut out = vec![f32::NAN; 4 * 4];
+                    // SAFETY: the tiles came from for_type, which checked the CPU; 4 rows and 4
+                    // tokens of n values lie at the strides, and out is [4 tokens, 4 rows].
+                    unsafe {
+                        tiles.tile(nr, nt)(
+                            n / 32,
+                            w.as_ptr(),
+                            w_stride,
+                            qtype.type_size(),
+                            a.as_ptr(),
+                            a_stride,
+                            out.as_mut_ptr(),
+                            4,
+                        )
+                    };
+                    for r in 0..nr {
+                        for t in 0..nt {
+                            let want = k.vec_dot(qtype, n, &rows[r], &acts[t]);
+                            let got = out[t * 4 + r];
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{qtype} {nr}x{nt} avx512={avx512} n={n} r={r} t={t}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Weights stored as interleaved groups of rows give the same products, bit for bit, and the
+/// same rows when dequantized.
+#[test]
+fn interleaved_layout_changes_no_bit() {
+    use tallow_core::quant::{matmul, MatmulScratch, QTensor, INTERLEAVE};
+    use tallow_core::threadpool::ThreadPool;
+    let pool = ThreadPool::new(2);
+    let mut inputs = Inputs(0x5eed_f00d_0000_0001);
+    for qtype in LEGACY {
+        for rows in [4, 8, 20] {
+            let cols = inputs.n();
+            let bytes: Vec<u8> = (0..rows).flat_map(|_| inputs.weights(qtype, cols)).collect();
+            let w = QTensor::from_bytes("w", qtype, rows, cols, &bytes).unwrap();
+            let wi = w.clone().interleaved();
+            assert_eq!(wi.interleave(), INTERLEAVE);
+            for r in 0..rows {
+                let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
+                w.dequantize_row_into(r, &mut a);
+                wi.dequantize_row_into(r, &mut b);
+                assert_eq!(a, b, "{qtype} row {r}");
+            }
+            for n_tokens in [1, 3, 4, 9] {
+                let x: Vec<f32> = (0..n_tokens * cols).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 97.0).collect();
+                let (mut y, mut yi) = (vec![0.0; n_tokens * rows], vec![0.0; n_tokens * rows]);
+                let mut scratch = MatmulScratch::default();
+                matmul(&w, &x, n_tokens, &mut y, &mut scratch, &pool);
+                matmul(&wi, &x, n_tokens, &mut yi, &mut scratch, &pool);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&y), bits(&yi), "{qtype} {rows}x{cols}, {n_tokens} tokens");
             }
         }
     }

@@ -245,6 +245,23 @@ impl GgufFile {
         self.storage.bytes()
     }
 
+    /// Tells the kernel this process is done with `len` bytes at `start` of the map (a tensor
+    /// copied elsewhere at load): the whole pages inside the range leave the resident set.
+    /// Should they be read again, they are read back from the file, unchanged.
+    pub fn release(&self, start: usize, len: usize) {
+        #[cfg(unix)]
+        if let Storage::Mmap(m) = &self.storage {
+            const PAGE: usize = 4096;
+            let (first, end) = (start.next_multiple_of(PAGE), (start + len) / PAGE * PAGE);
+            if end > first {
+                // SAFETY: the map is a read-only, private file mapping, so dropping its pages
+                // loses nothing: a later read faults the same bytes back in from the file.
+                // Failure only means the pages stay resident.
+                let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first) };
+            }
+        }
+    }
+
     /// The bytes of `t`, borrowed from the map. Bounds were checked at parse time for every
     /// tensor of this file; a `TensorInfo` from elsewhere that does not fit gives an empty slice.
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {

@@ -15,7 +15,7 @@ use super::{norm, tensor, CommonWeights, ForwardScratch, Layers, ModelConfig};
 use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
-use crate::quant::{matmul, QTensor};
+use crate::quant::{matmul, matmul_fused, QTensor};
 use crate::threadpool::ThreadPool;
 use std::sync::Arc;
 
@@ -112,9 +112,7 @@ impl Layers for Gemma3 {
 
             // Attention.
             rms_norm_into(x, xn, &b.attn_norm, c.norm_eps);
-            matmul(&b.attn_q, xn, n, q, mm, pool);
-            matmul(&b.attn_k, xn, n, k, mm, pool);
-            matmul(&b.attn_v, xn, n, v, mm, pool);
+            matmul_fused([(&b.attn_q, &mut *q), (&b.attn_k, &mut *k), (&b.attn_v, &mut *v)], xn, n, mm, pool);
             rms_norm(q, &b.attn_q_norm, c.norm_eps); // per head: rows of head_dim
             rms_norm(k, &b.attn_k_norm, c.norm_eps);
             rope.apply(q, c.head_dim, c.rope_style);
@@ -139,8 +137,7 @@ impl Layers for Gemma3 {
 
             // GELU-gated feed-forward.
             rms_norm_into(x, xn, &b.ffn_norm, c.norm_eps);
-            matmul(&b.ffn_gate, xn, n, gate, mm, pool);
-            matmul(&b.ffn_up, xn, n, up, mm, pool);
+            matmul_fused([(&b.ffn_gate, &mut *gate), (&b.ffn_up, &mut *up)], xn, n, mm, pool);
             gelu_mul(gate, up);
             matmul(&b.ffn_down, gate, n, proj, mm, pool);
             rms_norm(proj, &b.post_ffw_norm, c.norm_eps);

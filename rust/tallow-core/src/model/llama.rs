@@ -7,7 +7,7 @@ use super::{norm, tensor, CommonWeights, ForwardScratch, Layers, ModelConfig};
 use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
-use crate::quant::{matmul, QTensor};
+use crate::quant::{matmul, matmul_fused, QTensor};
 use crate::threadpool::ThreadPool;
 use std::sync::Arc;
 
@@ -98,9 +98,7 @@ impl Layers for Llama {
         for (il, b) in self.blocks.iter().enumerate() {
             // Attention.
             rms_norm_into(x, xn, &b.attn_norm, c.norm_eps);
-            matmul(&b.attn_q, xn, n, q, mm, pool);
-            matmul(&b.attn_k, xn, n, k, mm, pool);
-            matmul(&b.attn_v, xn, n, v, mm, pool);
+            matmul_fused([(&b.attn_q, &mut *q), (&b.attn_k, &mut *k), (&b.attn_v, &mut *v)], xn, n, mm, pool);
             s.rope.apply(q, c.head_dim, c.rope_style);
             s.rope.apply(k, c.head_dim, c.rope_style);
             cache.store(il, pos0, k, v);
@@ -110,8 +108,7 @@ impl Layers for Llama {
 
             // SwiGLU feed-forward.
             rms_norm_into(x, xn, &b.ffn_norm, c.norm_eps);
-            matmul(&b.ffn_gate, xn, n, gate, mm, pool);
-            matmul(&b.ffn_up, xn, n, up, mm, pool);
+            matmul_fused([(&b.ffn_gate, &mut *gate), (&b.ffn_up, &mut *up)], xn, n, mm, pool);
             silu_mul(gate, up);
             matmul(&b.ffn_down, gate, n, proj, mm, pool);
             add_assign(x, proj);

@@ -171,7 +171,7 @@ pub(crate) fn run_forward<'s, L: Layers>(
         let pos = cache.len();
         for (t, &id) in chunk.iter().enumerate() {
             let row = &mut s.x[t * n_embd..(t + 1) * n_embd];
-            dequantize_row(w.token_embd.qtype, w.token_embd.row(id as usize), row);
+            w.token_embd.dequantize_row_into(id as usize, row);
             if w.embd_scale != 1.0 {
                 row.iter_mut().for_each(|v| *v *= w.embd_scale);
             }
@@ -199,11 +199,13 @@ pub(crate) fn run_forward<'s, L: Layers>(
     Ok(&s.logits[..n_logits])
 }
 
-/// A 2-D weight of `file` (already shape-checked by `ModelConfig::from_gguf`).
+/// A 2-D weight of `file` (already shape-checked by `ModelConfig::from_gguf`), in the layout
+/// `matmul` reads fastest on this CPU.
 fn tensor(file: &Arc<GgufFile>, name: &str) -> Result<QTensor> {
     let info =
         file.tensor(name).ok_or_else(|| Error::gguf(0, format!("tensor[{name:?}]"), "required tensor is missing"))?;
-    QTensor::from_gguf(file, info)
+    let t = QTensor::from_gguf(file, info)?;
+    Ok(if t.rows > 1 && crate::quant::tiles_for(t.qtype) { t.interleaved() } else { t })
 }
 
 /// A 1-D weight (norm, rope factors) as f32.

@@ -70,16 +70,18 @@ fn unpack_q8_0(b: &[u8], q: &mut [i32; 32]) {
     }
 }
 
-/// `Σ w · x` over one row: `w` is a row of `qtype` blocks, `x` the activation blocks (Q8_0 for
+/// `Σ w · x` over one row: `w` holds the row's `qtype` blocks `b_stride` bytes apart (the block
+/// size for a plain row, more in an interleaved layout), `x` the activation blocks (Q8_0 for
 /// Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1) of the same length.
-fn dot(qtype: QType, unpack: Unpack, w: &[u8], x: &[u8]) -> f32 {
+fn dot(qtype: QType, unpack: Unpack, w: &[u8], b_stride: usize, x: &[u8]) -> f32 {
     let (w_bytes, with_min) = (qtype.type_size(), matches!(qtype, QType::Q4_1 | QType::Q5_1));
     let x_bytes = if with_min { Q8_1_BYTES } else { Q8_0_BYTES };
     let x_qs = x_bytes - 32;
     let mut acc = [0.0f32; 8];
     let mut summs = 0.0f32;
     let mut qw = [0i32; 32];
-    for (wb, xb) in w.chunks_exact(w_bytes).zip(x.chunks_exact(x_bytes)) {
+    let blocks = (0..).map(|i| w.get(i * b_stride..i * b_stride + w_bytes)).map_while(|b| b);
+    for (wb, xb) in blocks.zip(x.chunks_exact(x_bytes)) {
         unpack(wb, &mut qw);
         let qx = &xb[x_qs..];
         // f16 × f16 is exact in f32, as is m · s below.
@@ -89,7 +91,7 @@ fn dot(qtype: QType, unpack: Unpack, w: &[u8], x: &[u8]) -> f32 {
             *a = dd.mul_add(lane as f32, *a);
         }
         if with_min {
-            summs += f16_at(wb, 2) * f16_at(xb, 2);
+            summs = f16_at(wb, 2).mul_add(f16_at(xb, 2), summs);
         }
     }
     hsum8(&acc) + summs
@@ -98,14 +100,29 @@ fn dot(qtype: QType, unpack: Unpack, w: &[u8], x: &[u8]) -> f32 {
 /// `Σ w · x` of one weight row (raw blocks) and its quantized activations (raw blocks).
 pub type RowDot = fn(&[u8], &[u8]) -> f32;
 
+/// [`RowDot`] over blocks `b_stride` bytes apart (`w` starts at the row's first block).
+pub type StridedRowDot = fn(&[u8], usize, &[u8]) -> f32;
+
 /// The llama.cpp-order row product for `qtype`, or `None` for types computed elsewhere.
 pub fn row_dot(qtype: QType) -> Option<RowDot> {
     Some(match qtype {
-        QType::Q4_0 => |w, x| dot(QType::Q4_0, unpack_q4_0, w, x),
-        QType::Q4_1 => |w, x| dot(QType::Q4_1, unpack_q4_1, w, x),
-        QType::Q5_0 => |w, x| dot(QType::Q5_0, unpack_q5_0, w, x),
-        QType::Q5_1 => |w, x| dot(QType::Q5_1, unpack_q5_1, w, x),
-        QType::Q8_0 => |w, x| dot(QType::Q8_0, unpack_q8_0, w, x),
+        QType::Q4_0 => |w, x| dot(QType::Q4_0, unpack_q4_0, w, 18, x),
+        QType::Q4_1 => |w, x| dot(QType::Q4_1, unpack_q4_1, w, 20, x),
+        QType::Q5_0 => |w, x| dot(QType::Q5_0, unpack_q5_0, w, 22, x),
+        QType::Q5_1 => |w, x| dot(QType::Q5_1, unpack_q5_1, w, 24, x),
+        QType::Q8_0 => |w, x| dot(QType::Q8_0, unpack_q8_0, w, 34, x),
+        _ => return None,
+    })
+}
+
+/// [`row_dot`] for a row whose blocks may lie apart (an interleaved layout).
+pub(crate) fn strided_row_dot(qtype: QType) -> Option<StridedRowDot> {
+    Some(match qtype {
+        QType::Q4_0 => |w, s, x| dot(QType::Q4_0, unpack_q4_0, w, s, x),
+        QType::Q4_1 => |w, s, x| dot(QType::Q4_1, unpack_q4_1, w, s, x),
+        QType::Q5_0 => |w, s, x| dot(QType::Q5_0, unpack_q5_0, w, s, x),
+        QType::Q5_1 => |w, s, x| dot(QType::Q5_1, unpack_q5_1, w, s, x),
+        QType::Q8_0 => |w, s, x| dot(QType::Q8_0, unpack_q8_0, w, s, x),
         _ => return None,
     })
 }

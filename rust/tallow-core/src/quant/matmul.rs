@@ -3,37 +3,51 @@
 //! Activations are quantized once per call into the scratch buffer (Q8_0, Q8_1 or Q8_K, per the
 //! weight type), then each worker takes a contiguous range of weight rows and multiplies every
 //! row with all tokens while it is in L1, so prefill reads each weight once per call.
+//! [`matmul_fused`] runs several products of the same input (Q, K, V; gate, up) in one pass over
+//! the pool, quantizing the input once per activation type.
 
 use super::blocks::{ActBlock, BlockQ8K, BlockQ8_0, BlockQ8_1};
-use super::kernels::{kernels, Kernels};
+use super::kernels::{kernels, Kernels, VecDotFn};
 use super::kquant_order::{self, k_order, IntKernels};
+use super::legacy_dot::StridedRowDot;
+#[cfg(target_arch = "x86_64")]
+use super::x86_legacy_tile::LegacyTiles;
 use super::{reference, QTensor, QType};
 use crate::threadpool::{split_range, ThreadPool};
 
-/// Reusable buffer for quantized activations: once it has grown to the largest product of a
-/// model, calls allocate nothing.
+/// Activation block types, one scratch buffer each.
+const ACT_TYPES: [QType; 3] = [QType::Q8_0, QType::Q8_1, QType::Q8_K];
+
+/// Reusable buffers for quantized activations: once they have grown to the largest product of
+/// a model, calls allocate nothing.
 #[derive(Default)]
 pub struct MatmulScratch {
-    buf: Vec<u64>,
+    /// One per entry of [`ACT_TYPES`], so fused products of mixed types keep every input.
+    bufs: [Vec<u64>; 3],
 }
 
 impl MatmulScratch {
-    /// `n` blocks of `T` (zeroed on growth, otherwise left over from earlier calls).
+    /// `n` blocks of `T` in the first buffer.
     pub(crate) fn blocks<T>(&mut self, n: usize) -> &mut [T] {
-        assert!(std::mem::align_of::<T>() <= 8);
-        let bytes = n.checked_mul(std::mem::size_of::<T>()).expect("scratch size overflows");
-        if self.buf.len() * 8 < bytes {
-            self.buf.resize(bytes.div_ceil(8), 0);
-        }
-        // SAFETY: the buffer holds at least `bytes` bytes, is 8-aligned (enough for every block
-        // type) and every bit pattern is a valid block (plain ints and floats).
-        unsafe { std::slice::from_raw_parts_mut(self.buf.as_mut_ptr() as *mut T, n) }
+        blocks_in(&mut self.bufs[0], n)
     }
 
     /// Bytes currently reserved (tests check that a warm scratch stops growing).
     pub fn capacity_bytes(&self) -> usize {
-        self.buf.capacity() * 8
+        self.bufs.iter().map(|b| b.capacity() * 8).sum()
     }
+}
+
+/// `n` blocks of `T` in `buf` (zeroed on growth, otherwise left over from earlier calls).
+fn blocks_in<T>(buf: &mut Vec<u64>, n: usize) -> &mut [T] {
+    assert!(std::mem::align_of::<T>() <= 8);
+    let bytes = n.checked_mul(std::mem::size_of::<T>()).expect("scratch size overflows");
+    if buf.len() * 8 < bytes {
+        buf.resize(bytes.div_ceil(8), 0);
+    }
+    // SAFETY: the buffer holds at least `bytes` bytes, is 8-aligned (enough for every block
+    // type) and every bit pattern is a valid block (plain ints and floats).
+    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut T, n) }
 }
 
 /// A raw output pointer that workers write disjoint parts of.
@@ -41,61 +55,181 @@ pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
 // SAFETY: every user writes only indices no other worker touches in the same `run`.
 unsafe impl<T> Sync for SyncPtr<T> {}
 
+/// How one product's rows are computed.
+#[derive(Clone, Copy)]
+enum RowKernel {
+    /// Tiles of rows × tokens for the 32-element formats, in llama.cpp's order.
+    #[cfg(target_arch = "x86_64")]
+    Tiles(LegacyTiles),
+    /// The portable llama.cpp-order products of the 32-element formats.
+    Exact(StridedRowDot),
+    /// Q4_K and Q6_K in the order of the llama.cpp path this shape and token take; `table` for
+    /// the other k-quants.
+    KQuant { ints: IntKernels, table: VecDotFn },
+    /// One table's kernel for everything ([`matmul_with`]).
+    Table(VecDotFn),
+}
+
+/// How activations are quantized.
+#[derive(Clone, Copy)]
+enum Quantizer<'k> {
+    /// Rounded exactly as llama.cpp rounds them (`activation.rs`).
+    Exact,
+    /// A table's quantizers ([`matmul_with`]).
+    Table(&'k Kernels),
+}
+
+/// Whether `matmul` computes `qtype` with row tiles on this CPU, which read weights stored as
+/// [`QTensor::interleaved`] fastest.
+pub fn tiles_for(qtype: QType) -> bool {
+    matches!(RowKernel::exact(kernels(), qtype), Some(RowKernel::Tiles(_)))
+}
+
+impl RowKernel {
+    /// `matmul`'s choice for `qtype` (None for float weights).
+    fn exact(k: &Kernels, qtype: QType) -> Option<RowKernel> {
+        let table = k.vec_dot_fn(qtype)?;
+        let simd = k.name() != "scalar";
+        #[cfg(target_arch = "x86_64")]
+        if let Some(tiles) = LegacyTiles::for_type(qtype, k.name() == "avx512vnni").filter(|_| simd) {
+            return Some(RowKernel::Tiles(tiles));
+        }
+        if let Some(exact) = super::legacy_dot::strided_row_dot(qtype) {
+            return Some(RowKernel::Exact(exact));
+        }
+        let ints = if simd { IntKernels::best() } else { IntKernels::PORTABLE };
+        Some(RowKernel::KQuant { ints, table })
+    }
+
+    /// Granularity of the row split: a worker's rows start at a multiple of this.
+    fn row_group(self, n_tokens: usize) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            RowKernel::Tiles(t) => t.row_group(n_tokens),
+            _ => 1,
+        }
+    }
+
+    /// `out[t * w.rows + r]` for `r` in `rows` and every token. `xq` holds `n_tokens` rows of
+    /// `act_row` bytes; `out` points at `[n_tokens, w.rows]` floats no other worker writes in
+    /// `rows`.
+    fn rows(
+        self,
+        w: &QTensor,
+        rows: std::ops::Range<usize>,
+        xq: &[u8],
+        act_row: usize,
+        n_tokens: usize,
+        out: *mut f32,
+    ) {
+        let data = w.data();
+        let row_bytes = w.qtype.row_bytes(w.cols as u64).expect("QTensor has whole blocks") as usize;
+        assert!(rows.end <= w.rows && data.len() >= w.rows * row_bytes && xq.len() >= n_tokens * act_row);
+        let cols = w.cols;
+        let at = |t: usize| &xq[t * act_row..(t + 1) * act_row];
+        let put = |r: usize, t: usize, v: f32| {
+            // SAFETY: row r belongs to this caller only; index in bounds of [n_tokens, w.rows].
+            unsafe { *out.add(t * w.rows + r) = v }
+        };
+        // Row r's first block, and the distance between two blocks of a row, in either layout.
+        let (ts, g) = (w.qtype.type_size(), w.interleave());
+        let b_stride = g * ts;
+        let row_start = |r: usize| (r / g) * g * row_bytes + (r % g) * ts;
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            RowKernel::Tiles(tiles) => {
+                let w_stride = if g == 1 { row_bytes } else { ts }; // between a tile's rows
+                let group = tiles.row_group(n_tokens);
+                let mut r = rows.start;
+                while r < rows.end {
+                    let nr = if rows.end - r >= group && (g == 1 || r.is_multiple_of(g)) { group } else { 1 };
+                    let mut t = 0;
+                    while t < n_tokens {
+                        let nt = if n_tokens - t >= 4 { 4 } else { 1 };
+                        // SAFETY: rows r..r + nr and tokens t..t + nt are in bounds (asserted
+                        // above), outputs are this caller's; the tiles match this CPU.
+                        unsafe {
+                            tiles.tile(nr, nt)(
+                                cols / 32,
+                                data.as_ptr().add(row_start(r)),
+                                w_stride,
+                                b_stride,
+                                xq.as_ptr().add(t * act_row),
+                                act_row,
+                                out.add(t * w.rows + r),
+                                w.rows,
+                            )
+                        };
+                        t += nt;
+                    }
+                    r += nr;
+                }
+            }
+            RowKernel::Exact(dot) => {
+                for r in rows {
+                    let wr = &data[row_start(r)..];
+                    (0..n_tokens).for_each(|t| put(r, t, dot(wr, b_stride, at(t))));
+                }
+            }
+            _ if w.interleave() != 1 => panic!("{w:?}: interleaved rows need a layout-aware kernel"),
+            RowKernel::KQuant { ints, table } => {
+                for r in rows {
+                    let wr = &data[r * row_bytes..(r + 1) * row_bytes];
+                    for t in 0..n_tokens {
+                        let v = match k_order(w.qtype, w.rows, t, n_tokens) {
+                            Some(order) => kquant_order::row_dot(order, &ints, wr, at(t)),
+                            // SAFETY: the table matches this CPU; both hold `cols` values.
+                            None => unsafe { table(cols, wr, at(t)) },
+                        };
+                        put(r, t, v);
+                    }
+                }
+            }
+            RowKernel::Table(dot) => {
+                for r in rows {
+                    let wr = &data[r * row_bytes..(r + 1) * row_bytes];
+                    // SAFETY: the table matches this CPU; both hold `cols` values.
+                    (0..n_tokens).for_each(|t| put(r, t, unsafe { dot(cols, wr, at(t)) }));
+                }
+            }
+        }
+    }
+}
+
 /// `y[t * rows + r] = Σ_c W[r, c] · x[t * cols + c]` for `t in 0..n_tokens`, with llama.cpp's
 /// numerics: activations are quantized exactly as llama.cpp rounds them (`activation.rs`), the
-/// 32-element formats are summed in its order (`legacy_dot.rs`), Q4_K and Q6_K in the order of the
-/// path llama.cpp takes for this shape and token count (`kquant_order.rs`), and the other
-/// k-quants go through the process-wide SIMD kernels ([`kernels()`]). Bit-level agreement matters: one ulp of difference
-/// flips an int8 rounding in a later layer now and then, and those flips compound.
+/// 32-element formats are summed in its order (`legacy_dot.rs`, `x86_legacy_tile.rs`), Q4_K and
+/// Q6_K in the order of the path llama.cpp takes for this shape and token count
+/// (`kquant_order.rs`), and the other k-quants go through the process-wide SIMD kernels
+/// ([`kernels()`]). Bit-level agreement matters: one ulp of difference flips an int8 rounding
+/// in a later layer now and then, and those flips compound.
 ///
 /// `x` is `[n_tokens, cols]`, `y` is `[n_tokens, rows]`, both row-major.
 pub fn matmul(w: &QTensor, x: &[f32], n_tokens: usize, y: &mut [f32], scratch: &mut MatmulScratch, pool: &ThreadPool) {
-    check_shapes(w, x, n_tokens, y);
+    matmul_fused([(w, y)], x, n_tokens, scratch, pool);
+}
+
+/// [`matmul`] of several weights with the same input `x` (`[n_tokens, cols]`, every weight
+/// having `cols` columns), each into its own output: the same results, with the input
+/// quantized once per activation type and one pass over the pool instead of `N`.
+pub fn matmul_fused<const N: usize>(
+    products: [(&QTensor, &mut [f32]); N],
+    x: &[f32],
+    n_tokens: usize,
+    scratch: &mut MatmulScratch,
+    pool: &ThreadPool,
+) {
     let k = kernels();
-    let Some(table_dot) = k.vec_dot_fn(w.qtype) else {
-        return reference::matmul_candle(w, x, n_tokens, y, scratch, pool);
-    };
-    // The 32-element formats must sum in llama.cpp's order: the AVX2 kernels do (bit-identical,
-    // tests/quant_llama_order.rs); elsewhere, or with TALLOW_KERNELS=scalar, the portable `row_dot`.
-    let legacy = super::legacy_dot::row_dot(w.qtype)
-        .map(|exact| (exact, Kernels::avx2().filter(|_| k.name() != "scalar").and_then(|t| t.vec_dot_fn(w.qtype))));
-    let cols = w.cols;
-    // Q4_K and Q6_K: the order of the llama.cpp path this shape and token count would take.
-    let ints = if k.name() == "scalar" { IntKernels::PORTABLE } else { IntKernels::best() };
-    let dot = |wr: &[u8], at: &[u8], t: usize| match legacy {
-        // SAFETY: the AVX2 table exists only on CPUs with AVX2; `wr` and `at` hold `cols` values.
-        Some((_, Some(avx2))) => unsafe { avx2(cols, wr, at) },
-        Some((exact, None)) => exact(wr, at),
-        None => match k_order(w.qtype, w.rows, t, n_tokens) {
-            Some(order) => kquant_order::row_dot(order, &ints, wr, at),
-            // SAFETY: the table matches this CPU; `wr` and `at` hold exactly `cols` values.
-            None => unsafe { table_dot(cols, wr, at) },
-        },
-    };
-    // Where the AVX2 kernels run, 4 tokens at a time share each weight block (same bits).
-    #[cfg(target_arch = "x86_64")]
-    let x4 = match legacy {
-        Some((_, Some(_))) => super::x86_legacy_x4::dot_x4_fn(w.qtype),
-        _ => None,
-    };
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the kernel exists only on CPUs with AVX2; `wr` and every `at` hold `cols` values.
-    let dot4 = x4.map(|f| move |wr: &[u8], at: [&[u8]; 4]| unsafe { f(cols, wr, at) });
-    #[cfg(not(target_arch = "x86_64"))]
-    let dot4: Option<fn(&[u8], [&[u8]; 4]) -> [f32; 4]> = None;
-    let dot4 = dot4.as_ref().map(|f| f as &RowDotX4<'_>);
-    match super::act_type(w.qtype) {
-        Some(QType::Q8_0) => run::<BlockQ8_0>(w, x, n_tokens, y, scratch, pool, &dot, dot4, &|x, b| {
-            super::activation::quantize_row_q8_0(x, super::blocks::as_bytes_mut(b))
-        }),
-        Some(QType::Q8_1) => run::<BlockQ8_1>(w, x, n_tokens, y, scratch, pool, &dot, dot4, &|x, b| {
-            super::activation::quantize_row_q8_1(x, super::blocks::as_bytes_mut(b))
-        }),
-        Some(QType::Q8_K) => run::<BlockQ8K>(w, x, n_tokens, y, scratch, pool, &dot, dot4, &|x, b| {
-            super::activation::quantize_row_q8_k(x, super::blocks::as_bytes_mut(b))
-        }),
-        other => unreachable!("{} pairs with {other:?}", w.qtype),
+    let mut quantized: [Option<(&QTensor, SyncPtr<f32>, RowKernel)>; N] = std::array::from_fn(|_| None);
+    for (slot, (w, y)) in quantized.iter_mut().zip(products) {
+        check_shapes(w, x, n_tokens, y);
+        match RowKernel::exact(k, w.qtype) {
+            Some(kernel) => *slot = Some((w, SyncPtr(y.as_mut_ptr()), kernel)),
+            // F32/F16/BF16: candle's generic path.
+            None => reference::matmul_candle(w, x, n_tokens, y, scratch, pool),
+        }
     }
+    run(&quantized, x, n_tokens, scratch, pool, Quantizer::Exact);
 }
 
 /// Panics unless `x` is `[n_tokens, w.cols]` and `y` is `[n_tokens, w.rows]` (a caller bug).
@@ -116,50 +250,70 @@ pub fn matmul_with(
 ) {
     check_shapes(w, x, n_tokens, y);
     let Some(dot) = k.vec_dot_fn(w.qtype) else {
-        // F32/F16/BF16: candle's generic path.
         return reference::matmul_candle(w, x, n_tokens, y, scratch, pool);
     };
-    let cols = w.cols;
-    // SAFETY: the table matches this CPU; `wr` and `at` hold exactly `cols` values.
-    let dot = |wr: &[u8], at: &[u8], _t: usize| unsafe { dot(cols, wr, at) };
-    match super::act_type(w.qtype) {
-        Some(QType::Q8_0) => {
-            run::<BlockQ8_0>(w, x, n_tokens, y, scratch, pool, &dot, None, &|x, b| k.quantize_q8_0(x, b))
-        }
-        Some(QType::Q8_1) => {
-            run::<BlockQ8_1>(w, x, n_tokens, y, scratch, pool, &dot, None, &|x, b| k.quantize_q8_1(x, b))
-        }
-        Some(QType::Q8_K) => {
-            run::<BlockQ8K>(w, x, n_tokens, y, scratch, pool, &dot, None, &|x, b| k.quantize_q8_k(x, b))
-        }
-        other => unreachable!("{} pairs with {other:?}", w.qtype),
-    }
+    run(&[Some((w, SyncPtr(y.as_mut_ptr()), RowKernel::Table(dot)))], x, n_tokens, scratch, pool, Quantizer::Table(k));
 }
 
-/// `dot(weight_row, token_activations, token_index)`: the index picks llama.cpp's order where
-/// it depends on the token's place in the batch (`kquant_order.rs`).
-type RowTokenDot<'a> = dyn Fn(&[u8], &[u8], usize) -> f32 + Sync + 'a;
-
-/// `dot4(weight_row, [4 tokens' activations])`: the same 4 results as `dot`, faster.
-type RowDotX4<'a> = dyn Fn(&[u8], [&[u8]; 4]) -> [f32; 4] + Sync + 'a;
-
-fn run<A: ActBlock + Send + Sync>(
-    w: &QTensor,
+/// Quantizes `x` for every activation type the products need, then computes all products in
+/// one pass over the pool, each worker taking its share of every product's rows.
+fn run(
+    products: &[Option<(&QTensor, SyncPtr<f32>, RowKernel)>],
     x: &[f32],
     n_tokens: usize,
-    y: &mut [f32],
     scratch: &mut MatmulScratch,
     pool: &ThreadPool,
-    dot: &RowTokenDot<'_>,
-    dot4: Option<&RowDotX4<'_>>,
-    quantize: &(dyn Fn(&[f32], &mut [A]) + Sync),
+    quantizer: Quantizer<'_>,
 ) {
-    let (rows, cols) = (w.rows, w.cols);
+    let Some(cols) = products.iter().flatten().map(|(w, ..)| w.cols).next() else { return };
+    // Byte view of each activation type's buffer, quantized here if some product needs it.
+    let mut acts: [&[u8]; 3] = [&[]; 3];
+    for ((act, buf), view) in ACT_TYPES.iter().zip(scratch.bufs.iter_mut()).zip(acts.iter_mut()) {
+        if products.iter().flatten().any(|(w, ..)| super::act_type(w.qtype) == Some(*act)) {
+            let (x, q) = (x, quantizer);
+            *view = match act {
+                QType::Q8_0 => quantize::<BlockQ8_0>(buf, x, cols, n_tokens, pool, &|x, b| match q {
+                    Quantizer::Exact => super::activation::quantize_row_q8_0(x, super::blocks::as_bytes_mut(b)),
+                    Quantizer::Table(k) => k.quantize_q8_0(x, b),
+                }),
+                QType::Q8_1 => quantize::<BlockQ8_1>(buf, x, cols, n_tokens, pool, &|x, b| match q {
+                    Quantizer::Exact => super::activation::quantize_row_q8_1(x, super::blocks::as_bytes_mut(b)),
+                    Quantizer::Table(k) => k.quantize_q8_1(x, b),
+                }),
+                _ => quantize::<BlockQ8K>(buf, x, cols, n_tokens, pool, &|x, b| match q {
+                    Quantizer::Exact => super::activation::quantize_row_q8_k(x, super::blocks::as_bytes_mut(b)),
+                    Quantizer::Table(k) => k.quantize_q8_k(x, b),
+                }),
+            };
+        }
+    }
+    pool.run(&|i, n| {
+        for (w, out, kernel) in products.iter().flatten() {
+            let act = super::act_type(w.qtype).expect("quantized weight");
+            let xq = acts[ACT_TYPES.iter().position(|a| *a == act).expect("activation type")];
+            let act_row = xq.len() / n_tokens;
+            let group = kernel.row_group(n_tokens);
+            let groups = split_range(w.rows.div_ceil(group), i, n);
+            let rows = (groups.start * group).min(w.rows)..(groups.end * group).min(w.rows);
+            kernel.rows(w, rows, xq, act_row, n_tokens, out.0);
+        }
+    });
+}
+
+/// `x` (`[n_tokens, cols]`) quantized into `buf` as `n_tokens` rows of `A` blocks, in
+/// parallel over tokens when there are several.
+fn quantize<'b, A: ActBlock + Send + Sync>(
+    buf: &'b mut Vec<u64>,
+    x: &[f32],
+    cols: usize,
+    n_tokens: usize,
+    pool: &ThreadPool,
+    one: &(dyn Fn(&[f32], &mut [A]) + Sync),
+) -> &'b [u8] {
     let nb_a = cols / A::BLCK_SIZE; // activation blocks per token
-    let act_row = nb_a * std::mem::size_of::<A>();
-    let xq = scratch.blocks::<A>(n_tokens * nb_a); // [n_tokens, nb_a]
+    let xq = blocks_in::<A>(buf, n_tokens * nb_a); // [n_tokens, nb_a]
     if n_tokens == 1 {
-        quantize(x, xq);
+        one(x, xq);
     } else {
         let xq_ptr = SyncPtr(xq.as_mut_ptr());
         pool.run(&|i, n| {
@@ -167,36 +321,9 @@ fn run<A: ActBlock + Send + Sync>(
             for t in split_range(n_tokens, i, n) {
                 // SAFETY: token t's blocks are disjoint from other workers' tokens and in bounds.
                 let dst = unsafe { std::slice::from_raw_parts_mut(p.0.add(t * nb_a), nb_a) };
-                quantize(&x[t * cols..(t + 1) * cols], dst);
+                one(&x[t * cols..(t + 1) * cols], dst);
             }
         });
     }
-    let xq_bytes = super::blocks::as_bytes::<A>(xq);
-    let data = w.data();
-    let row_bytes = w.qtype.row_bytes(cols as u64).expect("QTensor has whole blocks") as usize;
-    assert!(data.len() >= rows * row_bytes && xq_bytes.len() >= n_tokens * act_row);
-    let out = SyncPtr(y.as_mut_ptr());
-    pool.run(&|i, n| {
-        let out = &out;
-        for r in split_range(rows, i, n) {
-            let wr = &data[r * row_bytes..(r + 1) * row_bytes];
-            let at = |t: usize| &xq_bytes[t * act_row..(t + 1) * act_row];
-            let mut t = 0;
-            if let Some(dot4) = dot4 {
-                while t + 4 <= n_tokens {
-                    let v = dot4(wr, [at(t), at(t + 1), at(t + 2), at(t + 3)]);
-                    for (k, v) in v.into_iter().enumerate() {
-                        // SAFETY: row r of every token belongs to this worker only; in bounds.
-                        unsafe { *out.0.add((t + k) * rows + r) = v };
-                    }
-                    t += 4;
-                }
-            }
-            for t in t..n_tokens {
-                let v = dot(wr, at(t), t);
-                // SAFETY: row r of every token belongs to this worker only; index in bounds.
-                unsafe { *out.0.add(t * rows + r) = v };
-            }
-        }
-    });
+    super::blocks::as_bytes::<A>(xq)
 }

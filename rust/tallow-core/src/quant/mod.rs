@@ -20,14 +20,14 @@ mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512;
 #[cfg(target_arch = "x86_64")]
-pub mod x86_legacy_x4;
+pub mod x86_legacy_tile;
 
 pub use kernels::{kernels, Kernels, VecDotFn};
 pub use legacy_dot::{row_dot, RowDot};
-pub use matmul::{matmul, matmul_with, MatmulScratch};
+pub use matmul::{matmul, matmul_fused, matmul_with, tiles_for, MatmulScratch};
 pub use qtype::QType;
 pub use reference::{dequantize_row, matmul_candle};
-pub use tensor::QTensor;
+pub use tensor::{QTensor, INTERLEAVE};
 
 use crate::error::{Error, Result};
 

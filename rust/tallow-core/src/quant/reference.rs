@@ -99,6 +99,7 @@ pub fn matmul_candle(
     pool: &ThreadPool,
 ) {
     super::matmul::check_shapes(w, x, n_tokens, y);
+    assert_eq!(w.interleave(), 1, "{w:?}: candle's path takes rows one after another");
     crate::with_candle_block!(w.qtype, T => matmul_typed::<T>(w, x, n_tokens, y, scratch, pool))
 }
 

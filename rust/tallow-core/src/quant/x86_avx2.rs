@@ -248,7 +248,7 @@ pub unsafe fn vec_dot_q4_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
         // SAFETY: block i lies inside both slices (asserted above).
         unsafe {
             let (wp, ap) = (w.as_ptr().add(i * 20), a.as_ptr().add(i * 36));
-            summs += load_f16(wp.add(2)) * load_f16(ap.add(2));
+            summs = load_f16(wp.add(2)).mul_add(load_f16(ap.add(2)), summs);
             let d = _mm256_set1_ps(load_f16(wp) * load_f16(ap));
             let qx = bytes_from_nibbles_32(wp.add(4));
             let qy = _mm256_loadu_si256(ap.add(4) as *const __m256i);
@@ -288,7 +288,7 @@ pub unsafe fn vec_dot_q5_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
         // SAFETY: block i lies inside both slices (asserted above).
         unsafe {
             let (wp, ap) = (w.as_ptr().add(i * 24), a.as_ptr().add(i * 36));
-            summs += load_f16(wp.add(2)) * load_f16(ap.add(2));
+            summs = load_f16(wp.add(2)).mul_add(load_f16(ap.add(2)), summs);
             let d = _mm256_set1_ps(load_f16(wp) * load_f16(ap));
             let hi = _mm256_and_si256(bytes_from_bits_32(wp.add(4)), _mm256_set1_epi8(0x10));
             let qx = _mm256_or_si256(bytes_from_nibbles_32(wp.add(8)), hi);

@@ -1,0 +1,209 @@
+//! Tiles of weight rows × tokens for the 32-element formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0):
+//! each weight block is unpacked once for all the tile's tokens, each activation block loaded
+//! once for all its rows, and the tile's independent accumulators keep the FMA units busy where
+//! a single product waits on its one accumulator chain (decode spends most of its time there).
+//!
+//! Every (row, token) keeps its own 8-lane accumulator and sums in exactly the order of
+//! llama.cpp's `ggml_vec_dot_*` for AVX2 (`legacy_dot.rs`), so a tile's results are the bits of
+//! the single products (tests/quant_llama_order.rs). With AVX-512 VNNI, `vpdpbusd` replaces
+//! `maddubs` + `madd`, as in llama.cpp's native build: the integer sums are the same (nothing
+//! saturates), and the 32 vector registers hold a 4 × 4 tile.
+
+#![allow(clippy::missing_safety_doc)]
+
+use super::x86_avx2::{bytes_from_bits_32, bytes_from_nibbles_32, hsum_f32_8, load_f16};
+use super::QType;
+use std::arch::x86_64::*;
+
+/// Computes one tile: `out[t * out_stride + r] = Σ w[r] · a[t]` over `nb` blocks, for the
+/// tile's rows `r` (weight row `r` at `w + r * w_stride` bytes) and tokens `t` (activation row
+/// `t` at `a + t * a_stride`, Q8_1 for Q4_1/Q5_1 and Q8_0 for the others).
+pub type TileFn = unsafe fn(
+    nb: usize,
+    w: *const u8,
+    w_stride: usize,
+    b_stride: usize,
+    a: *const u8,
+    a_stride: usize,
+    out: *mut f32,
+    out_stride: usize,
+);
+
+/// The tile shapes of one weight type on this CPU. `rows_x_tokens(4, 4)` exists only with
+/// AVX-512 (16 accumulators need its 32 registers).
+#[derive(Clone, Copy)]
+pub struct LegacyTiles {
+    r1t1: TileFn,
+    r4t1: TileFn,
+    r1t4: TileFn,
+    r4t4: Option<TileFn>,
+}
+
+impl LegacyTiles {
+    /// The tiles for `qtype`, if it is a 32-element format and this CPU has AVX2; with
+    /// `avx512` (ignored unless the CPU has AVX-512 VNNI), the VNNI tiles.
+    pub fn for_type(qtype: QType, avx512: bool) -> Option<LegacyTiles> {
+        if !super::x86_avx2_detected() {
+            return None;
+        }
+        let vnni = avx512 && super::x86_avx512::detected();
+        macro_rules! pick {
+            ($k:expr) => {
+                if vnni {
+                    LegacyTiles {
+                        r1t1: tile_vnni::<$k, 1, 1>,
+                        r4t1: tile_vnni::<$k, 4, 1>,
+                        r1t4: tile_vnni::<$k, 1, 4>,
+                        r4t4: Some(tile_vnni::<$k, 4, 4>),
+                    }
+                } else {
+                    LegacyTiles {
+                        r1t1: tile_avx2::<$k, 1, 1>,
+                        r4t1: tile_avx2::<$k, 4, 1>,
+                        r1t4: tile_avx2::<$k, 1, 4>,
+                        r4t4: None,
+                    }
+                }
+            };
+        }
+        Some(match qtype {
+            QType::Q4_0 => pick!(Q4_0),
+            QType::Q4_1 => pick!(Q4_1),
+            QType::Q5_0 => pick!(Q5_0),
+            QType::Q5_1 => pick!(Q5_1),
+            QType::Q8_0 => pick!(Q8_0),
+            _ => return None,
+        })
+    }
+
+    /// Rows per tile for a product of `n_tokens` tokens: 4, except in prefill without the
+    /// 4 × 4 tile, where 1 row × 4 tokens (AVX2's 16 registers) is the better shape.
+    pub fn row_group(&self, n_tokens: usize) -> usize {
+        if n_tokens >= 4 && self.r4t4.is_none() {
+            1
+        } else {
+            4
+        }
+    }
+
+    /// The tile of `rows` × `tokens`, each 1 or 4; 4 × 4 only where [`Self::row_group`] is 4.
+    pub fn tile(&self, rows: usize, tokens: usize) -> TileFn {
+        match (rows, tokens) {
+            (4, 4) => self.r4t4.expect("4 x 4 tiles need AVX-512"),
+            (4, _) => self.r4t1,
+            (_, 4) => self.r1t4,
+            _ => self.r1t1,
+        }
+    }
+}
+
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q5_0: u8 = 2;
+const Q5_1: u8 = 3;
+const Q8_0: u8 = 4;
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_avx2<const K: u8, const R: usize, const T: usize>(
+    nb: usize,
+    w: *const u8,
+    w_stride: usize,
+    b_stride: usize,
+    a: *const u8,
+    a_stride: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    unsafe { tile::<K, R, T, false>(nb, w, w_stride, b_stride, a, a_stride, out, out_stride) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile_vnni<const K: u8, const R: usize, const T: usize>(
+    nb: usize,
+    w: *const u8,
+    w_stride: usize,
+    b_stride: usize,
+    a: *const u8,
+    a_stride: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    unsafe { tile::<K, R, T, true>(nb, w, w_stride, b_stride, a, a_stride, out, out_stride) }
+}
+
+/// The body of every tile, inlined into a wrapper that enables the instruction set.
+#[inline(always)]
+unsafe fn tile<const K: u8, const R: usize, const T: usize, const VNNI: bool>(
+    nb: usize,
+    w: *const u8,
+    w_stride: usize,
+    b_stride: usize,
+    a: *const u8,
+    a_stride: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    // Q4_1/Q5_1 carry a minimum and pair with Q8_1 (d, s, qs), the others with Q8_0 (d, qs).
+    let with_min = matches!(K, Q4_1 | Q5_1);
+    let (a_bytes, a_qs) = if with_min { (36, 4) } else { (34, 2) };
+    // SAFETY (whole body): the caller guarantees R rows and T activation rows of `nb` blocks
+    // at the given strides, and the T × R outputs, on a CPU with the wrapper's features.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        let mut summs = [[0f32; T]; R];
+        for i in 0..nb {
+            let mut ax = [_mm256_setzero_si256(); R];
+            let mut qx = [_mm256_setzero_si256(); R];
+            let mut dw = [0f32; R];
+            let mut mw = [0f32; R];
+            for r in 0..R {
+                let wp = w.add(r * w_stride + i * b_stride);
+                dw[r] = load_f16(wp);
+                if with_min {
+                    mw[r] = load_f16(wp.add(2));
+                }
+                qx[r] = match K {
+                    Q4_0 => _mm256_sub_epi8(bytes_from_nibbles_32(wp.add(2)), _mm256_set1_epi8(8)),
+                    Q4_1 => bytes_from_nibbles_32(wp.add(4)),
+                    Q5_0 => _mm256_or_si256(
+                        bytes_from_nibbles_32(wp.add(6)),
+                        _mm256_andnot_si256(bytes_from_bits_32(wp.add(2)), _mm256_set1_epi8(0xF0u8 as i8)),
+                    ),
+                    Q5_1 => _mm256_or_si256(
+                        bytes_from_nibbles_32(wp.add(8)),
+                        _mm256_and_si256(bytes_from_bits_32(wp.add(4)), _mm256_set1_epi8(0x10)),
+                    ),
+                    _ => _mm256_loadu_si256(wp.add(2) as *const __m256i),
+                };
+                // Signed weights: |x| is the unsigned operand, x's sign moves onto y.
+                ax[r] = if with_min { qx[r] } else { _mm256_sign_epi8(qx[r], qx[r]) };
+            }
+            for t in 0..T {
+                let ap = a.add(t * a_stride + i * a_bytes);
+                let da = load_f16(ap);
+                let sa = if with_min { load_f16(ap.add(2)) } else { 0.0 };
+                let qy = _mm256_loadu_si256(ap.add(a_qs) as *const __m256i);
+                for r in 0..R {
+                    if with_min {
+                        // GCC contracts llama.cpp's `summs += m * s` into an fma.
+                        summs[r][t] = mw[r].mul_add(sa, summs[r][t]);
+                    }
+                    let sy = if with_min { qy } else { _mm256_sign_epi8(qy, qx[r]) };
+                    let sums = if VNNI {
+                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax[r], sy)
+                    } else {
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(ax[r], sy), _mm256_set1_epi16(1))
+                    };
+                    let d = _mm256_set1_ps(dw[r] * da);
+                    acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc[r][t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                let s = hsum_f32_8(acc[r][t]);
+                *out.add(t * out_stride + r) = if with_min { s + summs[r][t] } else { s };
+            }
+        }
+    }
+}
