@@ -21,7 +21,7 @@ use crate::threadpool::ThreadPool;
 use half::f16;
 
 /// Width of the f32 accumulators whose summation order is reproduced.
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 /// Shapes and masking of one attention call.
 pub struct AttnParams {
@@ -42,7 +42,7 @@ const MAX_ACCS: usize = 4;
 
 /// Summation order of the f16 products, which llama.cpp picks by batch size.
 #[derive(Clone, Copy)]
-enum Order {
+pub(super) enum Order {
     /// Several queries: tinyBLAS, one accumulator of 16 lanes.
     Gemm,
     /// One query: `ggml_vec_dot_f16`, 4 accumulators of 16 lanes.
@@ -50,7 +50,7 @@ enum Order {
 }
 
 impl Order {
-    fn accs(self) -> usize {
+    pub(super) fn accs(self) -> usize {
         match self {
             Order::Gemm => 1,
             Order::VecDot => MAX_ACCS,
@@ -90,95 +90,91 @@ fn reduce16(v: &[f32; LANES]) -> f32 {
     (q[0] + q[2]) + (q[1] + q[3])
 }
 
-/// `Σ a[i] · b[i]` in the summation order `order`. The products of f16 values are exact in
-/// f32, so only this order matters.
-#[inline]
-fn dot_f16(order: Order, a: &[f32], b: &[f16]) -> f32 {
-    let mut acc = [0.0f32; MAX_ACCS * LANES];
-    #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: AVX-512F was detected.
-        unsafe { x86::dot_f16_lanes(order.accs(), a, b, &mut acc) };
-        return order.reduce(|s| acc[s]);
-    }
-    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
-        acc[order.slot(i)] += x * y.to_f32();
-    }
-    order.reduce(|s| acc[s])
+/// One (query token, head) pair's inputs. Keys and values of position `j` start at
+/// `j * kv_dim + kv_off` in `k` and `v`.
+pub(super) struct Item<'a> {
+    pub(super) order: Order,
+    /// `[head_dim]`, f16-exact.
+    pub(super) q: &'a [f32],
+    pub(super) k: &'a [f16],
+    pub(super) v: &'a [f16],
+    pub(super) kv_dim: usize,
+    pub(super) kv_off: usize,
+    /// Visible keys: `first..=pos`.
+    pub(super) first: usize,
+    pub(super) pos: usize,
+    pub(super) scale: f32,
 }
 
-/// `acc[d] += w · v[d]`: `w` is an f16-rounded weight, so each product is exact.
-#[inline]
-fn axpy_f16(acc: &mut [f32], w: f32, v: &[f16]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: AVX-512F was detected.
-        return unsafe { x86::axpy_f16(acc, w, v) };
+/// One item, portably: `scores` holds at least `pos + 1` floats (indexed by key position),
+/// `acc` at least `order.accs() * LANES * head_dim`, `out` is `[head_dim]`.
+fn item_portable(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], out: &mut [f32]) {
+    let hd = it.q.len();
+    let order = it.order;
+    let key = |j: usize| j * it.kv_dim + it.kv_off..j * it.kv_dim + it.kv_off + hd;
+    let sc = &mut scores[it.first..=it.pos];
+    let mut max = f32::NEG_INFINITY;
+    for (j, s) in (it.first..=it.pos).zip(sc.iter_mut()) {
+        let mut lanes = [0.0f32; MAX_ACCS * LANES];
+        for (i, (&x, &y)) in it.q.iter().zip(&it.k[key(j)]).enumerate() {
+            // Products of f16 values are exact in f32: only the order of the sums matters.
+            lanes[order.slot(i)] += x * y.to_f32();
+        }
+        *s = order.reduce(|l| lanes[l]) * it.scale;
+        max = max.max(*s);
     }
-    for (a, &x) in acc.iter_mut().zip(v) {
-        *a += w * x.to_f32();
+    // Chunks of 16 keys counted from key 0; masked keys would add exact zeros.
+    let mut sum = 0.0f64;
+    let mut chunk = [0.0f32; LANES];
+    for (j, s) in (it.first..=it.pos).zip(sc.iter_mut()) {
+        *s = expf(*s - max);
+        chunk[j % LANES] = *s;
+        if j % LANES == LANES - 1 || j == it.pos {
+            sum += reduce16(&chunk) as f64;
+            chunk = [0.0; LANES];
+        }
+    }
+    let inv = (1.0 / sum) as f32;
+    for s in sc.iter_mut() {
+        *s = f16::from_f32(*s * inv).to_f32();
+    }
+    // acc[slot * hd + d]: slot `order.slot(j)` of output element `d`.
+    let acc = &mut acc[..order.accs() * LANES * hd];
+    acc.fill(0.0);
+    for (j, &w) in (it.first..=it.pos).zip(sc.iter()) {
+        let slot = order.slot(j);
+        for (a, &x) in acc[slot * hd..(slot + 1) * hd].iter_mut().zip(&it.v[key(j)]) {
+            *a += w * x.to_f32();
+        }
+    }
+    for (d, o) in out.iter_mut().enumerate() {
+        *o = order.reduce(|s| acc[s * hd + d]);
     }
 }
 
-/// Whether the AVX-512 versions of [`dot_f16`] and [`axpy_f16`] may run (same results as the
-/// portable loops, lane for lane; `TALLOW_KERNELS=scalar` turns them off too).
+/// Whether the AVX-512 item kernel may run (same bits as [`item_portable`];
+/// `TALLOW_KERNELS=scalar` turns it off too).
 #[cfg(target_arch = "x86_64")]
 fn avx512() -> bool {
     use std::sync::OnceLock;
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| crate::quant::kernels().name() != "scalar" && std::is_x86_feature_detected!("avx512f"))
+    *ON.get_or_init(|| {
+        crate::quant::kernels().name() != "scalar"
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    })
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::LANES;
-    use half::f16;
-    use std::arch::x86_64::*;
-
-    /// The lanes of `dot_f16`: element `i` into accumulator `i / 16 % accs`, lane `i % 16`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot_f16_lanes(accs: usize, a: &[f32], b: &[f16], out: &mut [f32; 64]) {
-        let n = a.len().min(b.len());
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let full = n / LANES;
-        for c in 0..full {
-            // SAFETY: c * 16 + 16 <= n for both slices.
-            let (x, y) = unsafe {
-                (
-                    _mm512_loadu_ps(a.as_ptr().add(c * LANES)),
-                    _mm512_cvtph_ps(_mm256_loadu_si256(b.as_ptr().add(c * LANES) as *const __m256i)),
-                )
-            };
-            // x · y is exact (f16 × f16), so the fused add rounds like the portable `+=`.
-            acc[c % accs] = _mm512_fmadd_ps(x, y, acc[c % accs]);
-        }
-        for (k, v) in acc.iter().enumerate().take(accs) {
-            // SAFETY: out holds 64 floats.
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(k * LANES), *v) };
-        }
-        for i in full * LANES..n {
-            out[i % (LANES * accs)] += a[i] * b[i].to_f32();
-        }
+/// One item with the fastest kernel this CPU has.
+fn item(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() && it.q.len().is_multiple_of(LANES) {
+        // SAFETY: the features were detected; the slices are as `item_portable` requires.
+        return unsafe { super::attention_x86::item(it, scores, acc, out) };
     }
-
-    /// `acc[d] += w · v[d]` 16 at a time.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn axpy_f16(acc: &mut [f32], w: f32, v: &[f16]) {
-        let n = acc.len().min(v.len());
-        let wv = _mm512_set1_ps(w);
-        let full = n / LANES;
-        for c in 0..full {
-            // SAFETY: c * 16 + 16 <= n for both slices.
-            unsafe {
-                let p = acc.as_mut_ptr().add(c * LANES);
-                let x = _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().add(c * LANES) as *const __m256i));
-                _mm512_storeu_ps(p, _mm512_fmadd_ps(wv, x, _mm512_loadu_ps(p)));
-            }
-        }
-        for d in full * LANES..n {
-            acc[d] += w * v[d].to_f32();
-        }
-    }
+    item_portable(it, scores, acc, out)
 }
 
 struct SyncPtr(*mut f32);
@@ -208,7 +204,6 @@ pub fn attention(
     let per_thread = scratch_per_thread(n_kv, hd);
     // llamafile's sgemm takes only products of 2+ columns (`n < 2` returns false).
     let order = if p.n_tokens == 1 { Order::VecDot } else { Order::Gemm };
-    let slots = order.accs() * LANES;
     assert!(q.len() == n_items * hd && out.len() == n_items * hd);
     assert!(k.len() >= n_kv * kv_dim && v.len() >= n_kv * kv_dim);
     assert!(scores.len() >= pool.n_threads() * per_thread);
@@ -230,45 +225,20 @@ pub fn attention(
         for item in (ti..n_items).step_by(nt) {
             let (t, h) = (item / n_head, item % n_head);
             let pos = p.pos0 + t;
-            let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let qh = &q[item * hd..(item + 1) * hd];
-            let kv_off = (h / group) * hd;
-            let key = |j: usize| j * kv_dim + kv_off..j * kv_dim + kv_off + hd;
-
-            let sc = &mut sc_all[first..=pos];
-            let mut max = f32::NEG_INFINITY;
-            for (j, s) in (first..=pos).zip(sc.iter_mut()) {
-                *s = dot_f16(order, qh, &k[key(j)]) * p.scale;
-                max = max.max(*s);
-            }
-            // Chunks of 16 keys counted from key 0; masked keys would add exact zeros.
-            let mut sum = 0.0f64;
-            let mut chunk = [0.0f32; LANES];
-            for (j, s) in (first..=pos).zip(sc.iter_mut()) {
-                *s = expf(*s - max);
-                chunk[j % LANES] = *s;
-                if j % LANES == LANES - 1 || j == pos {
-                    sum += reduce16(&chunk) as f64;
-                    chunk = [0.0; LANES];
-                }
-            }
-            let inv = (1.0 / sum) as f32;
-            for s in sc.iter_mut() {
-                *s = f16::from_f32(*s * inv).to_f32();
-            }
-
-            // acc[slot * hd + d]: slot `order.slot(j)` of output element `d`.
-            let acc = &mut acc[..slots * hd];
-            acc.fill(0.0);
-            for (j, &w) in (first..=pos).zip(sc.iter()) {
-                let slot = order.slot(j);
-                axpy_f16(&mut acc[slot * hd..(slot + 1) * hd], w, &v[key(j)]);
-            }
+            let it = Item {
+                order,
+                q: &q[item * hd..(item + 1) * hd],
+                k,
+                v,
+                kv_dim,
+                kv_off: (h / group) * hd,
+                first: p.window.map_or(0, |w| (pos + 1).saturating_sub(w)),
+                pos,
+                scale: p.scale,
+            };
             // SAFETY: item rows are disjoint between workers (interleaved) and in bounds.
             let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(item * hd), hd) };
-            for (d, o) in o.iter_mut().enumerate() {
-                *o = order.reduce(|s| acc[s * hd + d]);
-            }
+            self::item(&it, sc_all, acc, o);
         }
     });
 }
@@ -279,9 +249,9 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx512_lanes_equal_the_portable_loops() {
-        if !std::is_x86_feature_detected!("avx512f") {
-            return; // nothing to compare: only the portable loops run on this CPU
+    fn avx512_items_equal_the_portable_ones() {
+        if !avx512() {
+            return; // nothing to compare: only the portable kernel runs on this CPU
         }
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut rnd = || {
@@ -290,32 +260,31 @@ mod tests {
             seed ^= seed << 17;
             ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0
         };
-        for n in [1, 15, 16, 17, 64, 100, 256, 257] {
-            // f16-exact inputs, as attention feeds them.
-            let a: Vec<f32> = (0..n).map(|_| f16::from_f32(rnd()).to_f32()).collect();
-            let b: Vec<f16> = (0..n).map(|_| f16::from_f32(rnd())).collect();
-            for accs in [1, MAX_ACCS] {
-                let mut want = [0.0f32; MAX_ACCS * LANES];
-                for (i, (&x, &y)) in a.iter().zip(&b).enumerate() {
-                    want[i % (LANES * accs)] += x * y.to_f32();
+        let n_kv_heads = 2;
+        for hd in [16, 64, 256] {
+            for n_pos in [1, 2, 15, 16, 17, 64, 65, 100, 300] {
+                let kv_dim = n_kv_heads * hd;
+                let k: Vec<f16> = (0..n_pos * kv_dim).map(|_| f16::from_f32(rnd())).collect();
+                let v: Vec<f16> = (0..n_pos * kv_dim).map(|_| f16::from_f32(rnd())).collect();
+                let q: Vec<f32> = (0..hd).map(|_| f16::from_f32(rnd()).to_f32()).collect();
+                for (order, first) in [(Order::Gemm, 0), (Order::VecDot, 0), (Order::Gemm, n_pos / 3), (Order::VecDot, n_pos / 2)] {
+                    let it = Item { order, q: &q, k: &k, v: &v, kv_dim, kv_off: hd, first, pos: n_pos - 1, scale: 0.3 };
+                    let per = scratch_per_thread(n_pos, hd);
+                    let (mut s1, mut s2) = (vec![0.0; per], vec![f32::NAN; per]);
+                    let (mut o1, mut o2) = (vec![0.0; hd], vec![0.0; hd]);
+                    {
+                        let (sc, acc) = s1.split_at_mut(n_pos);
+                        item_portable(&it, sc, acc, &mut o1);
+                    }
+                    {
+                        let (sc, acc) = s2.split_at_mut(n_pos);
+                        // SAFETY: avx512() checked the features; hd is a multiple of 16.
+                        unsafe { crate::model::attention_x86::item(&it, sc, acc, &mut o2) };
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&o1), bits(&o2), "hd {hd}, {n_pos} keys from {first}");
                 }
-                let mut got = [0.0f32; MAX_ACCS * LANES];
-                // SAFETY: AVX-512F detected above.
-                unsafe { x86::dot_f16_lanes(accs, &a, &b, &mut got) };
-                assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "n = {n}, accs = {accs}");
             }
-            let w = f16::from_f32(rnd()).to_f32();
-            let mut want: Vec<f32> = (0..n).map(|_| rnd()).collect();
-            let mut got = want.clone();
-            for (acc, &x) in want.iter_mut().zip(&b) {
-                *acc += w * x.to_f32();
-            }
-            // SAFETY: AVX-512F detected above.
-            unsafe { x86::axpy_f16(&mut got, w, &b) };
-            assert_eq!(
-                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-            );
         }
     }
 

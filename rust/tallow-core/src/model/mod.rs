@@ -6,6 +6,8 @@
 //! and each architecture has its own file (`llama.rs`, `gemma3.rs`).
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_x86;
 mod config;
 mod gemma3;
 mod layers;

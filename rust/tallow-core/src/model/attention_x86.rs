@@ -1,0 +1,147 @@
+//! AVX-512 version of one attention item (`attention.rs`): the same operations in the same
+//! order, so the same bits, with each 16-lane accumulator in a register, ggml's vectorized
+//! `expf` over 16 keys at a time, and the final lane reductions done for 16 outputs at once.
+
+use super::attention::{Item, Order, LANES};
+use std::arch::x86_64::*;
+
+/// Sum of 16 lanes in `_mm512_reduce_add_ps`'s order (as GCC expands it): halves, quarters,
+/// then `(q0 + q2) + (q1 + q3)`.
+#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
+#[inline]
+fn reduce16(v: __m512) -> f32 {
+    let h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps::<1>(v));
+    let q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+    let t = _mm_add_ps(q, _mm_shuffle_ps::<0b01_00_11_10>(q, q)); // [q0+q2, q1+q3, ..]
+    _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<0b01>(t, t)))
+}
+
+/// ggml's `ggml_v_expf` for AVX-512, operation for operation (`layers::expf` is its scalar
+/// twin).
+#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
+#[inline]
+fn expf16(x: __m512) -> __m512 {
+    let r = _mm512_set1_ps(f32::from_bits(0x4b40_0000)); // 0x1.8p23
+    let z = _mm512_fmadd_ps(x, _mm512_set1_ps(f32::from_bits(0x3fb8_aa3b)), r);
+    let n = _mm512_sub_ps(z, r);
+    let b = _mm512_fnmadd_ps(
+        n,
+        _mm512_set1_ps(f32::from_bits(0x35bf_be8e)),
+        _mm512_fnmadd_ps(n, _mm512_set1_ps(f32::from_bits(0x3f31_7200)), x),
+    );
+    let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+    let u = _mm512_mul_ps(b, b);
+    let c = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
+    let j = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(_mm512_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)), u, _mm512_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb))),
+        u,
+        _mm512_fmadd_ps(c(0x3f7f_fff6), b, _mm512_set1_ps(1.0)),
+    );
+    let res = _mm512_scalef_ps(j, n);
+    if big == 0 {
+        return res;
+    }
+    let alt = _mm512_mask_blend_ps(
+        _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps()),
+        _mm512_set1_ps(f32::INFINITY),
+        _mm512_setzero_ps(),
+    );
+    _mm512_mask_blend_ps(big, res, alt)
+}
+
+/// Lanes `lo..=hi` of a 16-key chunk.
+#[inline]
+fn lanes(lo: usize, hi: usize) -> __mmask16 {
+    ((1u32 << (hi + 1)) - (1u32 << lo)) as __mmask16
+}
+
+/// [`super::attention::item_portable`], bit for bit. `it.q.len()` must be a multiple of 16.
+///
+/// # Safety
+/// The CPU must have AVX-512F/DQ, FMA and F16C; `scores` holds at least `it.pos + 1` floats,
+/// `acc` at least `it.order.accs() * 16 * head_dim`, `out` `head_dim`, and the keys and values
+/// of positions `it.first..=it.pos` lie inside `it.k` and `it.v`.
+#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
+pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], out: &mut [f32]) {
+    let hd = it.q.len();
+    let nc = hd / LANES; // 16-element chunks of a head
+    let accs = it.order.accs();
+    let slots = accs * LANES;
+    let (first, pos) = (it.first, it.pos);
+    assert!(hd.is_multiple_of(LANES) && scores.len() > pos && acc.len() >= slots * hd && out.len() == hd);
+    assert!(it.k.len() >= pos * it.kv_dim + it.kv_off + hd && it.v.len() >= pos * it.kv_dim + it.kv_off + hd);
+    let (qp, sp, ap) = (it.q.as_ptr(), scores.as_mut_ptr(), acc.as_mut_ptr());
+    let kv_at = |base: *const half::f16, j: usize, c: usize| {
+        // SAFETY: j <= pos and c < nc, inside the slice (asserted above).
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(base.add(j * it.kv_dim + it.kv_off + c * LANES) as *const __m256i)) }
+    };
+
+    // SAFETY (the rest): every pointer offset stays inside the slices, as asserted above.
+    unsafe {
+        // Scores: chunk c of the head goes to accumulator c % accs; the accumulators are folded
+        // as (0 + 2) + (1 + 3) before the lane reduction.
+        let mut max = f32::NEG_INFINITY;
+        for j in first..=pos {
+            let mut a = [_mm512_setzero_ps(); 4];
+            for c in 0..nc {
+                a[c % accs] = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(c * LANES)), kv_at(it.k.as_ptr(), j, c), a[c % accs]);
+            }
+            let v = match it.order {
+                Order::Gemm => a[0],
+                Order::VecDot => _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3])),
+            };
+            let s = reduce16(v) * it.scale;
+            *sp.add(j) = s;
+            max = max.max(s);
+        }
+
+        // Softmax over 16-key chunks aligned to key 0; lanes outside first..=pos are zeros.
+        let (c0, c1) = (first / LANES, pos / LANES);
+        let chunk_mask = |c: usize| lanes(first.max(c * LANES) - c * LANES, pos.min(c * LANES + LANES - 1) - c * LANES);
+        let mut sum = 0.0f64;
+        for c in c0..=c1 {
+            let m = chunk_mask(c);
+            let x = _mm512_maskz_loadu_ps(m, sp.add(c * LANES));
+            let e = _mm512_maskz_mov_ps(m, expf16(_mm512_sub_ps(x, _mm512_set1_ps(max))));
+            _mm512_mask_storeu_ps(sp.add(c * LANES), m, e);
+            sum += reduce16(e) as f64;
+        }
+        let inv = _mm512_set1_ps((1.0 / sum) as f32);
+        for c in c0..=c1 {
+            let m = chunk_mask(c);
+            let w = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sp.add(c * LANES)), inv);
+            let w = _mm512_cvtph_ps(_mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(w));
+            _mm512_mask_storeu_ps(sp.add(c * LANES), m, w);
+        }
+
+        // Σ w·v: key j adds into slot j % slots; only the slots some key uses are touched, the
+        // others count as the exact zeros they would hold.
+        let n_keys = pos + 1 - first;
+        let used = |s: usize| (s + slots - first % slots) % slots < n_keys;
+        for s in (0..slots).filter(|&s| used(s)) {
+            std::ptr::write_bytes(ap.add(s * hd), 0, hd);
+        }
+        for j in first..=pos {
+            let w = _mm512_set1_ps(*sp.add(j));
+            let row = ap.add((j % slots) * hd);
+            for c in 0..nc {
+                let p = row.add(c * LANES);
+                _mm512_storeu_ps(p, _mm512_fmadd_ps(w, kv_at(it.v.as_ptr(), j, c), _mm512_loadu_ps(p)));
+            }
+        }
+        let slot = |s: usize, c: usize| if used(s) { _mm512_loadu_ps(ap.add(s * hd + c * LANES)) } else { _mm512_setzero_ps() };
+        for c in 0..nc {
+            let l: [__m512; LANES] = std::array::from_fn(|l| match it.order {
+                Order::Gemm => slot(l, c),
+                Order::VecDot => _mm512_add_ps(
+                    _mm512_add_ps(slot(l, c), slot(2 * LANES + l, c)),
+                    _mm512_add_ps(slot(LANES + l, c), slot(3 * LANES + l, c)),
+                ),
+            });
+            let h: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(l[i], l[i + 8]));
+            let q: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(h[i], h[i + 4]));
+            let r = _mm512_add_ps(_mm512_add_ps(q[0], q[2]), _mm512_add_ps(q[1], q[3]));
+            _mm512_storeu_ps(out.as_mut_ptr().add(c * LANES), r);
+        }
+    }
+}
