@@ -13,6 +13,7 @@ mod load;
 pub mod model;
 pub mod quant;
 pub mod sampler;
+mod simd;
 pub mod threadpool;
 pub mod tokenizer;
 

@@ -267,7 +267,9 @@ mod tests {
                 let k: Vec<f16> = (0..n_pos * kv_dim).map(|_| f16::from_f32(rnd())).collect();
                 let v: Vec<f16> = (0..n_pos * kv_dim).map(|_| f16::from_f32(rnd())).collect();
                 let q: Vec<f32> = (0..hd).map(|_| f16::from_f32(rnd()).to_f32()).collect();
-                for (order, first) in [(Order::Gemm, 0), (Order::VecDot, 0), (Order::Gemm, n_pos / 3), (Order::VecDot, n_pos / 2)] {
+                for (order, first) in
+                    [(Order::Gemm, 0), (Order::VecDot, 0), (Order::Gemm, n_pos / 3), (Order::VecDot, n_pos / 2)]
+                {
                     let it = Item { order, q: &q, k: &k, v: &v, kv_dim, kv_off: hd, first, pos: n_pos - 1, scale: 0.3 };
                     let per = scratch_per_thread(n_pos, hd);
                     let (mut s1, mut s2) = (vec![0.0; per], vec![f32::NAN; per]);

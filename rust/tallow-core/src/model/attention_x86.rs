@@ -33,7 +33,11 @@ fn expf16(x: __m512) -> __m512 {
     let u = _mm512_mul_ps(b, b);
     let c = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
     let j = _mm512_fmadd_ps(
-        _mm512_fmadd_ps(_mm512_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)), u, _mm512_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb))),
+        _mm512_fmadd_ps(
+            _mm512_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+            u,
+            _mm512_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+        ),
         u,
         _mm512_fmadd_ps(c(0x3f7f_fff6), b, _mm512_set1_ps(1.0)),
     );
@@ -73,7 +77,9 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], ou
     let (qp, sp, ap) = (it.q.as_ptr(), scores.as_mut_ptr(), acc.as_mut_ptr());
     let kv_at = |base: *const half::f16, j: usize, c: usize| {
         // SAFETY: j <= pos and c < nc, inside the slice (asserted above).
-        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(base.add(j * it.kv_dim + it.kv_off + c * LANES) as *const __m256i)) }
+        unsafe {
+            _mm512_cvtph_ps(_mm256_loadu_si256(base.add(j * it.kv_dim + it.kv_off + c * LANES) as *const __m256i))
+        }
     };
 
     // SAFETY (the rest): every pointer offset stays inside the slices, as asserted above.
@@ -84,7 +90,8 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], ou
         for j in first..=pos {
             let mut a = [_mm512_setzero_ps(); 4];
             for c in 0..nc {
-                a[c % accs] = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(c * LANES)), kv_at(it.k.as_ptr(), j, c), a[c % accs]);
+                a[c % accs] =
+                    _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(c * LANES)), kv_at(it.k.as_ptr(), j, c), a[c % accs]);
             }
             let v = match it.order {
                 Order::Gemm => a[0],
@@ -129,7 +136,13 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], ou
                 _mm512_storeu_ps(p, _mm512_fmadd_ps(w, kv_at(it.v.as_ptr(), j, c), _mm512_loadu_ps(p)));
             }
         }
-        let slot = |s: usize, c: usize| if used(s) { _mm512_loadu_ps(ap.add(s * hd + c * LANES)) } else { _mm512_setzero_ps() };
+        let slot = |s: usize, c: usize| {
+            if used(s) {
+                _mm512_loadu_ps(ap.add(s * hd + c * LANES))
+            } else {
+                _mm512_setzero_ps()
+            }
+        };
         for c in 0..nc {
             let l: [__m512; LANES] = std::array::from_fn(|l| match it.order {
                 Order::Gemm => slot(l, c),

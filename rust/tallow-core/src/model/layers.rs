@@ -5,15 +5,17 @@ use super::config::RopeStyle;
 use half::f16;
 use std::sync::OnceLock;
 
-/// `x[r] = x[r] / rms(x[r]) * w` for every row of width `w.len()`.
-/// Squares are taken in f32 and summed in f64, in order, as ggml does (bit-identical results).
-pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
-    let dim = w.len();
-    for row in x.chunks_exact_mut(dim) {
-        let ss: f64 = row.iter().map(|&v| (v * v) as f64).sum();
-        let scale = 1.0 / ((ss / dim as f64) as f32 + eps).sqrt();
-        for (v, &g) in row.iter_mut().zip(w) {
-            *v = *v * scale * g;
+crate::simd::simd_fn! {
+    /// `x[r] = x[r] / rms(x[r]) * w` for every row of width `w.len()`.
+    /// Squares are taken in f32 and summed in f64, in order, as ggml does (bit-identical results).
+    pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+        let dim = w.len();
+        for row in x.chunks_exact_mut(dim) {
+            let ss: f64 = row.iter().map(|&v| (v * v) as f64).sum();
+            let scale = 1.0 / ((ss / dim as f64) as f32 + eps).sqrt();
+            for (v, &g) in row.iter_mut().zip(w) {
+                *v = *v * scale * g;
+            }
         }
     }
 }
@@ -35,6 +37,7 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
 /// SiLU on this class of CPU) computes it, bit for bit: `x = n·ln2 + b` with `n` the nearest
 /// integer to `x·log2(e)`, a degree-5 polynomial for `e^b`, scaled by `2^n`. Within 1.5 ulp of
 /// the true value; the point is the same bits as llama.cpp, not accuracy.
+#[inline(always)]
 pub fn expf(x: f32) -> f32 {
     // Adding 1.5·2^23 rounds to an integer (round to nearest even) in the low mantissa bits.
     const SHIFT: f32 = 12_582_912.0;
@@ -63,10 +66,12 @@ pub fn expf(x: f32) -> f32 {
     (j as f64 * two_n) as f32
 }
 
-/// SwiGLU: `gate = silu(gate) * up`, `silu(x) = x / (1 + e^-x)` with ggml's [`expf`].
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + expf(-*g)) * u;
+crate::simd::simd_fn! {
+    /// SwiGLU: `gate = silu(gate) * up`, `silu(x) = x / (1 + e^-x)` with ggml's [`expf`].
+    pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+        for (g, &u) in gate.iter_mut().zip(up) {
+            *g = *g / (1.0 + expf(-*g)) * u;
+        }
     }
 }
 
@@ -145,12 +150,18 @@ impl RopeTable {
 
     /// Rotates `x` (`[n, n_heads * head_dim]`, `n` as filled) in place.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, style: RopeStyle) {
-        let half = self.half;
-        let n_rows = self.cos.len() / half.max(1);
+        rope_rows(self, x, head_dim, style)
+    }
+}
+
+crate::simd::simd_fn! {
+    fn rope_rows(table: &RopeTable, x: &mut [f32], head_dim: usize, style: RopeStyle) {
+        let half = table.half;
+        let n_rows = table.cos.len() / half.max(1);
         let row_len = x.len() / n_rows.max(1);
         for (t, row) in x.chunks_exact_mut(row_len).enumerate() {
-            let cos = &self.cos[t * half..(t + 1) * half];
-            let sin = &self.sin[t * half..(t + 1) * half];
+            let cos = &table.cos[t * half..(t + 1) * half];
+            let sin = &table.sin[t * half..(t + 1) * half];
             for head in row.chunks_exact_mut(head_dim) {
                 for i in 0..half {
                     let (a, b) = match style {

@@ -23,12 +23,13 @@ pub const Q8_K_BYTES: usize = 292;
 
 /// Round half to even, as `_mm256_round_ps(_, _MM_FROUND_TO_NEAREST_INT)` and llama.cpp's
 /// `nearest_int` do (Rust's `round` goes half away from zero).
-#[inline]
+#[inline(always)]
 fn round_even(v: f32) -> i32 {
     v.round_ties_even() as i32
 }
 
 /// Scales one block of 32 by `127 / amax` into `qs`; returns `(d, Σq)`.
+#[inline(always)]
 fn q8_block(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
     let amax = x.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
     let d = amax / 127.0;
@@ -42,54 +43,60 @@ fn q8_block(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
     (d, sum)
 }
 
-/// `x` (`[32 · n]`) to `n` Q8_0 blocks in `out` (`[34 · n]` bytes).
-pub fn quantize_row_q8_0(x: &[f32], out: &mut [u8]) {
-    assert_eq!(x.len() / 32 * Q8_0_BYTES, out.len(), "q8_0: {} values into {} bytes", x.len(), out.len());
-    for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(Q8_0_BYTES)) {
-        let (d, _) = q8_block(xb, &mut ob[2..]);
-        ob[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+crate::simd::simd_fn! {
+    /// `x` (`[32 · n]`) to `n` Q8_0 blocks in `out` (`[34 · n]` bytes).
+    pub fn quantize_row_q8_0(x: &[f32], out: &mut [u8]) {
+        assert_eq!(x.len() / 32 * Q8_0_BYTES, out.len(), "q8_0: {} values into {} bytes", x.len(), out.len());
+        for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(Q8_0_BYTES)) {
+            let (d, _) = q8_block(xb, &mut ob[2..]);
+            ob[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        }
     }
 }
 
-/// `x` (`[32 · n]`) to `n` Q8_1 blocks in `out` (`[36 · n]` bytes).
-pub fn quantize_row_q8_1(x: &[f32], out: &mut [u8]) {
-    assert_eq!(x.len() / 32 * Q8_1_BYTES, out.len(), "q8_1: {} values into {} bytes", x.len(), out.len());
-    for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(Q8_1_BYTES)) {
-        let (d, sum) = q8_block(xb, &mut ob[4..]);
-        ob[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-        ob[2..4].copy_from_slice(&f16::from_f32(d * sum as f32).to_le_bytes());
+crate::simd::simd_fn! {
+    /// `x` (`[32 · n]`) to `n` Q8_1 blocks in `out` (`[36 · n]` bytes).
+    pub fn quantize_row_q8_1(x: &[f32], out: &mut [u8]) {
+        assert_eq!(x.len() / 32 * Q8_1_BYTES, out.len(), "q8_1: {} values into {} bytes", x.len(), out.len());
+        for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(Q8_1_BYTES)) {
+            let (d, sum) = q8_block(xb, &mut ob[4..]);
+            ob[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+            ob[2..4].copy_from_slice(&f16::from_f32(d * sum as f32).to_le_bytes());
+        }
     }
 }
 
-/// `x` (`[256 · n]`) to `n` Q8_K blocks in `out` (`[292 · n]` bytes).
-pub fn quantize_row_q8_k(x: &[f32], out: &mut [u8]) {
-    assert_eq!(x.len() / 256 * Q8_K_BYTES, out.len(), "q8_K: {} values into {} bytes", x.len(), out.len());
-    for (xb, ob) in x.chunks_exact(256).zip(out.chunks_exact_mut(Q8_K_BYTES)) {
-        // The signed element of largest magnitude (the first one on ties).
-        let (mut amax, mut max) = (0.0f32, 0.0f32);
-        for &v in xb {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
+crate::simd::simd_fn! {
+    /// `x` (`[256 · n]`) to `n` Q8_K blocks in `out` (`[292 · n]` bytes).
+    pub fn quantize_row_q8_k(x: &[f32], out: &mut [u8]) {
+        assert_eq!(x.len() / 256 * Q8_K_BYTES, out.len(), "q8_K: {} values into {} bytes", x.len(), out.len());
+        for (xb, ob) in x.chunks_exact(256).zip(out.chunks_exact_mut(Q8_K_BYTES)) {
+            // The signed element of largest magnitude (the first one on ties).
+            let (mut amax, mut max) = (0.0f32, 0.0f32);
+            for &v in xb {
+                if v.abs() > amax {
+                    amax = v.abs();
+                    max = v;
+                }
             }
+            let (head, rest) = ob.split_at_mut(4);
+            let (qs, bsums) = rest.split_at_mut(256);
+            if amax == 0.0 {
+                head.fill(0);
+                qs.fill(0);
+                bsums.fill(0);
+                continue;
+            }
+            let iscale = -127.0 / max;
+            for (q, &v) in qs.iter_mut().zip(xb) {
+                *q = round_even(iscale * v).min(127) as i8 as u8;
+            }
+            for (j, s) in bsums.chunks_exact_mut(2).enumerate() {
+                let sum: i32 = qs[j * 16..(j + 1) * 16].iter().map(|&q| q as i8 as i32).sum();
+                s.copy_from_slice(&(sum as i16).to_le_bytes());
+            }
+            head.copy_from_slice(&(1.0 / iscale).to_le_bytes());
         }
-        let (head, rest) = ob.split_at_mut(4);
-        let (qs, bsums) = rest.split_at_mut(256);
-        if amax == 0.0 {
-            head.fill(0);
-            qs.fill(0);
-            bsums.fill(0);
-            continue;
-        }
-        let iscale = -127.0 / max;
-        for (q, &v) in qs.iter_mut().zip(xb) {
-            *q = round_even(iscale * v).min(127) as i8 as u8;
-        }
-        for (j, s) in bsums.chunks_exact_mut(2).enumerate() {
-            let sum: i32 = qs[j * 16..(j + 1) * 16].iter().map(|&q| q as i8 as i32).sum();
-            s.copy_from_slice(&(sum as i16).to_le_bytes());
-        }
-        head.copy_from_slice(&(1.0 / iscale).to_le_bytes());
     }
 }
 
