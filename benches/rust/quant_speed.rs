@@ -70,9 +70,6 @@ fn main() {
             println!("{:6} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>7.2}x", qtype.name(), n_tokens, c, s, b, c / b);
         }
     }
-    if std::env::var_os("TX_INTER").is_some() {
-        return interleave_experiment();
-    }
     model_shapes(budget);
 }
 
@@ -104,7 +101,8 @@ fn model_shapes(budget: Duration) {
             let mut y = vec![0f32; n_tokens * rows];
             let mut scratch = MatmulScratch::default();
             let a = time(budget, || matmul_with(&row_at_a_time, &w, &x, n_tokens, &mut y, &mut scratch, &pool));
-            let b = time(budget, || matmul(&w, &x, n_tokens, &mut y, &mut scratch, &pool));
+            let wi = w.clone().interleaved(); // as models load them, where tiles run
+            let b = time(budget, || matmul(&wi, &x, n_tokens, &mut y, &mut scratch, &pool));
             let gbs = w.data().len() as f64 / b / 1e3;
             println!(
                 "{:6} {:>12} {n_tokens:>6} {a:>10.1} {b:>10.1} {gbs:>8.1} {:>7.2}x",
@@ -137,77 +135,5 @@ fn quantize(qtype: QType, xs: &[f32]) -> Vec<u8> {
         QType::Q5_K => q::<BlockQ5K>(xs),
         QType::Q6_K => q::<BlockQ6K>(xs),
         other => panic!("{other}"),
-    }
-}
-
-#[allow(dead_code)]
-pub fn interleave_experiment() {
-    use tallow_core::quant::x86_legacy_tile::LegacyTiles;
-    let threads = 2;
-    let pool = ThreadPool::new(threads);
-    for (qtype, rows, cols) in
-        [(QType::Q8_0, 49152usize, 576usize), (QType::Q4_1, 49152, 576), (QType::Q4_0, 8192, 2048)]
-    {
-        let bytes = quantize(qtype, &floats(1, rows * cols));
-        let ts = qtype.type_size();
-        let nb = cols / 32;
-        let rb = nb * ts;
-        let mut inter = vec![0u8; bytes.len()];
-        for g in 0..rows / 4 {
-            for i in 0..nb {
-                for r in 0..4 {
-                    let src = (g * 4 + r) * rb + i * ts;
-                    let dst = g * 4 * rb + (i * 4 + r) * ts;
-                    inter[dst..dst + ts].copy_from_slice(&bytes[src..src + ts]);
-                }
-            }
-        }
-        let x = floats(2, cols);
-        let w = QTensor::from_bytes("w", qtype, rows, cols, &bytes).unwrap();
-        let mut y = vec![0f32; rows];
-        let mut scratch = MatmulScratch::default();
-        matmul(&w, &x, 1, &mut y, &mut scratch, &pool);
-        // activation bytes: quantize via Kernels
-        let act_bytes = if matches!(qtype, QType::Q4_1) { 36 } else { 34 } * nb;
-        let mut xq = vec![0u8; act_bytes];
-        if matches!(qtype, QType::Q4_1) {
-            tallow_core::quant::activation::quantize_row_q8_1(&x, &mut xq)
-        } else {
-            tallow_core::quant::activation::quantize_row_q8_0(&x, &mut xq)
-        }
-        let tiles = LegacyTiles::for_type(qtype, true).unwrap();
-        struct P(*mut f32);
-        unsafe impl Sync for P {}
-        for layout in ["rows", "inter"] {
-            let mut y2 = vec![0f32; rows];
-            let out = P(y2.as_mut_ptr());
-            let (buf, w_stride, b_stride, g_stride) =
-                if layout == "rows" { (&bytes, rb, ts, 4 * rb) } else { (&inter, ts, 4 * ts, 4 * rb) };
-            let t = time(Duration::from_millis(500), || {
-                pool.run(&|i, n| {
-                    let out = &out;
-                    let gs = tallow_core::threadpool::split_range(rows / 4, i, n);
-                    for g in gs {
-                        unsafe {
-                            tiles.tile(4, 1)(
-                                nb,
-                                buf.as_ptr().add(g * g_stride),
-                                w_stride,
-                                b_stride,
-                                xq.as_ptr(),
-                                0,
-                                out.0.add(g * 4),
-                                0,
-                            )
-                        };
-                    }
-                })
-            });
-            let same = y2.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits());
-            println!(
-                "{qtype} {rows}x{cols} {layout}: {t:.1} us, {:.1} GB/s, same={same}",
-                bytes.len() as f64 / t / 1e3
-            );
-        }
     }
 }

@@ -150,15 +150,16 @@ unsafe fn tile<const K: u8, const R: usize, const T: usize, const VNNI: bool>(
     // at the given strides, and the T × R outputs, on a CPU with the wrapper's features.
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); T]; R];
-        let mut summs = [[0f32; T]; R];
+        // Σ m·s per token, lane r for row r (R <= 4): one fma serves every row.
+        let mut summs = [_mm_setzero_ps(); T];
         for i in 0..nb {
             let mut ax = [_mm256_setzero_si256(); R];
             let mut qx = [_mm256_setzero_si256(); R];
-            let mut dw = [0f32; R];
-            let mut mw = [0f32; R];
+            let mut dw = [_mm256_setzero_ps(); R];
+            let mut mw = [0f32; 4];
             for r in 0..R {
                 let wp = w.add(r * w_stride + i * b_stride);
-                dw[r] = load_f16(wp);
+                dw[r] = _mm256_set1_ps(load_f16(wp));
                 if with_min {
                     mw[r] = load_f16(wp.add(2));
                 }
@@ -178,31 +179,33 @@ unsafe fn tile<const K: u8, const R: usize, const T: usize, const VNNI: bool>(
                 // Signed weights: |x| is the unsigned operand, x's sign moves onto y.
                 ax[r] = if with_min { qx[r] } else { _mm256_sign_epi8(qx[r], qx[r]) };
             }
+            let mw = _mm_loadu_ps(mw.as_ptr());
             for t in 0..T {
                 let ap = a.add(t * a_stride + i * a_bytes);
-                let da = load_f16(ap);
-                let sa = if with_min { load_f16(ap.add(2)) } else { 0.0 };
+                let da = _mm256_set1_ps(load_f16(ap));
+                if with_min {
+                    // GCC contracts llama.cpp's `summs += m * s` into an fma.
+                    summs[t] = _mm_fmadd_ps(mw, _mm_set1_ps(load_f16(ap.add(2))), summs[t]);
+                }
                 let qy = _mm256_loadu_si256(ap.add(a_qs) as *const __m256i);
                 for r in 0..R {
-                    if with_min {
-                        // GCC contracts llama.cpp's `summs += m * s` into an fma.
-                        summs[r][t] = mw[r].mul_add(sa, summs[r][t]);
-                    }
                     let sy = if with_min { qy } else { _mm256_sign_epi8(qy, qx[r]) };
                     let sums = if VNNI {
                         _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax[r], sy)
                     } else {
                         _mm256_madd_epi16(_mm256_maddubs_epi16(ax[r], sy), _mm256_set1_epi16(1))
                     };
-                    let d = _mm256_set1_ps(dw[r] * da);
+                    let d = _mm256_mul_ps(dw[r], da); // d_w · d_a, as llama.cpp's d0d1
                     acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc[r][t]);
                 }
             }
         }
-        for r in 0..R {
-            for t in 0..T {
+        for t in 0..T {
+            let mut m = [0f32; 4];
+            _mm_storeu_ps(m.as_mut_ptr(), summs[t]);
+            for r in 0..R {
                 let s = hsum_f32_8(acc[r][t]);
-                *out.add(t * out_stride + r) = if with_min { s + summs[r][t] } else { s };
+                *out.add(t * out_stride + r) = if with_min { s + m[r] } else { s };
             }
         }
     }
