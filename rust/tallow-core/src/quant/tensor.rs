@@ -106,16 +106,28 @@ impl QTensor {
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::HugePage); // fewer TLB misses; optional
         let (ts, rb) = (self.qtype.type_size(), self.row_bytes());
-        for (dst, rows) in map.chunks_exact_mut(INTERLEAVE * rb).zip(src.chunks_exact(INTERLEAVE * rb)) {
+        let group = INTERLEAVE * rb;
+        // The source pages are released every few MiB as the copy goes, so a large tensor (a
+        // tied embedding) is never resident twice.
+        const RELEASE_EVERY: usize = 4 << 20;
+        let mut released = 0;
+        for (g, (dst, rows)) in map.chunks_exact_mut(group).zip(src.chunks_exact(group)).enumerate() {
             for (i, dst) in dst.chunks_exact_mut(INTERLEAVE * ts).enumerate() {
                 for (r, d) in dst.chunks_exact_mut(ts).enumerate() {
                     d.copy_from_slice(&rows[r * rb + i * ts..r * rb + (i + 1) * ts]);
                 }
             }
+            let done = (g + 1) * group;
+            if let Bytes::Mapped { file, start, .. } = &self.bytes {
+                if done - released >= RELEASE_EVERY {
+                    file.release(start + released, done - released);
+                    released = done;
+                }
+            }
         }
         let Ok(map) = map.make_read_only() else { return self };
         if let Bytes::Mapped { file, start, len } = &self.bytes {
-            file.release(*start, *len);
+            file.release(*start, *len); // the pages straddling the chunk boundaries too
         }
         QTensor { bytes: Bytes::Anon(Arc::new(map)), interleave: INTERLEAVE, ..self }
     }
