@@ -79,7 +79,7 @@ impl IntKernels {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn f32_at(b: &[u8], at: usize) -> f32 {
     f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
@@ -90,6 +90,7 @@ fn bsum(a: &[u8], i: usize) -> i32 {
 }
 
 /// Q4_K's 12 packed bytes as 8 six-bit scales and 8 six-bit minimums.
+#[inline(always)]
 pub(crate) fn q4k_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
     for j in 0..4 {
@@ -147,45 +148,47 @@ pub fn q6k_lanes(w: &[u8], a: &[u8]) -> [i32; 8] {
     lanes
 }
 
-/// `Σ w · x` over one row in `order`'s f32 order: `w` holds the row's weight blocks, `x` the
-/// token's Q8_K blocks, of the same length.
-pub fn row_dot(order: KOrder, ints: &IntKernels, w: &[u8], x: &[u8]) -> f32 {
-    match order {
-        KOrder::Q4KGemm | KOrder::Q4KGemv => {
-            let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
-            for (wb, xb) in w.chunks_exact(Q4_K_BYTES).zip(x.chunks_exact(Q8_K_BYTES)) {
-                let dx = f32_at(xb, 0);
-                let (d, dmin) = (f16_at(wb, 0) * dx, f16_at(wb, 2) * dx);
-                let q = (ints.q4k)(wb, xb);
-                if order == KOrder::Q4KGemm {
-                    for j in 0..4 {
-                        acc = (q.isum[j] as f32).mul_add(d, acc);
-                        acc_min = (q.imin[j] as f32).mul_add(dmin, acc_min);
+crate::simd::simd_fn! {
+    /// `Σ w · x` over one row in `order`'s f32 order: `w` holds the row's weight blocks, `x` the
+    /// token's Q8_K blocks, of the same length.
+    pub fn row_dot(order: KOrder, ints: &IntKernels, w: &[u8], x: &[u8]) -> f32 {
+        match order {
+            KOrder::Q4KGemm | KOrder::Q4KGemv => {
+                let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
+                for (wb, xb) in w.chunks_exact(Q4_K_BYTES).zip(x.chunks_exact(Q8_K_BYTES)) {
+                    let dx = f32_at(xb, 0);
+                    let (d, dmin) = (f16_at(wb, 0) * dx, f16_at(wb, 2) * dx);
+                    let q = (ints.q4k)(wb, xb);
+                    if order == KOrder::Q4KGemm {
+                        for j in 0..4 {
+                            acc = (q.isum[j] as f32).mul_add(d, acc);
+                            acc_min = (q.imin[j] as f32).mul_add(dmin, acc_min);
+                        }
+                    } else {
+                        acc = (q.isum.iter().sum::<i32>() as f32).mul_add(d, acc);
+                        acc_min = (q.imin.iter().sum::<i32>() as f32).mul_add(dmin, acc_min);
                     }
-                } else {
-                    acc = (q.isum.iter().sum::<i32>() as f32).mul_add(d, acc);
-                    acc_min = (q.imin.iter().sum::<i32>() as f32).mul_add(dmin, acc_min);
                 }
+                acc - acc_min
             }
-            acc - acc_min
-        }
-        KOrder::Q6KTiled => {
-            let mut acc = 0.0f32;
-            for (wb, xb) in w.chunks_exact(Q6_K_BYTES).zip(x.chunks_exact(Q8_K_BYTES)) {
-                let isum: i32 = (ints.q6k)(wb, xb).iter().sum();
-                acc = (isum as f32 * f16_at(wb, 208)).mul_add(f32_at(xb, 0), acc);
-            }
-            acc
-        }
-        KOrder::Q6KVecDot => {
-            let mut acc = [0.0f32; 8];
-            for (wb, xb) in w.chunks_exact(Q6_K_BYTES).zip(x.chunks_exact(Q8_K_BYTES)) {
-                let d = f32_at(xb, 0) * f16_at(wb, 208);
-                for (a, lane) in acc.iter_mut().zip((ints.q6k)(wb, xb)) {
-                    *a = d.mul_add(lane as f32, *a);
+            KOrder::Q6KTiled => {
+                let mut acc = 0.0f32;
+                for (wb, xb) in w.chunks_exact(Q6_K_BYTES).zip(x.chunks_exact(Q8_K_BYTES)) {
+                    let isum: i32 = (ints.q6k)(wb, xb).iter().sum();
+                    acc = (isum as f32 * f16_at(wb, 208)).mul_add(f32_at(xb, 0), acc);
                 }
+                acc
             }
-            hsum8(&acc)
+            KOrder::Q6KVecDot => {
+                let mut acc = [0.0f32; 8];
+                for (wb, xb) in w.chunks_exact(Q6_K_BYTES).zip(x.chunks_exact(Q8_K_BYTES)) {
+                    let d = f32_at(xb, 0) * f16_at(wb, 208);
+                    for (a, lane) in acc.iter_mut().zip((ints.q6k)(wb, xb)) {
+                        *a = d.mul_add(lane as f32, *a);
+                    }
+                }
+                hsum8(&acc)
+            }
         }
     }
 }

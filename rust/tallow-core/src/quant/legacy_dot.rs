@@ -18,13 +18,13 @@ use half::f16;
 const Q8_0_BYTES: usize = 34;
 const Q8_1_BYTES: usize = 36;
 
-#[inline]
+#[inline(always)]
 pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
 /// Horizontal sum of 8 lanes in the order of ggml's `hsum_float_8`.
-#[inline]
+#[inline(always)]
 pub(super) fn hsum8(l: &[f32; 8]) -> f32 {
     ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
 }
