@@ -76,7 +76,7 @@ fn avx2_legacy_dots_are_bit_identical_to_llama_cpp_order() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn tiles_equal_single_dots_bit_for_bit() {
-    use tallow_core::quant::x86_legacy_tile::LegacyTiles;
+    use tallow_core::quant::x86_legacy_tile::{LegacyTiles, TileArgs};
     let Some(k) = Kernels::avx2() else {
         assert!(LegacyTiles::for_type(QType::Q4_0, true).is_none(), "no AVX2, no tiles");
         return;
@@ -96,20 +96,18 @@ fn tiles_equal_single_dots_bit_for_bit() {
                         continue; // no 4 × 4 tile without AVX-512
                     }
                     let mut out = vec![f32::NAN; 4 * 4];
+                    let args = TileArgs {
+                        w: w.as_ptr(),
+                        w_stride,
+                        b_stride: qtype.type_size(),
+                        a: a.as_ptr(),
+                        a_stride,
+                        out: out.as_mut_ptr(),
+                        out_stride: 4,
+                    };
                     // SAFETY: the tiles came from for_type, which checked the CPU; 4 rows and 4
                     // tokens of n values lie at the strides, and out is [4 tokens, 4 rows].
-                    unsafe {
-                        tiles.tile(nr, nt)(
-                            n / 32,
-                            w.as_ptr(),
-                            w_stride,
-                            qtype.type_size(),
-                            a.as_ptr(),
-                            a_stride,
-                            out.as_mut_ptr(),
-                            4,
-                        )
-                    };
+                    unsafe { tiles.tile(nr, nt)(n / 32, &args) };
                     for r in 0..nr {
                         for t in 0..nt {
                             let want = k.vec_dot(qtype, n, &rows[r], &acts[t]);

@@ -11,7 +11,7 @@ use super::kernels::{kernels, Kernels, VecDotFn};
 use super::kquant_order::{self, k_order, IntKernels};
 use super::legacy_dot::StridedRowDot;
 #[cfg(target_arch = "x86_64")]
-use super::x86_legacy_tile::LegacyTiles;
+use super::x86_legacy_tile::{LegacyTiles, TileArgs};
 use super::{reference, QTensor, QType};
 use crate::threadpool::{split_range, ThreadPool};
 
@@ -151,13 +151,15 @@ impl RowKernel {
                         unsafe {
                             tiles.tile(nr, nt)(
                                 cols / 32,
-                                data.as_ptr().add(row_start(r)),
-                                w_stride,
-                                b_stride,
-                                xq.as_ptr().add(t * act_row),
-                                act_row,
-                                out.add(t * w.rows + r),
-                                w.rows,
+                                &TileArgs {
+                                    w: data.as_ptr().add(row_start(r)),
+                                    w_stride,
+                                    b_stride,
+                                    a: xq.as_ptr().add(t * act_row),
+                                    a_stride: act_row,
+                                    out: out.add(t * w.rows + r),
+                                    out_stride: w.rows,
+                                },
                             )
                         };
                         t += nt;

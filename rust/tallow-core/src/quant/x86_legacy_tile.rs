@@ -15,22 +15,26 @@ use super::x86_avx2::{bytes_from_bits_32, bytes_from_nibbles_32, hsum_f32_8, loa
 use super::QType;
 use std::arch::x86_64::*;
 
-/// Computes one tile: `out[t * out_stride + r] = Σ w[r] · a[t]` over `nb` blocks, for the
-/// tile's rows `r` (weight row `r` at `w + r * w_stride` bytes) and tokens `t` (activation row
-/// `t` at `a + t * a_stride`, Q8_1 for Q4_1/Q5_1 and Q8_0 for the others).
-pub type TileFn = unsafe fn(
-    nb: usize,
-    w: *const u8,
-    w_stride: usize,
-    b_stride: usize,
-    a: *const u8,
-    a_stride: usize,
-    out: *mut f32,
-    out_stride: usize,
-);
+/// Where a tile's operands lie. Weight row `r` of the tile starts at `w + r * w_stride`
+/// bytes and its blocks are `b_stride` bytes apart (the block size row after row, 4 block sizes
+/// in the interleaved layout); activation row `t` (Q8_1 for Q4_1/Q5_1, Q8_0 for the others)
+/// starts at `a + t * a_stride`; output `(r, t)` goes to `out[t * out_stride + r]`.
+#[derive(Clone, Copy)]
+pub struct TileArgs {
+    pub w: *const u8,
+    pub w_stride: usize,
+    pub b_stride: usize,
+    pub a: *const u8,
+    pub a_stride: usize,
+    pub out: *mut f32,
+    pub out_stride: usize,
+}
 
-/// The tile shapes of one weight type on this CPU. `rows_x_tokens(4, 4)` exists only with
-/// AVX-512 (16 accumulators need its 32 registers).
+/// Computes one tile, `Σ w[r] · a[t]` over `nb` blocks for each of its rows `r` and tokens `t`.
+pub type TileFn = unsafe fn(nb: usize, args: &TileArgs);
+
+/// The tile shapes of one weight type on this CPU. The 4 × 4 tile exists only with AVX-512
+/// (16 accumulators need its 32 registers).
 #[derive(Clone, Copy)]
 pub struct LegacyTiles {
     r1t1: TileFn,
@@ -104,45 +108,19 @@ const Q5_1: u8 = 3;
 const Q8_0: u8 = 4;
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_avx2<const K: u8, const R: usize, const T: usize>(
-    nb: usize,
-    w: *const u8,
-    w_stride: usize,
-    b_stride: usize,
-    a: *const u8,
-    a_stride: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    unsafe { tile::<K, R, T, false>(nb, w, w_stride, b_stride, a, a_stride, out, out_stride) }
+unsafe fn tile_avx2<const K: u8, const R: usize, const T: usize>(nb: usize, args: &TileArgs) {
+    unsafe { tile::<K, R, T, false>(nb, args) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn tile_vnni<const K: u8, const R: usize, const T: usize>(
-    nb: usize,
-    w: *const u8,
-    w_stride: usize,
-    b_stride: usize,
-    a: *const u8,
-    a_stride: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    unsafe { tile::<K, R, T, true>(nb, w, w_stride, b_stride, a, a_stride, out, out_stride) }
+unsafe fn tile_vnni<const K: u8, const R: usize, const T: usize>(nb: usize, args: &TileArgs) {
+    unsafe { tile::<K, R, T, true>(nb, args) }
 }
 
 /// The body of every tile, inlined into a wrapper that enables the instruction set.
 #[inline(always)]
-unsafe fn tile<const K: u8, const R: usize, const T: usize, const VNNI: bool>(
-    nb: usize,
-    w: *const u8,
-    w_stride: usize,
-    b_stride: usize,
-    a: *const u8,
-    a_stride: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
+unsafe fn tile<const K: u8, const R: usize, const T: usize, const VNNI: bool>(nb: usize, args: &TileArgs) {
+    let TileArgs { w, w_stride, b_stride, a, a_stride, out, out_stride } = *args;
     // Q4_1/Q5_1 carry a minimum and pair with Q8_1 (d, s, qs), the others with Q8_0 (d, qs).
     let with_min = matches!(K, Q4_1 | Q5_1);
     let (a_bytes, a_qs) = if with_min { (36, 4) } else { (34, 2) };
