@@ -82,7 +82,13 @@ enum Quantizer<'k> {
 /// Whether `matmul` computes `qtype` with row tiles on this CPU, which read weights stored as
 /// [`QTensor::interleaved`] fastest.
 pub fn tiles_for(qtype: QType) -> bool {
-    matches!(RowKernel::exact(kernels(), qtype), Some(RowKernel::Tiles(_)))
+    #[cfg(target_arch = "x86_64")]
+    return matches!(RowKernel::exact(kernels(), qtype), Some(RowKernel::Tiles(_)));
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = qtype; // no tiles outside x86-64
+        false
+    }
 }
 
 impl RowKernel {
