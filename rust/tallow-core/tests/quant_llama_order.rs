@@ -64,7 +64,7 @@ fn avx2_legacy_dots_are_bit_identical_to_llama_cpp_order() {
             let n = inputs.n();
             let w = inputs.weights(qtype, n);
             let xq = inputs.activations(qtype, n);
-            let want = row_dot(qtype).unwrap()(&w, &xq);
+            let want = row_dot(qtype).unwrap()(&w, qtype.type_size(), &xq);
             let got = k.vec_dot(qtype, n, &w, &xq);
             assert_eq!(got.to_bits(), want.to_bits(), "{qtype}, n = {n}: {got} vs {want}");
         }

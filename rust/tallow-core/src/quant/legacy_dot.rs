@@ -97,26 +97,13 @@ fn dot(qtype: QType, unpack: Unpack, w: &[u8], b_stride: usize, x: &[u8]) -> f32
     hsum8(&acc) + summs
 }
 
-/// `Σ w · x` of one weight row (raw blocks) and its quantized activations (raw blocks).
-pub type RowDot = fn(&[u8], &[u8]) -> f32;
-
-/// [`RowDot`] over blocks `b_stride` bytes apart (`w` starts at the row's first block).
-pub type StridedRowDot = fn(&[u8], usize, &[u8]) -> f32;
+/// `Σ w · x` of one weight row and its quantized activations (raw blocks): `w` starts at the
+/// row's first block, and its blocks lie the given number of bytes apart (the block size for a
+/// plain row, more in an interleaved layout).
+pub type RowDot = fn(w: &[u8], b_stride: usize, x: &[u8]) -> f32;
 
 /// The llama.cpp-order row product for `qtype`, or `None` for types computed elsewhere.
 pub fn row_dot(qtype: QType) -> Option<RowDot> {
-    Some(match qtype {
-        QType::Q4_0 => |w, x| dot(QType::Q4_0, unpack_q4_0, w, 18, x),
-        QType::Q4_1 => |w, x| dot(QType::Q4_1, unpack_q4_1, w, 20, x),
-        QType::Q5_0 => |w, x| dot(QType::Q5_0, unpack_q5_0, w, 22, x),
-        QType::Q5_1 => |w, x| dot(QType::Q5_1, unpack_q5_1, w, 24, x),
-        QType::Q8_0 => |w, x| dot(QType::Q8_0, unpack_q8_0, w, 34, x),
-        _ => return None,
-    })
-}
-
-/// [`row_dot`] for a row whose blocks may lie apart (an interleaved layout).
-pub(crate) fn strided_row_dot(qtype: QType) -> Option<StridedRowDot> {
     Some(match qtype {
         QType::Q4_0 => |w, s, x| dot(QType::Q4_0, unpack_q4_0, w, s, x),
         QType::Q4_1 => |w, s, x| dot(QType::Q4_1, unpack_q4_1, w, s, x),
@@ -187,7 +174,7 @@ mod tests {
                     })
                     .sum::<f64>();
             }
-            let got = row_dot(qtype).unwrap()(&w, &xq) as f64;
+            let got = row_dot(qtype).unwrap()(&w, qtype.type_size(), &xq) as f64;
             assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "{qtype}: {got} vs {want}");
         }
         assert!(row_dot(QType::Q4_K).is_none());

@@ -9,7 +9,7 @@
 use super::blocks::{ActBlock, BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::kernels::{kernels, Kernels, VecDotFn};
 use super::kquant_order::{self, k_order, IntKernels};
-use super::legacy_dot::StridedRowDot;
+use super::legacy_dot::RowDot;
 #[cfg(target_arch = "x86_64")]
 use super::x86_legacy_tile::{LegacyTiles, TileArgs};
 use super::{reference, QTensor, QType};
@@ -62,7 +62,7 @@ enum RowKernel {
     #[cfg(target_arch = "x86_64")]
     Tiles(LegacyTiles),
     /// The portable llama.cpp-order products of the 32-element formats.
-    Exact(StridedRowDot),
+    Exact(RowDot),
     /// Q4_K and Q6_K in the order of the llama.cpp path this shape and token take; `table` for
     /// the other k-quants.
     KQuant { ints: IntKernels, table: VecDotFn },
@@ -100,7 +100,7 @@ impl RowKernel {
         if let Some(tiles) = LegacyTiles::for_type(qtype, k.name() == "avx512vnni").filter(|_| simd) {
             return Some(RowKernel::Tiles(tiles));
         }
-        if let Some(exact) = super::legacy_dot::strided_row_dot(qtype) {
+        if let Some(exact) = super::legacy_dot::row_dot(qtype) {
             return Some(RowKernel::Exact(exact));
         }
         let ints = if simd { IntKernels::best() } else { IntKernels::PORTABLE };

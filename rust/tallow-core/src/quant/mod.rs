@@ -62,5 +62,5 @@ pub fn act_type(qtype: QType) -> Option<QType> {
 /// Whether this CPU has what `x86_avx2.rs` needs.
 #[cfg(target_arch = "x86_64")]
 fn x86_avx2_detected() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+    crate::simd::avx2()
 }

@@ -121,7 +121,7 @@ pub(super) unsafe fn bytes_from_bits_32(p: *const u8) -> __m256i {
 /// Σ pairs of u8 × i8 -> 8 × f32 (each lane a sum of 4 products).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub(super) fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
+fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
     let dot = _mm256_maddubs_epi16(ax, sy);
     _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)))
 }
