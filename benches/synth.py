@@ -1,4 +1,4 @@
-"""Write synthetic GGUF models: real tensor layouts, random weights, any quant type.
+"""Write synthetic GGUF models: real tensor layouts, random weights, any quant type or mix.
 
 For unit tests, architectures with no small real model, and large-model benchmarks.
 
@@ -16,6 +16,16 @@ quantize Gaussian weights with ``gguf.quants``. The package cannot quantize k-qu
 Q2_K..Q6_K blocks are filled with random bits and their f16 super-block scales set so
 the dequantized weights have a small spread (``WEIGHT_STD``) around zero.
 Norm weights are always F32, near 1 (llama.cpp's Gemma convention stores 1 + w).
+
+``--qtype Q4_K_M`` writes llama.cpp's mixture of that name, per tensor as
+``llama_tensor_get_type`` (src/llama-quant.cpp) picks for a dense model: Q4_K, but Q6_K
+for ``attn_v`` and ``ffn_down`` on the layers ``use_more_bits`` marks (the first and last
+eighth, and every third between), Q6_K for the LM head (``output.weight``, or the tied
+embedding; Q8_0 if the row length is not a multiple of 256), Q5_K for the other
+``attn_v`` of an 80-layer GQA llama (its "70B" rule). A row length the chosen type's
+block does not divide falls back as there: Q4_K -> Q5_0, Q6_K -> Q8_0, then F16.
+``general.file_type`` is the mix's llama_ftype (15); for a single type, its GGML type id
+(not always the matching llama_ftype: Q8_0's 8 reads as MOSTLY_Q5_0).
 """
 
 from __future__ import annotations
@@ -51,6 +61,17 @@ K_LAYOUT: dict[GGMLQuantizationType, tuple[int, int | None, float]] = {
 }
 SUPPORTED = FLOAT_TYPES | LEGACY_TYPES | set(K_LAYOUT)
 
+# llama.cpp mixtures --qtype accepts, with their llama_ftype (llama.h) for file_type.
+MIX_FTYPE = {"Q4_K_M": 15}  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+# llama.cpp's tensor_type_fallback for rows a 256-block does not divide.
+K_FALLBACK = {
+    QT.Q2_K: QT.Q4_0,
+    QT.Q3_K: QT.Q4_0,
+    QT.Q4_K: QT.Q5_0,
+    QT.Q5_K: QT.Q5_1,
+    QT.Q6_K: QT.Q8_0,
+}
+
 
 @dataclass(frozen=True)
 class Config:
@@ -65,8 +86,8 @@ class Config:
     rope_base: float
     eps: float
     sliding_window: int  # gemma3 only
-    qtype: GGMLQuantizationType
-    embd_qtype: GGMLQuantizationType
+    qtype: GGMLQuantizationType | str  # one GGML type, or a mix named in MIX_FTYPE
+    embd_qtype: GGMLQuantizationType | None  # None: as --qtype (or the mix) decides
     tied: bool  # no output.weight: the embedding doubles as the LM head
     vocab_size: int  # 0: keep the source vocab whole
     seed: int
@@ -74,13 +95,60 @@ class Config:
 
 def parse_qtype(name: str) -> GGMLQuantizationType:
     try:
-        qt = QT[name.upper()]
+        qt = GGMLQuantizationType[name.upper()]
     except KeyError:
         raise argparse.ArgumentTypeError(f"unknown quant type {name}") from None
     if qt not in SUPPORTED:
         ok = ", ".join(sorted(t.name for t in SUPPORTED))
         raise argparse.ArgumentTypeError(f"{qt.name} not supported (supported: {ok})")
     return qt
+
+
+def parse_quant(name: str) -> GGMLQuantizationType | str:
+    """A single type (parse_qtype) or a llama.cpp mixture name (MIX_FTYPE)."""
+    if name.upper() in MIX_FTYPE:
+        return name.upper()
+    try:
+        return parse_qtype(name)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e} (or a mix: {', '.join(MIX_FTYPE)})") from None
+
+
+def use_more_bits(i_layer: int, n_layers: int) -> bool:
+    """llama.cpp's layers that get more bits in the _M mixes."""
+    eighth = n_layers // 8
+    return i_layer < eighth or i_layer >= 7 * n_layers // 8 or (i_layer - eighth) % 3 == 2
+
+
+def fallback(qtype: GGMLQuantizationType, cols: int) -> GGMLQuantizationType:
+    """llama.cpp's tensor_type_fallback: a type whose block divides the row length."""
+    if cols % GGML_QUANT_SIZES[qtype][0] == 0:
+        return qtype
+    qtype = K_FALLBACK.get(qtype, qtype)
+    return qtype if cols % GGML_QUANT_SIZES[qtype][0] == 0 else QT.F16
+
+
+def tensor_qtype(cfg: Config, name: str, cols: int) -> GGMLQuantizationType:
+    """The type of 2-D weight `name` with rows of `cols`, for --qtype and --embd-qtype."""
+    role = name.removesuffix(".weight").rsplit(".", 1)[-1]
+    if role == "token_embd" and cfg.embd_qtype is not None:
+        return cfg.embd_qtype  # as llama-quantize --token-embedding-type: no fallback
+    if isinstance(cfg.qtype, GGMLQuantizationType):
+        return cfg.qtype
+    # Q4_K_M. n_attention_wv and n_ffn_down are the layer count (one each per layer,
+    # visited in layer order), so llama.cpp's counters are the layer index.
+    layer = int(name.split(".")[1]) if name.startswith("blk.") else -1
+    qtype = QT.Q4_K
+    if role == "output" or (role == "token_embd" and cfg.tied):
+        qtype = QT.Q8_0 if cols % GGML_QUANT_SIZES[QT.Q4_K][0] else QT.Q6_K
+    elif role == "attn_v":
+        if use_more_bits(layer, cfg.layers):
+            qtype = QT.Q6_K
+        elif cfg.arch == "llama" and cfg.layers == 80 and cfg.heads != cfg.kv_heads:
+            qtype = QT.Q5_K  # LLM_TYPE_70B: 8x smaller than attn_q, worth the bits
+    elif role == "ffn_down" and use_more_bits(layer, cfg.layers):
+        qtype = QT.Q6_K
+    return fallback(qtype, cols)
 
 
 def quantize(rng: np.random.Generator, rows: int, cols: int, qtype: GGMLQuantizationType) -> npt.NDArray[Any]:
@@ -176,8 +244,12 @@ def write_model(cfg: Config, vocab_from: Path, out: Path) -> None:
     rng = np.random.default_rng(cfg.seed)
     arch = cfg.arch
     w = GGUFWriter(out, arch)
-    w.add_name(f"synthetic {arch} d{cfg.dim} L{cfg.layers} {cfg.qtype.name}")
-    w.add_file_type(int(cfg.qtype))  # nominal only: llama.cpp reads per-tensor types
+    if isinstance(cfg.qtype, str):
+        qname, file_type = cfg.qtype, MIX_FTYPE[cfg.qtype]
+    else:
+        qname, file_type = cfg.qtype.name, int(cfg.qtype)
+    w.add_name(f"synthetic {arch} d{cfg.dim} L{cfg.layers} {qname}")
+    w.add_file_type(file_type)  # nominal only: llama.cpp reads per-tensor types
     w.add_quantization_version(2)
     n_vocab = copy_tokenizer(w, vocab_from, cfg.vocab_size)
     w.add_context_length(cfg.ctx)
@@ -199,27 +271,28 @@ def write_model(cfg: Config, vocab_from: Path, out: Path) -> None:
     q_out = cfg.heads * cfg.head_dim
     kv_out = cfg.kv_heads * cfg.head_dim
 
-    def add(name: str, rows: int, cols: int, qtype: GGMLQuantizationType) -> None:
+    def add(name: str, rows: int, cols: int) -> None:
         # numpy arrays here are [rows, cols]; GGUF lists dims as ne = [cols, rows].
+        qtype = tensor_qtype(cfg, name, cols)
         data = quantize(rng, rows, cols, qtype)
         raw = None if qtype in (QT.F32, QT.F16) else qtype
         w.add_tensor(name, data, raw_dtype=raw)
 
-    add("token_embd.weight", n_vocab, cfg.dim, cfg.embd_qtype)  # [n_vocab, dim]
+    add("token_embd.weight", n_vocab, cfg.dim)  # [n_vocab, dim]
     w.add_tensor("output_norm.weight", norm_weight(rng, cfg.dim))
     if not cfg.tied:
-        add("output.weight", n_vocab, cfg.dim, cfg.qtype)  # [n_vocab, dim]
+        add("output.weight", n_vocab, cfg.dim)  # [n_vocab, dim]
     for i in range(cfg.layers):
         p = f"blk.{i}."
         w.add_tensor(p + "attn_norm.weight", norm_weight(rng, cfg.dim))
-        add(p + "attn_q.weight", q_out, cfg.dim, cfg.qtype)  # [n_head*head_dim, dim]
-        add(p + "attn_k.weight", kv_out, cfg.dim, cfg.qtype)  # [n_kv*head_dim, dim]
-        add(p + "attn_v.weight", kv_out, cfg.dim, cfg.qtype)  # [n_kv*head_dim, dim]
-        add(p + "attn_output.weight", cfg.dim, q_out, cfg.qtype)  # [dim, n_head*hd]
+        add(p + "attn_q.weight", q_out, cfg.dim)  # [n_head*head_dim, dim]
+        add(p + "attn_k.weight", kv_out, cfg.dim)  # [n_kv*head_dim, dim]
+        add(p + "attn_v.weight", kv_out, cfg.dim)  # [n_kv*head_dim, dim]
+        add(p + "attn_output.weight", cfg.dim, q_out)  # [dim, n_head*hd]
         w.add_tensor(p + "ffn_norm.weight", norm_weight(rng, cfg.dim))
-        add(p + "ffn_gate.weight", cfg.ffn, cfg.dim, cfg.qtype)  # [ffn, dim]
-        add(p + "ffn_up.weight", cfg.ffn, cfg.dim, cfg.qtype)  # [ffn, dim]
-        add(p + "ffn_down.weight", cfg.dim, cfg.ffn, cfg.qtype)  # [dim, ffn]
+        add(p + "ffn_gate.weight", cfg.ffn, cfg.dim)  # [ffn, dim]
+        add(p + "ffn_up.weight", cfg.ffn, cfg.dim)  # [ffn, dim]
+        add(p + "ffn_down.weight", cfg.dim, cfg.ffn)  # [dim, ffn]
         if arch == "gemma3":
             w.add_tensor(p + "attn_q_norm.weight", norm_weight(rng, cfg.head_dim))
             w.add_tensor(p + "attn_k_norm.weight", norm_weight(rng, cfg.head_dim))
@@ -244,8 +317,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path, Path]:
     ap.add_argument("--rope-base", type=float, default=None)
     ap.add_argument("--eps", type=float, default=1e-6)
     ap.add_argument("--sliding-window", type=int, default=512, help="gemma3 only")
-    ap.add_argument("--qtype", type=parse_qtype, default=QT.Q8_0)
-    ap.add_argument("--embd-qtype", type=parse_qtype, default=None, help="default: --qtype")
+    ap.add_argument("--qtype", type=parse_quant, default=QT.Q8_0, help="a type or Q4_K_M")
+    ap.add_argument("--embd-qtype", type=parse_qtype, default=None, help="default: per --qtype")
     ap.add_argument("--untied", action="store_true", help="write a separate output.weight")
     ap.add_argument("--vocab-from", type=Path, default=DEFAULT_VOCAB)
     ap.add_argument("--vocab-size", type=int, default=1024, help="0 = whole source vocab")
@@ -276,7 +349,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path, Path]:
         eps=a.eps,
         sliding_window=a.sliding_window,
         qtype=a.qtype,
-        embd_qtype=a.embd_qtype or a.qtype,
+        embd_qtype=a.embd_qtype,
         tied=not a.untied,
         vocab_size=a.vocab_size,
         seed=a.seed,
