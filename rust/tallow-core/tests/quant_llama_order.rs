@@ -158,3 +158,41 @@ fn interleaved_layout_changes_no_bit() {
         }
     }
 }
+
+/// Q4_K weights repacked in groups of 16 rows (where this CPU has the AVX-512 tile) give the
+/// bits of the row-by-row llama.cpp-order products, in both of its orders (GEMM for tokens in
+/// groups of 4, GEMV for the rest), and the same rows when dequantized.
+#[test]
+fn q4k_tiles_change_no_bit() {
+    use tallow_core::quant::{matmul, tiles_for, MatmulScratch, QTensor};
+    use tallow_core::threadpool::ThreadPool;
+    let pool = ThreadPool::new(2);
+    let mut inputs = Inputs(0x5eed_f00d_0000_0004);
+    for rows in [16, 48] {
+        let cols = 256 * (1 + inputs.next() as usize % 8);
+        let mut bytes: Vec<u8> = (0..rows * cols / 256 * 144).map(|_| inputs.next() as u8).collect();
+        for blk in bytes.chunks_exact_mut(144) {
+            // Finite f16 d and dmin of moderate size.
+            blk[1] = 0x14 + (inputs.next() % 8) as u8;
+            blk[3] = 0x10 + (inputs.next() % 8) as u8;
+        }
+        let w = QTensor::from_bytes("w", QType::Q4_K, rows, cols, &bytes).unwrap();
+        let wi = w.clone().interleaved();
+        assert_eq!(wi.interleave(), if tiles_for(QType::Q4_K) { 16 } else { 1 });
+        for r in 0..rows {
+            let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
+            w.dequantize_row_into(r, &mut a);
+            wi.dequantize_row_into(r, &mut b);
+            assert_eq!(a, b, "row {r}");
+        }
+        for n_tokens in [1, 2, 3, 4, 5, 8, 11] {
+            let x: Vec<f32> = (0..n_tokens * cols).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 97.0).collect();
+            let (mut y, mut yi) = (vec![0.0; n_tokens * rows], vec![0.0; n_tokens * rows]);
+            let mut scratch = MatmulScratch::default();
+            matmul(&w, &x, n_tokens, &mut y, &mut scratch, &pool);
+            matmul(&wi, &x, n_tokens, &mut yi, &mut scratch, &pool);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&yi), "{rows}x{cols}, {n_tokens} tokens");
+        }
+    }
+}

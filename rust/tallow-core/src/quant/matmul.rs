@@ -11,7 +11,11 @@ use super::kernels::{kernels, Kernels, VecDotFn};
 use super::kquant_order::{self, k_order, IntKernels};
 use super::legacy_dot::RowDot;
 #[cfg(target_arch = "x86_64")]
-use super::x86_legacy_tile::{LegacyTiles, TileArgs};
+use super::{
+    q4k_x16,
+    x86_legacy_tile::{LegacyTiles, TileArgs},
+    x86_q4k_tile::Q4KTiles,
+};
 use super::{reference, QTensor, QType};
 use crate::threadpool::{split_range, ThreadPool};
 
@@ -64,8 +68,14 @@ enum RowKernel {
     /// The portable llama.cpp-order products of the 32-element formats.
     Exact(RowDot),
     /// Q4_K and Q6_K in the order of the llama.cpp path this shape and token take; `table` for
-    /// the other k-quants.
-    KQuant { ints: IntKernels, table: VecDotFn },
+    /// the other k-quants. Q4_K weights repacked by [`QTensor::interleaved`] go through
+    /// `q4k_tiles`, in the same orders.
+    KQuant {
+        ints: IntKernels,
+        table: VecDotFn,
+        #[cfg(target_arch = "x86_64")]
+        q4k_tiles: Option<Q4KTiles>,
+    },
     /// One table's kernel for everything ([`matmul_with`]).
     Table(VecDotFn),
 }
@@ -83,7 +93,10 @@ enum Quantizer<'k> {
 /// [`QTensor::interleaved`] fastest.
 pub fn tiles_for(qtype: QType) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return matches!(RowKernel::exact(kernels(), qtype), Some(RowKernel::Tiles(_)));
+    return matches!(
+        RowKernel::exact(kernels(), qtype),
+        Some(RowKernel::Tiles(_) | RowKernel::KQuant { q4k_tiles: Some(_), .. })
+    );
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = qtype; // no tiles outside x86-64
@@ -104,14 +117,21 @@ impl RowKernel {
             return Some(RowKernel::Exact(exact));
         }
         let ints = if simd { IntKernels::best() } else { IntKernels::PORTABLE };
-        Some(RowKernel::KQuant { ints, table })
+        Some(RowKernel::KQuant {
+            ints,
+            table,
+            #[cfg(target_arch = "x86_64")]
+            q4k_tiles: Q4KTiles::detect().filter(|_| qtype == QType::Q4_K && k.name() == "avx512vnni"),
+        })
     }
 
-    /// Granularity of the row split: a worker's rows start at a multiple of this.
-    fn row_group(self, n_tokens: usize) -> usize {
+    /// Granularity of the row split of `w`: a worker's rows start at a multiple of this.
+    fn row_group(self, w: &QTensor, n_tokens: usize) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
             RowKernel::Tiles(t) => t.row_group(n_tokens),
+            #[cfg(target_arch = "x86_64")]
+            RowKernel::KQuant { q4k_tiles: Some(_), .. } => w.interleave(),
             _ => 1,
         }
     }
@@ -173,6 +193,35 @@ impl RowKernel {
                     r += nr;
                 }
             }
+            #[cfg(target_arch = "x86_64")]
+            RowKernel::KQuant { q4k_tiles: Some(tiles), .. } if g != 1 => {
+                // llama.cpp's GEMM takes tokens 4 at a time, its GEMV the `n % 4` left over.
+                let gemm_tokens = n_tokens - n_tokens % 4;
+                for r in rows.step_by(g) {
+                    let mut t = 0;
+                    while t < n_tokens {
+                        let (nt, gemm) = if t < gemm_tokens { (4, true) } else { (n_tokens - t, false) };
+                        // SAFETY: group r / g and tokens t..t + nt are in bounds (asserted
+                        // above; rows start at multiples of g), outputs are this caller's; the
+                        // tiles exist on this CPU and the layout is theirs (interleave g).
+                        unsafe {
+                            tiles.tile(nt, gemm)(
+                                cols / 256,
+                                &TileArgs {
+                                    w: data.as_ptr().add(r / g * g * row_bytes),
+                                    w_stride: 0,
+                                    b_stride: q4k_x16::GROUP_BLOCK,
+                                    a: xq.as_ptr().add(t * act_row),
+                                    a_stride: act_row,
+                                    out: out.add(t * w.rows + r),
+                                    out_stride: w.rows,
+                                },
+                            )
+                        };
+                        t += nt;
+                    }
+                }
+            }
             RowKernel::Exact(dot) => {
                 for r in rows {
                     let wr = &data[row_start(r)..];
@@ -180,7 +229,7 @@ impl RowKernel {
                 }
             }
             _ if w.interleave() != 1 => panic!("{w:?}: interleaved rows need a layout-aware kernel"),
-            RowKernel::KQuant { ints, table } => {
+            RowKernel::KQuant { ints, table, .. } => {
                 for r in rows {
                     let wr = &data[r * row_bytes..(r + 1) * row_bytes];
                     for t in 0..n_tokens {
@@ -300,7 +349,7 @@ fn run(
             let act = super::act_type(w.qtype).expect("quantized weight");
             let xq = acts[ACT_TYPES.iter().position(|a| *a == act).expect("activation type")];
             let act_row = xq.len() / n_tokens;
-            let group = kernel.row_group(n_tokens);
+            let group = kernel.row_group(w, n_tokens);
             let groups = split_range(w.rows.div_ceil(group), i, n);
             let rows = (groups.start * group).min(w.rows)..(groups.end * group).min(w.rows);
             kernel.rows(w, rows, xq, act_row, n_tokens, out.0);

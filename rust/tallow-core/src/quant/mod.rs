@@ -11,6 +11,7 @@ mod kernels;
 pub mod kquant_order;
 mod legacy_dot;
 mod matmul;
+mod q4k_x16;
 mod qtype;
 mod reference;
 mod scalar;
@@ -21,6 +22,8 @@ mod x86_avx2;
 mod x86_avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_legacy_tile;
+#[cfg(target_arch = "x86_64")]
+mod x86_q4k_tile;
 
 pub use kernels::{kernels, Kernels, VecDotFn};
 pub use legacy_dot::{row_dot, RowDot};

@@ -1,6 +1,6 @@
 //! `QTensor`: a quantized 2-D weight, borrowed from the mapped GGUF file.
 
-use super::QType;
+use super::{q4k_x16, QType};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 use std::sync::Arc;
@@ -32,7 +32,7 @@ pub struct QTensor {
     pub cols: usize,
     pub rows: usize,
     bytes: Bytes,
-    /// Rows per interleaved group: 1 (row after row) or [`INTERLEAVE`] (see
+    /// Rows per interleaved group: 1 (row after row), [`INTERLEAVE`] or 16 for Q4_K (see
     /// [`QTensor::interleaved`]).
     interleave: usize,
 }
@@ -90,15 +90,22 @@ impl QTensor {
         Bytes::Owned { buf: buf.into(), len: data.len() }
     }
 
-    /// The same matrix with each group of [`INTERLEAVE`] rows stored block by block: block `i`
-    /// of rows `4g..4g + 4`, then block `i + 1` of the same rows, so a tile of 4 rows reads
+    /// The same matrix with each group of rows stored block by block, so a tile of rows reads
     /// one sequential stream (from DRAM, 4 interleaved row streams run at a third of the
-    /// bandwidth). Only the 32-element formats with whole groups are repacked; anything else
-    /// is returned as it is. The copy lives in anonymous memory and the file's pages it came
-    /// from are released, so memory does not double.
+    /// bandwidth): the 32-element formats in groups of [`INTERLEAVE`] rows (block `i` of rows
+    /// `4g..4g + 4`, then block `i + 1` of the same rows), Q4_K in groups of 16 rows with each
+    /// block's fields gathered across the rows (`q4k_x16.rs`, where this CPU has the tile that
+    /// reads them). Other types, and tensors without
+    /// whole groups, are returned as they are. The copy lives in anonymous memory and the
+    /// file's pages it came from are released, so memory does not double.
     pub fn interleaved(self) -> QTensor {
-        let repackable = matches!(self.qtype, QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0);
-        if self.interleave != 1 || !repackable || !self.rows.is_multiple_of(INTERLEAVE) || self.rows == 0 {
+        let g = match self.qtype {
+            QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => INTERLEAVE,
+            // Only the AVX-512 tile reads this layout.
+            QType::Q4_K if super::tiles_for(QType::Q4_K) => q4k_x16::ROWS,
+            _ => return self,
+        };
+        if self.interleave != 1 || !self.rows.is_multiple_of(g) || self.rows == 0 {
             return self;
         }
         let src = self.data();
@@ -106,18 +113,23 @@ impl QTensor {
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::HugePage); // fewer TLB misses; optional
         let (ts, rb) = (self.qtype.type_size(), self.row_bytes());
-        let group = INTERLEAVE * rb;
+        let group = g * rb;
         // The source pages are released every few MiB as the copy goes, so a large tensor (a
         // tied embedding) is never resident twice.
         const RELEASE_EVERY: usize = 4 << 20;
         let mut released = 0;
-        for (g, (dst, rows)) in map.chunks_exact_mut(group).zip(src.chunks_exact(group)).enumerate() {
-            for (i, dst) in dst.chunks_exact_mut(INTERLEAVE * ts).enumerate() {
-                for (r, d) in dst.chunks_exact_mut(ts).enumerate() {
-                    d.copy_from_slice(&rows[r * rb + i * ts..r * rb + (i + 1) * ts]);
+        for (n, (dst, rows)) in map.chunks_exact_mut(group).zip(src.chunks_exact(group)).enumerate() {
+            for (i, dst) in dst.chunks_exact_mut(g * ts).enumerate() {
+                let block = |r: usize| &rows[r * rb + i * ts..r * rb + (i + 1) * ts];
+                if self.qtype == QType::Q4_K {
+                    q4k_x16::pack_block(block, dst);
+                } else {
+                    for (r, d) in dst.chunks_exact_mut(ts).enumerate() {
+                        d.copy_from_slice(block(r));
+                    }
                 }
             }
-            let done = (g + 1) * group;
+            let done = (n + 1) * group;
             if let Bytes::Mapped { file, start, .. } = &self.bytes {
                 if done - released >= RELEASE_EVERY {
                     file.release(start + released, done - released);
@@ -129,10 +141,11 @@ impl QTensor {
         if let Bytes::Mapped { file, start, len } = &self.bytes {
             file.release(*start, *len); // the pages straddling the chunk boundaries too
         }
-        QTensor { bytes: Bytes::Anon(Arc::new(map)), interleave: INTERLEAVE, ..self }
+        QTensor { bytes: Bytes::Anon(Arc::new(map)), interleave: g, ..self }
     }
 
-    /// Rows per interleaved group: 1, or [`INTERLEAVE`] after [`QTensor::interleaved`].
+    /// Rows per interleaved group: 1, or [`INTERLEAVE`] (16 for Q4_K) after
+    /// [`QTensor::interleaved`].
     pub fn interleave(&self) -> usize {
         self.interleave
     }
@@ -148,8 +161,13 @@ impl QTensor {
         let group = &self.data()[(r / g) * g * rb..(r / g + 1) * g * rb];
         let bs = self.qtype.block_size();
         for (i, o) in out.chunks_exact_mut(bs).enumerate() {
-            let at = (i * g + r % g) * ts;
-            super::dequantize_row(self.qtype, &group[at..at + ts], o);
+            if self.qtype == QType::Q4_K {
+                let block = q4k_x16::unpack_block(&group[i * g * ts..(i + 1) * g * ts], r % g);
+                super::dequantize_row(self.qtype, &block, o);
+            } else {
+                let at = (i * g + r % g) * ts;
+                super::dequantize_row(self.qtype, &group[at..at + ts], o);
+            }
         }
     }
 
