@@ -129,13 +129,16 @@ impl Drop for Engine {
     }
 }
 
-/// Per-thread state of the scheduler: reused across requests so steady decoding allocates nothing.
+/// Per-thread state of the scheduler: reused across requests so a decode step allocates nothing
+/// but the text of the event it sends (tests/decode_alloc.rs).
 struct Worker<'a> {
     shared: &'a Shared,
     pool: ThreadPool,
     scratch: ForwardScratch,
     /// Logits of the last evaluated position, `[n_vocab]`.
     logits: Vec<f32>,
+    /// Text a sampled token completes, before the stop matcher sees it.
+    piece: String,
     /// The engine's own cached sequence for requests without a session.
     default_seq: Option<CachedSequence>,
 }
@@ -146,6 +149,7 @@ fn run_loop(shared: &Shared, scratch: ForwardScratch, rx: mpsc::Receiver<Job>) {
         pool: ThreadPool::new(shared.config.n_threads),
         scratch,
         logits: vec![0.0; shared.model.config().n_vocab],
+        piece: String::new(),
         default_seq: None,
     };
     while let Ok(mut job) = rx.recv() {
@@ -196,6 +200,8 @@ impl Worker<'_> {
         common = common.min(prompt.len() - 1);
         seq.cache.truncate(common);
         seq.tokens.truncate(common);
+        // Room for the whole context, so appending a token never reallocates.
+        seq.tokens.reserve(cfg.n_ctx.saturating_sub(seq.tokens.len()));
 
         for chunk in prompt[common..].chunks(cfg.n_batch.max(1)) {
             if job.cancel.is_cancelled() {
@@ -221,8 +227,10 @@ impl Worker<'_> {
             if !job.params.ignore_eos && self.shared.tokenizer.is_eog(id) {
                 break FinishReason::Stop;
             }
-            let piece = decoder.push(&self.shared.tokenizer, id).unwrap_or_default();
-            let (text, stopped) = match stop.push(&piece) {
+            // Per token, the event's text is the one allocation (none when it is empty).
+            self.piece.clear();
+            decoder.push_into(&self.shared.tokenizer, id, &mut self.piece);
+            let (text, stopped) = match stop.push(&self.piece) {
                 StopOutcome::Emit(t) => (t, false),
                 StopOutcome::Stop(t) => (t, true),
             };
