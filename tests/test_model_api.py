@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import tallow
 
@@ -123,6 +128,23 @@ def test_build_info() -> None:
     info = tallow.build_info()
     assert info["version"] == tallow.__version__
     assert info["kernels"]
+    assert info["attention"] in ("avx512", "portable")
+    assert info["matmul_tiles"]
+    if info["kernels"] == "scalar":
+        assert (info["matmul_tiles"], info["attention"]) == ("none", "portable")
+    elif info["kernels"] in ("avx2", "avx512vnni"):
+        # A SIMD table on x86-64 brings the row tiles of the 32-element formats.
+        assert info["matmul_tiles"].startswith(info["kernels"]), info
+
+
+def test_build_info_with_scalar_kernels() -> None:
+    """TALLOW_KERNELS=scalar (read once per process) turns every SIMD path off, and says so."""
+    code = "import json, tallow; print(json.dumps(tallow.build_info()))"
+    env = {**os.environ, "TALLOW_KERNELS": "scalar"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert (info["kernels"], info["matmul_tiles"], info["attention"]) == ("scalar", "none", "portable")
 
 
 def test_threads_share_one_model(smollm2: tallow.Model) -> None:

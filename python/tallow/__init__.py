@@ -42,5 +42,11 @@ __all__ = [
 
 
 def build_info() -> dict[str, Any]:
-    """Version, CPU features and the kernels this machine runs with."""
+    """Version, CPU features and the kernels this machine runs with.
+
+    ``kernels`` is the dot-product table (``avx512vnni``, ``avx2``, ``scalar``...),
+    ``matmul_tiles`` the row-by-token tiles of the products and the weight types they serve
+    (``none`` without), ``attention`` the attention kernel (``avx512`` or ``portable``).
+    ``TALLOW_KERNELS=scalar`` in the environment forces the reference path for all three.
+    """
     return dict(_tallow.build_info())

@@ -75,7 +75,73 @@ pub fn build_info() -> Vec<(&'static str, String)> {
         ("version", env!("CARGO_PKG_VERSION").to_string()),
         ("target_arch", std::env::consts::ARCH.to_string()),
         ("kernels", crate::quant::kernels().name().to_string()),
+        ("matmul_tiles", matmul_tiles()),
+        ("attention", crate::model::attention_kernel().to_string()),
         ("cpu_features", features.join(",")),
         ("n_cpus", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string()),
     ]
+}
+
+/// The row × token tiles `matmul` computes with on this CPU, from the choice it makes
+/// ([`crate::quant::tiles_for`]): for the 32-element formats, the instruction set and tile shapes
+/// (rows x tokens) of their [`LegacyTiles`](crate::quant::x86_legacy_tile::LegacyTiles) and the
+/// types, e.g. `"avx512vnni 4x4,4x1,1x4: Q4_0,Q4_1,Q5_0,Q5_1,Q8_0"`; other tiled types after a
+/// `"; "`; `"none"` without tiles (`TALLOW_KERNELS=scalar`, no AVX2, not x86-64).
+fn matmul_tiles() -> String {
+    let tiled: Vec<QType> = QType::ALL.into_iter().filter(|&q| crate::quant::tiles_for(q)).collect();
+    let mut parts: Vec<String> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::quant::x86_legacy_tile::LegacyTiles;
+        // `matmul` asks for the VNNI tiles exactly when its table is the AVX-512 VNNI one.
+        let vnni = crate::quant::kernels().name() == "avx512vnni";
+        let legacy: Vec<(QType, LegacyTiles)> =
+            tiled.iter().filter_map(|&q| LegacyTiles::for_type(q, vnni).map(|t| (q, t))).collect();
+        if let Some((_, tiles)) = legacy.first() {
+            // Only the VNNI tiles have 4 rows x 4 tokens (AVX2 has too few registers).
+            let shapes = if tiles.row_group(4) == 4 { "avx512vnni 4x4,4x1,1x4" } else { "avx2 4x1,1x4" };
+            let names: Vec<&str> = legacy.iter().map(|(q, _)| q.name()).collect();
+            parts.push(format!("{shapes}: {}", names.join(",")));
+        }
+        let others: Vec<&str> =
+            tiled.iter().filter(|&&q| LegacyTiles::for_type(q, vnni).is_none()).map(|q| q.name()).collect();
+        if !others.is_empty() {
+            parts.push(format!("{}: {}", crate::quant::kernels().name(), others.join(",")));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    parts.extend(tiled.iter().map(|q| q.name().to_string()));
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_info_names_the_kernels_in_use() {
+        let info = build_info();
+        let get = |key: &str| info.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str()).unwrap();
+        let (kernels, tiles, attention) = (get("kernels"), get("matmul_tiles"), get("attention"));
+        assert!(["avx512", "portable"].contains(&attention), "{attention}");
+        if kernels == "scalar" {
+            // TALLOW_KERNELS=scalar: the reference path everywhere.
+            assert_eq!((tiles, attention), ("none", "portable"));
+        }
+        // The tiles follow matmul's per-type choice.
+        assert_eq!(tiles == "none", !QType::ALL.into_iter().any(crate::quant::tiles_for), "{tiles}");
+        for q in QType::ALL.into_iter().filter(|&q| crate::quant::tiles_for(q)) {
+            assert!(tiles.split([' ', ',', ';', ':']).any(|w| w == q.name()), "{q:?} missing from {tiles:?}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if kernels == "avx512vnni" {
+            assert!(tiles.starts_with("avx512vnni 4x4,"), "{tiles}");
+        } else if kernels == "avx2" {
+            assert!(tiles.starts_with("avx2 4x1,1x4: Q4_0"), "{tiles}");
+        }
+    }
 }

@@ -167,6 +167,16 @@ fn avx512() -> bool {
     })
 }
 
+/// The item kernel [`attention`] runs on this CPU, for `build_info()`: `"avx512"` (taken for
+/// head dimensions that are a multiple of 16) or `"portable"`.
+pub(crate) fn kernel_name() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        return "avx512";
+    }
+    "portable"
+}
+
 /// One item with the fastest kernel this CPU has.
 fn item(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]

@@ -14,6 +14,7 @@ mod layers;
 mod llama;
 mod scratch;
 
+pub(crate) use attention::kernel_name as attention_kernel;
 pub use config::{Arch, ModelConfig, RopeStyle};
 pub use scratch::{ForwardScratch, MAX_BATCH_LIMIT};
 
