@@ -159,40 +159,46 @@ fn interleaved_layout_changes_no_bit() {
     }
 }
 
-/// Q4_K weights repacked in groups of 16 rows (where this CPU has the AVX-512 tile) give the
-/// bits of the row-by-row llama.cpp-order products, in both of its orders (GEMM for tokens in
-/// groups of 4, GEMV for the rest), and the same rows when dequantized.
+/// Q4_K and Q6_K weights repacked in groups of 16 rows (where this CPU has the AVX-512 tiles)
+/// give the bits of the row-by-row llama.cpp-order products, in every order (Q4_K: GEMM for
+/// tokens in groups of 4, GEMV for the rest; Q6_K: tiled from 8 tokens, vec_dot below), and the
+/// same rows when dequantized.
 #[test]
-fn q4k_tiles_change_no_bit() {
+fn kquant_tiles_change_no_bit() {
     use tallow_core::quant::{matmul, tiles_for, MatmulScratch, QTensor};
     use tallow_core::threadpool::ThreadPool;
     let pool = ThreadPool::new(2);
     let mut inputs = Inputs(0x5eed_f00d_0000_0004);
-    for rows in [16, 48] {
+    for (qtype, rows) in [(QType::Q4_K, 16), (QType::Q4_K, 48), (QType::Q6_K, 16), (QType::Q6_K, 64)] {
+        let ts = qtype.type_size();
         let cols = 256 * (1 + inputs.next() as usize % 8);
-        let mut bytes: Vec<u8> = (0..rows * cols / 256 * 144).map(|_| inputs.next() as u8).collect();
-        for blk in bytes.chunks_exact_mut(144) {
-            // Finite f16 d and dmin of moderate size.
-            blk[1] = 0x14 + (inputs.next() % 8) as u8;
-            blk[3] = 0x10 + (inputs.next() % 8) as u8;
+        let mut bytes: Vec<u8> = (0..rows * cols / 256 * ts).map(|_| inputs.next() as u8).collect();
+        for blk in bytes.chunks_exact_mut(ts) {
+            // Finite f16 scales of moderate size: Q4_K's d and dmin, Q6_K's d.
+            if qtype == QType::Q4_K {
+                blk[1] = 0x14 + (inputs.next() % 8) as u8;
+                blk[3] = 0x10 + (inputs.next() % 8) as u8;
+            } else {
+                blk[209] = 0x14 + (inputs.next() % 8) as u8;
+            }
         }
-        let w = QTensor::from_bytes("w", QType::Q4_K, rows, cols, &bytes).unwrap();
+        let w = QTensor::from_bytes("w", qtype, rows, cols, &bytes).unwrap();
         let wi = w.clone().interleaved();
-        assert_eq!(wi.interleave(), if tiles_for(QType::Q4_K) { 16 } else { 1 });
+        assert_eq!(wi.interleave(), if tiles_for(qtype) { 16 } else { 1 });
         for r in 0..rows {
             let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
             w.dequantize_row_into(r, &mut a);
             wi.dequantize_row_into(r, &mut b);
-            assert_eq!(a, b, "row {r}");
+            assert_eq!(a, b, "{qtype} row {r}");
         }
-        for n_tokens in [1, 2, 3, 4, 5, 8, 11] {
+        for n_tokens in [1, 2, 3, 4, 5, 7, 8, 11, 16] {
             let x: Vec<f32> = (0..n_tokens * cols).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 97.0).collect();
             let (mut y, mut yi) = (vec![0.0; n_tokens * rows], vec![0.0; n_tokens * rows]);
             let mut scratch = MatmulScratch::default();
             matmul(&w, &x, n_tokens, &mut y, &mut scratch, &pool);
             matmul(&wi, &x, n_tokens, &mut yi, &mut scratch, &pool);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&y), bits(&yi), "{rows}x{cols}, {n_tokens} tokens");
+            assert_eq!(bits(&y), bits(&yi), "{qtype} {rows}x{cols}, {n_tokens} tokens");
         }
     }
 }

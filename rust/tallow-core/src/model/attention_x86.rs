@@ -85,21 +85,30 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], ou
     // SAFETY (the rest): every pointer offset stays inside the slices, as asserted above.
     unsafe {
         // Scores: chunk c of the head goes to accumulator c % accs; the accumulators are folded
-        // as (0 + 2) + (1 + 3) before the lane reduction.
+        // as (0 + 2) + (1 + 3) before the lane reduction. KEYS keys at a time, each with its
+        // own accumulators: independent chains instead of one waiting on the last fma.
+        const KEYS: usize = 4;
         let mut max = f32::NEG_INFINITY;
-        for j in first..=pos {
-            let mut a = [_mm512_setzero_ps(); 4];
+        let mut j = first;
+        while j <= pos {
+            let n = KEYS.min(pos + 1 - j);
+            let mut a = [[_mm512_setzero_ps(); 4]; KEYS];
             for c in 0..nc {
-                a[c % accs] =
-                    _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(c * LANES)), kv_at(it.k.as_ptr(), j, c), a[c % accs]);
+                let qc = _mm512_loadu_ps(qp.add(c * LANES));
+                for (k, a) in a.iter_mut().enumerate().take(n) {
+                    a[c % accs] = _mm512_fmadd_ps(qc, kv_at(it.k.as_ptr(), j + k, c), a[c % accs]);
+                }
             }
-            let v = match it.order {
-                Order::Gemm => a[0],
-                Order::VecDot => _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3])),
-            };
-            let s = reduce16(v) * it.scale;
-            *sp.add(j) = s;
-            max = max.max(s);
+            for (k, a) in a.iter().enumerate().take(n) {
+                let v = match it.order {
+                    Order::Gemm => a[0],
+                    Order::VecDot => _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3])),
+                };
+                let s = reduce16(v) * it.scale;
+                *sp.add(j + k) = s;
+                max = max.max(s);
+            }
+            j += n;
         }
 
         // Softmax over 16-key chunks aligned to key 0; lanes outside first..=pos are zeros.
@@ -121,6 +130,9 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], ou
             _mm512_mask_storeu_ps(sp.add(c * LANES), m, w);
         }
 
+        if let Order::Gemm = it.order {
+            return gemm_weighted_sum(it, sp, out);
+        }
         // Σ w·v: key j adds into slot j % slots; only the slots some key uses are touched, the
         // others count as the exact zeros they would hold.
         let n_keys = pos + 1 - first;
@@ -152,6 +164,36 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], ou
                 ),
             });
             let h: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(l[i], l[i + 8]));
+            let q: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(h[i], h[i + 4]));
+            let r = _mm512_add_ps(_mm512_add_ps(q[0], q[2]), _mm512_add_ps(q[1], q[3]));
+            _mm512_storeu_ps(out.as_mut_ptr().add(c * LANES), r);
+        }
+    }
+}
+
+/// `Σ w·v` in [`Order::Gemm`]'s order, output chunk by output chunk with the 16 slots in
+/// registers: key `j` adds into slot `j % 16`, and unused slots hold the exact zeros the
+/// portable path starts them with. `sp` holds the weights of keys `it.first..=it.pos`.
+#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
+unsafe fn gemm_weighted_sum(it: &Item<'_>, sp: *const f32, out: &mut [f32]) {
+    let hd = it.q.len();
+    let (first, pos) = (it.first, it.pos);
+    // SAFETY: the caller checked that the values of keys first..=pos lie inside `it.v`, that
+    // `sp` holds their weights and that `out` holds `hd` floats, a multiple of 16.
+    unsafe {
+        for c in 0..hd / LANES {
+            let vp = it.v.as_ptr().add(it.kv_off + c * LANES);
+            let mut slot = [_mm512_setzero_ps(); LANES];
+            for base in (first / LANES * LANES..=pos).step_by(LANES) {
+                for (l, s) in slot.iter_mut().enumerate() {
+                    let j = base + l;
+                    if j >= first && j <= pos {
+                        let v = _mm512_cvtph_ps(_mm256_loadu_si256(vp.add(j * it.kv_dim) as *const __m256i));
+                        *s = _mm512_fmadd_ps(_mm512_set1_ps(*sp.add(j)), v, *s);
+                    }
+                }
+            }
+            let h: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(slot[i], slot[i + 8]));
             let q: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(h[i], h[i + 4]));
             let r = _mm512_add_ps(_mm512_add_ps(q[0], q[2]), _mm512_add_ps(q[1], q[3]));
             _mm512_storeu_ps(out.as_mut_ptr().add(c * LANES), r);

@@ -12,9 +12,9 @@ use super::kquant_order::{self, k_order, IntKernels};
 use super::legacy_dot::RowDot;
 #[cfg(target_arch = "x86_64")]
 use super::{
-    q4k_x16,
+    kquant_x16,
+    x86_kquant_tile::KTiles,
     x86_legacy_tile::{LegacyTiles, TileArgs},
-    x86_q4k_tile::Q4KTiles,
 };
 use super::{reference, QTensor, QType};
 use crate::threadpool::{split_range, ThreadPool};
@@ -68,13 +68,13 @@ enum RowKernel {
     /// The portable llama.cpp-order products of the 32-element formats.
     Exact(RowDot),
     /// Q4_K and Q6_K in the order of the llama.cpp path this shape and token take; `table` for
-    /// the other k-quants. Q4_K weights repacked by [`QTensor::interleaved`] go through
-    /// `q4k_tiles`, in the same orders.
+    /// the other k-quants. Q4_K and Q6_K weights repacked by [`QTensor::interleaved`] go
+    /// through `x16` tiles, in the same orders.
     KQuant {
         ints: IntKernels,
         table: VecDotFn,
         #[cfg(target_arch = "x86_64")]
-        q4k_tiles: Option<Q4KTiles>,
+        x16: Option<KTiles>,
     },
     /// One table's kernel for everything ([`matmul_with`]).
     Table(VecDotFn),
@@ -95,7 +95,7 @@ pub fn tiles_for(qtype: QType) -> bool {
     #[cfg(target_arch = "x86_64")]
     return matches!(
         RowKernel::exact(kernels(), qtype),
-        Some(RowKernel::Tiles(_) | RowKernel::KQuant { q4k_tiles: Some(_), .. })
+        Some(RowKernel::Tiles(_) | RowKernel::KQuant { x16: Some(_), .. })
     );
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -121,7 +121,7 @@ impl RowKernel {
             ints,
             table,
             #[cfg(target_arch = "x86_64")]
-            q4k_tiles: Q4KTiles::detect().filter(|_| qtype == QType::Q4_K && k.name() == "avx512vnni"),
+            x16: KTiles::for_type(qtype).filter(|_| k.name() == "avx512vnni"),
         })
     }
 
@@ -131,7 +131,7 @@ impl RowKernel {
             #[cfg(target_arch = "x86_64")]
             RowKernel::Tiles(t) => t.row_group(n_tokens),
             #[cfg(target_arch = "x86_64")]
-            RowKernel::KQuant { q4k_tiles: Some(_), .. } => w.interleave(),
+            RowKernel::KQuant { x16: Some(_), .. } => w.interleave(),
             _ => 1,
         }
     }
@@ -194,23 +194,21 @@ impl RowKernel {
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            RowKernel::KQuant { q4k_tiles: Some(tiles), .. } if g != 1 => {
-                // llama.cpp's GEMM takes tokens 4 at a time, its GEMV the `n % 4` left over.
-                let gemm_tokens = n_tokens - n_tokens % 4;
+            RowKernel::KQuant { x16: Some(tiles), .. } if g != 1 => {
                 for r in rows.step_by(g) {
                     let mut t = 0;
                     while t < n_tokens {
-                        let (nt, gemm) = if t < gemm_tokens { (4, true) } else { (n_tokens - t, false) };
+                        let (tile, nt) = tiles.tile(t, n_tokens);
                         // SAFETY: group r / g and tokens t..t + nt are in bounds (asserted
                         // above; rows start at multiples of g), outputs are this caller's; the
                         // tiles exist on this CPU and the layout is theirs (interleave g).
                         unsafe {
-                            tiles.tile(nt, gemm)(
+                            tile(
                                 cols / 256,
                                 &TileArgs {
                                     w: data.as_ptr().add(r / g * g * row_bytes),
                                     w_stride: 0,
-                                    b_stride: q4k_x16::GROUP_BLOCK,
+                                    b_stride: kquant_x16::group_block(w.qtype),
                                     a: xq.as_ptr().add(t * act_row),
                                     a_stride: act_row,
                                     out: out.add(t * w.rows + r),

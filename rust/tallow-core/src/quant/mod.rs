@@ -9,9 +9,9 @@ pub mod activation;
 pub mod blocks;
 mod kernels;
 pub mod kquant_order;
+mod kquant_x16;
 mod legacy_dot;
 mod matmul;
-mod q4k_x16;
 mod qtype;
 mod reference;
 mod scalar;
@@ -21,9 +21,9 @@ mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512;
 #[cfg(target_arch = "x86_64")]
-pub mod x86_legacy_tile;
+mod x86_kquant_tile;
 #[cfg(target_arch = "x86_64")]
-mod x86_q4k_tile;
+pub mod x86_legacy_tile;
 
 pub use kernels::{kernels, Kernels, VecDotFn};
 pub use legacy_dot::{row_dot, RowDot};

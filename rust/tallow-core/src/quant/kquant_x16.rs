@@ -1,0 +1,109 @@
+//! Q4_K and Q6_K weights repacked 16 rows at a time, for the AVX-512 tiles (`x86_q4k_tile.rs`,
+//! `x86_q6k_tile.rs`) that keep one row per 32-bit lane (GGML's `block_q4_Kx8` does the same
+//! with 8 rows for AVX2).
+//!
+//! Block `i` of rows `16g..16g + 16` becomes one group block of 16 blocks' bytes, field by field
+//! in the block's own field order, each field gathered across the 16 rows: an f16 field holds
+//! row `r`'s value at `2r`; a wider field is cut into 4-byte chunks, chunk `c` of row `r` at
+//! `64c + 4r`. So one 64-byte load gives one chunk of all 16 rows, each in its own lane:
+//!
+//! | type | fields (bytes per row) | group block offsets |
+//! |---|---|---|
+//! | Q4_K | `d` 2, `dmin` 2, `scales` 12, `qs` 128 | 0, 32, 64, 256 (of 2304) |
+//! | Q6_K | `ql` 128, `qh` 64, `scales` 16, `d` 2 | 0, 2048, 3072, 3328 (of 3360) |
+//!
+//! The bytes are only moved, never changed: [`unpack_block`] gives back the original block.
+
+use super::QType;
+
+/// Rows of a group.
+pub const ROWS: usize = 16;
+
+/// Field widths of a block in bytes, in block order, for the repacked types.
+fn fields(qtype: QType) -> &'static [usize] {
+    match qtype {
+        QType::Q4_K => &[2, 2, 12, 128],
+        QType::Q6_K => &[128, 64, 16, 2],
+        _ => panic!("{qtype} has no 16-row layout"),
+    }
+}
+
+/// Whether `qtype` has a 16-row layout.
+pub fn repacks(qtype: QType) -> bool {
+    matches!(qtype, QType::Q4_K | QType::Q6_K)
+}
+
+/// Bytes of one group block of `qtype`.
+pub fn group_block(qtype: QType) -> usize {
+    ROWS * qtype.type_size()
+}
+
+/// Where byte `b` of row `r`'s block lies in its group block.
+#[inline]
+fn at(fields: &[usize], r: usize, b: usize) -> usize {
+    let (mut off, mut start) = (0, 0);
+    for &len in fields {
+        if b < off + len {
+            let w = b - off;
+            return start + if len == 2 { 2 * r + w } else { 64 * (w / 4) + 4 * r + w % 4 };
+        }
+        off += len;
+        start += ROWS * len;
+    }
+    unreachable!("byte {b} is past the block")
+}
+
+/// Packs block `i` of 16 rows (`block(r)` is row `r`'s block) into `out`.
+pub fn pack_block<'a>(qtype: QType, block: impl Fn(usize) -> &'a [u8], out: &mut [u8]) {
+    let (f, ts) = (fields(qtype), qtype.type_size());
+    assert_eq!(out.len(), ROWS * ts);
+    for r in 0..ROWS {
+        for (b, &v) in block(r)[..ts].iter().enumerate() {
+            out[at(f, r, b)] = v;
+        }
+    }
+}
+
+/// Row `r`'s original block from a group block, into `out` (one block).
+pub fn unpack_block(qtype: QType, group: &[u8], r: usize, out: &mut [u8]) {
+    let f = fields(qtype);
+    for (b, o) in out[..qtype.type_size()].iter_mut().enumerate() {
+        *o = group[at(f, r, b)];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_byte_has_one_place_and_comes_back() {
+        for qtype in [QType::Q4_K, QType::Q6_K] {
+            let ts = qtype.type_size();
+            assert_eq!(fields(qtype).iter().sum::<usize>(), ts);
+            let rows: Vec<Vec<u8>> = (0..ROWS).map(|r| (0..ts).map(|b| (r * 31 + b * 7) as u8).collect()).collect();
+            let mut group = vec![0u8; group_block(qtype)];
+            pack_block(qtype, |r| &rows[r], &mut group);
+            let mut seen = vec![false; group.len()];
+            for r in 0..ROWS {
+                for b in 0..ts {
+                    assert!(
+                        !std::mem::replace(&mut seen[at(fields(qtype), r, b)], true),
+                        "{qtype}: byte {b} of row {r}"
+                    );
+                }
+                let mut back = vec![0u8; ts];
+                unpack_block(qtype, &group, r, &mut back);
+                assert_eq!(back, rows[r]);
+            }
+        }
+    }
+
+    #[test]
+    fn q4k_fields_sit_where_the_tile_reads_them() {
+        let f = fields(QType::Q4_K);
+        assert_eq!((at(f, 0, 0), at(f, 0, 2), at(f, 0, 4), at(f, 0, 16)), (0, 32, 64, 256));
+        let f = fields(QType::Q6_K);
+        assert_eq!((at(f, 0, 128), at(f, 0, 192), at(f, 0, 208)), (2048, 3072, 3328));
+    }
+}

@@ -1,0 +1,280 @@
+//! K-quant × Q8_K tiles of 16 rows × 1 to 4 tokens with AVX-512 VNNI, on Q4_K and Q6_K weights
+//! repacked by `kquant_x16.rs`: lane `r` of every vector belongs to row `r`, so each 64-byte
+//! load of quants feeds 16 rows, each token's 4 activation bytes are broadcast into `vpdpbusd`,
+//! and the 16 results are stored with one instruction. No horizontal sums.
+//!
+//! Each lane sums in the f32 order of the llama.cpp path the token takes (`kquant_order.rs`):
+//! the integer parts are exact in any order, and the f32 steps are the same operations, lane
+//! by lane. tests/quant_llama_order.rs checks the bits against `kquant_order::row_dot`.
+
+#![allow(clippy::missing_safety_doc)]
+
+use super::kquant_order::KOrder;
+use super::x86_legacy_tile::{TileArgs, TileFn};
+use super::QType;
+use std::arch::x86_64::*;
+
+/// Bytes of a Q8_K block: `d: f32, qs: [i8; 256], bsums: [i16; 16]`.
+const Q8_K_BYTES: usize = 292;
+
+/// The tiles of one repacked type, where this CPU has AVX-512 VNNI.
+#[derive(Clone, Copy)]
+pub struct KTiles(QType);
+
+impl KTiles {
+    pub fn for_type(qtype: QType) -> Option<KTiles> {
+        let cpu = super::x86_avx2_detected() && super::x86_avx512::detected();
+        (cpu && matches!(qtype, QType::Q4_K | QType::Q6_K)).then_some(KTiles(qtype))
+    }
+
+    /// The tile for tokens `t..` of an `n_tokens` product and how many tokens it takes (1 to
+    /// 4), in the order of the llama.cpp path those tokens take ([`super::kquant_order::k_order`]
+    /// for a weight with 16-row groups).
+    pub fn tile(self, t: usize, n_tokens: usize) -> (TileFn, usize) {
+        let order = super::kquant_order::k_order(self.0, 16, t, n_tokens).expect("a repacked type");
+        let nt = (n_tokens - t).min(4);
+        let tile: TileFn = match (order, nt) {
+            (KOrder::Q4KGemm, _) => q4k::<4, true>,
+            (KOrder::Q4KGemv, 1) => q4k::<1, false>,
+            (KOrder::Q4KGemv, 2) => q4k::<2, false>,
+            (KOrder::Q4KGemv, _) => q4k::<3, false>,
+            (KOrder::Q6KTiled, 1) => q6k::<1, true>,
+            (KOrder::Q6KTiled, 2) => q6k::<2, true>,
+            (KOrder::Q6KTiled, 3) => q6k::<3, true>,
+            (KOrder::Q6KTiled, _) => q6k::<4, true>,
+            (KOrder::Q6KVecDot, 1) => q6k::<1, false>,
+            (KOrder::Q6KVecDot, 2) => q6k::<2, false>,
+            (KOrder::Q6KVecDot, 3) => q6k::<3, false>,
+            (KOrder::Q6KVecDot, _) => q6k::<4, false>,
+        };
+        // GEMM tokens come in whole groups of 4, GEMV tokens are the (at most 3) after them.
+        (tile, if order == KOrder::Q4KGemv { n_tokens - t } else { nt })
+    }
+}
+
+/// `_mm512_shuffle_epi8` indices that fill every 32-bit lane's 4 bytes from bytes `src` of the
+/// same lane (`Z`: a zero byte).
+const fn pick(src: [u8; 4]) -> [u8; 64] {
+    let mut idx = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        let lane = (i / 4 % 4) as u8 * 4; // the lane's first byte within its 128-bit half
+        idx[i] = if src[i % 4] == Z { Z } else { lane + src[i % 4] };
+        i += 1;
+    }
+    idx
+}
+const Z: u8 = 0x80;
+
+/// Byte `b` of the lane, zero-extended.
+static BYTE: [[u8; 64]; 4] = [pick([0, Z, Z, Z]), pick([1, Z, Z, Z]), pick([2, Z, Z, Z]), pick([3, Z, Z, Z])];
+/// Byte `b`, zero-extended into both 16-bit halves (for `vpmaddwd`).
+static BYTE_TWICE: [[u8; 64]; 4] = [pick([0, Z, 0, Z]), pick([1, Z, 1, Z]), pick([2, Z, 2, Z]), pick([3, Z, 3, Z])];
+/// Byte `b` in the top byte (an arithmetic shift right by 24 sign-extends it).
+static BYTE_TOP: [[u8; 64]; 4] = [pick([Z, Z, Z, 0]), pick([Z, Z, Z, 1]), pick([Z, Z, Z, 2]), pick([Z, Z, Z, 3])];
+/// Bytes `2p` and `2p + 1` in the top bytes of the two halves (shifts right by 8 sign-extend).
+static PAIR_TOP: [[u8; 64]; 2] = [pick([Z, 0, Z, 1]), pick([Z, 2, Z, 3])];
+
+#[inline(always)]
+unsafe fn load(p: *const u8) -> __m512i {
+    unsafe { _mm512_loadu_si512(p as *const _) }
+}
+
+#[inline(always)]
+unsafe fn bcast_i32(p: *const u8) -> __m512i {
+    unsafe { _mm512_set1_epi32((p as *const i32).read_unaligned()) }
+}
+
+/// Q4_K: `T` tokens × 16 rows over `nb` blocks, in [`KOrder::Q4KGemm`]'s order (`GEMM`) or
+/// [`KOrder::Q4KGemv`]'s.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4k<const T: usize, const GEMM: bool>(nb: usize, args: &TileArgs) {
+    let TileArgs { w, b_stride, a, a_stride, out, out_stride, .. } = *args;
+    // SAFETY (whole body): the caller guarantees `nb` group blocks at `w`, T activation rows
+    // of `nb` Q8_K blocks, and 16 outputs per token, on a CPU with the enabled features.
+    unsafe {
+        let (m4, m6, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x3f), _mm512_set1_epi8(0x30));
+        let mut acc = [_mm512_setzero_ps(); T];
+        let mut acc_min = [_mm512_setzero_ps(); T];
+        for i in 0..nb {
+            let g = w.add(i * b_stride);
+            let ap = |t: usize| a.add(t * a_stride + i * Q8_K_BYTES);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g as *const __m256i));
+            let dmw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32) as *const __m256i));
+            let d: [__m512; T] = std::array::from_fn(|t| _mm512_mul_ps(dw, _mm512_set1_ps(*(ap(t) as *const f32))));
+            let dmin: [__m512; T] = std::array::from_fn(|t| _mm512_mul_ps(dmw, _mm512_set1_ps(*(ap(t) as *const f32))));
+            // The six-bit scales and minimums, byte `s % 4` of lane r: sub-blocks 0..4 in [0],
+            // 4..8 in [1] (GGML's `get_scale_min_k4`, on all rows at once).
+            let (u0, u1, u2) = (load(g.add(64)), load(g.add(128)), load(g.add(192)));
+            let hi2 = |u: __m512i| _mm512_and_si512(_mm512_srli_epi32::<2>(u), m30);
+            let sc = [_mm512_and_si512(u0, m6), _mm512_or_si512(_mm512_and_si512(u2, m4), hi2(u0))];
+            let mn =
+                [_mm512_and_si512(u1, m6), _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(u2), m4), hi2(u1))];
+            let mut isum_block = [_mm512_setzero_si512(); T];
+            let mut imin_block = [_mm512_setzero_si512(); T];
+            for j in 0..4 {
+                // Sub-blocks 2j (low nibbles) and 2j + 1 (high nibbles).
+                let b = 2 * j % 4;
+                let (sc_lo, sc_hi) = (
+                    _mm512_shuffle_epi8(sc[j / 2], load(BYTE[b].as_ptr())),
+                    _mm512_shuffle_epi8(sc[j / 2], load(BYTE[b + 1].as_ptr())),
+                );
+                let (mn_lo, mn_hi) = (
+                    _mm512_shuffle_epi8(mn[j / 2], load(BYTE_TWICE[b].as_ptr())),
+                    _mm512_shuffle_epi8(mn[j / 2], load(BYTE_TWICE[b + 1].as_ptr())),
+                );
+                // Two accumulators per sub-block and token: shorter dependency chains.
+                let mut lo = [[_mm512_setzero_si512(); 2]; T];
+                let mut hi = [[_mm512_setzero_si512(); 2]; T];
+                for k in 0..8 {
+                    let q = load(g.add(256 + (8 * j + k) * 64));
+                    let (ql, qh) = (_mm512_and_si512(q, m4), _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4));
+                    for t in 0..T {
+                        let y = ap(t).add(4 + 64 * j + 4 * k);
+                        lo[t][k % 2] = _mm512_dpbusd_epi32(lo[t][k % 2], ql, bcast_i32(y));
+                        hi[t][k % 2] = _mm512_dpbusd_epi32(hi[t][k % 2], qh, bcast_i32(y.add(32)));
+                    }
+                }
+                for t in 0..T {
+                    let lo = _mm512_add_epi32(lo[t][0], lo[t][1]);
+                    let hi = _mm512_add_epi32(hi[t][0], hi[t][1]);
+                    let isum = _mm512_add_epi32(_mm512_mullo_epi32(lo, sc_lo), _mm512_mullo_epi32(hi, sc_hi));
+                    // min · (sum of the sub-block's activations), from the 16-element sums.
+                    let bs = ap(t).add(4 + 256 + 8 * j);
+                    let imin = _mm512_add_epi32(
+                        _mm512_madd_epi16(mn_lo, bcast_i32(bs)),
+                        _mm512_madd_epi16(mn_hi, bcast_i32(bs.add(4))),
+                    );
+                    if GEMM {
+                        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d[t], acc[t]);
+                        acc_min[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(imin), dmin[t], acc_min[t]);
+                    } else {
+                        isum_block[t] = _mm512_add_epi32(isum_block[t], isum);
+                        imin_block[t] = _mm512_add_epi32(imin_block[t], imin);
+                    }
+                }
+            }
+            if !GEMM {
+                for t in 0..T {
+                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum_block[t]), d[t], acc[t]);
+                    acc_min[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(imin_block[t]), dmin[t], acc_min[t]);
+                }
+            }
+        }
+        for t in 0..T {
+            _mm512_storeu_ps(out.add(t * out_stride), _mm512_sub_ps(acc[t], acc_min[t]));
+        }
+    }
+}
+
+/// Q6_K: `T` tokens × 16 rows over `nb` blocks, in [`KOrder::Q6KTiled`]'s order (`TILED`: one
+/// rounded term per block) or [`KOrder::Q6KVecDot`]'s (8 lanes per row, lane `k` taking bytes
+/// `4k..4k + 4` of every 32 elements, then `hsum_float_8`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q6k<const T: usize, const TILED: bool>(nb: usize, args: &TileArgs) {
+    let TileArgs { w, b_stride, a, a_stride, out, out_stride, .. } = *args;
+    // Group block fields (kquant_x16.rs): ql at 0, qh at 2048, scales at 3072, d at 3328.
+    const QH: usize = 2048;
+    const SCALES: usize = 3072;
+    const D: usize = 3328;
+    // SAFETY (whole body): as for `q4k`.
+    unsafe {
+        let (m4, m3) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x03));
+        // TILED: acc[t][0]; otherwise the 8 lanes of each row's vec_dot accumulator.
+        let mut acc = [[_mm512_setzero_ps(); 8]; T];
+        for i in 0..nb {
+            let g = w.add(i * b_stride);
+            let ap = |t: usize| a.add(t * a_stride + i * Q8_K_BYTES);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(D) as *const __m256i));
+            // Scale words: word `w` of lane r holds row r's scales 4w..4w + 4 (i8).
+            let scw: [__m512i; 4] = std::array::from_fn(|k| load(g.add(SCALES + 64 * k)));
+            let scale =
+                |s: usize| _mm512_srai_epi32::<24>(_mm512_shuffle_epi8(scw[s / 4], load(BYTE_TOP[s % 4].as_ptr())));
+            // Σ scale · q8 per pair of 16-element groups (2k, 2k + 1), from the activation's
+            // 16-element sums: the `-32` offset of lane k.
+            let offset = |t: usize, k: usize| {
+                let pair = _mm512_srai_epi16::<8>(_mm512_shuffle_epi8(scw[k / 2], load(PAIR_TOP[k % 2].as_ptr())));
+                _mm512_slli_epi32::<5>(_mm512_madd_epi16(pair, bcast_i32(ap(t).add(260 + 4 * k))))
+            };
+            // Quants of elements 128h + 32c + 4k..+4 (c = 0..4), unsigned 0..63, from the
+            // chunks of ql and qh that hold them.
+            let quants = |h: usize, k: usize| {
+                let (l1, l2) = (load(g.add(64 * (16 * h + k))), load(g.add(64 * (16 * h + 8 + k))));
+                let qh = load(g.add(QH + 64 * (8 * h + k)));
+                [
+                    _mm512_or_si512(_mm512_and_si512(l1, m4), _mm512_slli_epi16::<4>(_mm512_and_si512(qh, m3))),
+                    _mm512_or_si512(
+                        _mm512_and_si512(l2, m4),
+                        _mm512_slli_epi16::<2>(_mm512_and_si512(qh, _mm512_set1_epi8(0x0c))),
+                    ),
+                    _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(l1), m4),
+                        _mm512_and_si512(qh, _mm512_set1_epi8(0x30)),
+                    ),
+                    _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(l2), m4),
+                        _mm512_srli_epi16::<2>(_mm512_and_si512(qh, _mm512_set1_epi8(0xc0u8 as i8))),
+                    ),
+                ]
+            };
+            let y = |t: usize, h: usize, c: usize, k: usize| bcast_i32(ap(t).add(4 + 128 * h + 32 * c + 4 * k));
+            if TILED {
+                // One integer sum per row: each 16-element group's 4 chunks summed, then scaled.
+                let mut isum = [_mm512_setzero_si512(); T];
+                for h in 0..2 {
+                    for half in 0..2 {
+                        let mut grp = [[_mm512_setzero_si512(); 4]; T];
+                        for k in 4 * half..4 * half + 4 {
+                            let q = quants(h, k);
+                            for (t, grp) in grp.iter_mut().enumerate() {
+                                for c in 0..4 {
+                                    grp[c] = _mm512_dpbusd_epi32(grp[c], q[c], y(t, h, c, k));
+                                }
+                            }
+                        }
+                        for c in 0..4 {
+                            let sc = scale(8 * h + 2 * c + half);
+                            for t in 0..T {
+                                isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(grp[t][c], sc));
+                            }
+                        }
+                    }
+                }
+                for t in 0..T {
+                    let off = (0..8).fold(_mm512_setzero_si512(), |s, k| _mm512_add_epi32(s, offset(t, k)));
+                    let term = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(isum[t], off)), dw);
+                    acc[t][0] = _mm512_fmadd_ps(term, _mm512_set1_ps(*(ap(t) as *const f32)), acc[t][0]);
+                }
+            } else {
+                let d: [__m512; T] = std::array::from_fn(|t| _mm512_mul_ps(_mm512_set1_ps(*(ap(t) as *const f32)), dw));
+                let mut sc = [_mm512_setzero_si512(); 8]; // group 8h + 2c + k / 4 at [4h + c]
+                for k in 0..8 {
+                    if k % 4 == 0 {
+                        sc = std::array::from_fn(|hc| scale(8 * (hc / 4) + 2 * (hc % 4) + k / 4));
+                    }
+                    let q = [quants(0, k), quants(1, k)];
+                    for t in 0..T {
+                        let mut lane = _mm512_sub_epi32(_mm512_setzero_si512(), offset(t, k));
+                        for h in 0..2 {
+                            for c in 0..4 {
+                                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[h][c], y(t, h, c, k));
+                                lane = _mm512_add_epi32(lane, _mm512_mullo_epi32(dot, sc[4 * h + c]));
+                            }
+                        }
+                        acc[t][k] = _mm512_fmadd_ps(d[t], _mm512_cvtepi32_ps(lane), acc[t][k]);
+                    }
+                }
+            }
+        }
+        for (t, l) in acc.iter().enumerate() {
+            let r = if TILED {
+                l[0]
+            } else {
+                // hsum_float_8's order, lane by lane.
+                let s = |a: usize, b: usize| _mm512_add_ps(l[a], l[b]);
+                _mm512_add_ps(_mm512_add_ps(s(0, 4), s(2, 6)), _mm512_add_ps(s(1, 5), s(3, 7)))
+            };
+            _mm512_storeu_ps(out.add(t * out_stride), r);
+        }
+    }
+}
