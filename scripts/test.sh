@@ -21,6 +21,10 @@ $PY -m mypy
 
 echo "== rust tests"
 cargo test -p tallow-core --quiet
+# The kernels' bit-for-bit tests again with the AVX2 tiles and with the portable kernels, which
+# an AVX-512 machine would otherwise never run.
+TALLOW_KERNELS=avx2 cargo test -p tallow-core --quiet --test quant_llama_order
+TALLOW_KERNELS=scalar cargo test -p tallow-core --quiet --test quant_llama_order
 
 echo "== python tests"
 $PY -m pytest -q tests

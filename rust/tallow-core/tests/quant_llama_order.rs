@@ -125,35 +125,40 @@ fn tiles_equal_single_dots_bit_for_bit() {
     }
 }
 
-/// Weights stored as interleaved groups of rows give the same products, bit for bit, and the
-/// same rows when dequantized.
+/// Weights stored in the tiles' layout (groups of 16 rows with AVX-512 VNNI, of 4 with AVX2:
+/// run this test under `TALLOW_KERNELS=avx2` too) give the same products, bit for bit, and
+/// the same rows when dequantized.
 #[test]
 fn interleaved_layout_changes_no_bit() {
-    use tallow_core::quant::{matmul, MatmulScratch, QTensor, INTERLEAVE};
+    use tallow_core::quant::{matmul, tiles_for, MatmulScratch, QTensor};
     use tallow_core::threadpool::ThreadPool;
     let pool = ThreadPool::new(2);
     let mut inputs = Inputs(0x5eed_f00d_0000_0001);
     for qtype in LEGACY {
-        for rows in [4, 8, 20] {
+        for rows in [4, 8, 16, 20, 48] {
             let cols = inputs.n();
             let bytes: Vec<u8> = (0..rows).flat_map(|_| inputs.weights(qtype, cols)).collect();
             let w = QTensor::from_bytes("w", qtype, rows, cols, &bytes).unwrap();
             let wi = w.clone().interleaved();
-            assert_eq!(wi.interleave(), INTERLEAVE);
+            let g = wi.interleave();
+            assert!([1, 4, 16].contains(&g) && rows % g == 0, "{qtype}: {rows} rows in groups of {g}");
+            if tiles_for(qtype) && rows % 16 == 0 {
+                assert!(g > 1, "{qtype}: {rows} rows not repacked");
+            }
             for r in 0..rows {
                 let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
                 w.dequantize_row_into(r, &mut a);
                 wi.dequantize_row_into(r, &mut b);
                 assert_eq!(a, b, "{qtype} row {r}");
             }
-            for n_tokens in [1, 3, 4, 9] {
+            for n_tokens in [1, 2, 3, 4, 5, 9] {
                 let x: Vec<f32> = (0..n_tokens * cols).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 97.0).collect();
                 let (mut y, mut yi) = (vec![0.0; n_tokens * rows], vec![0.0; n_tokens * rows]);
                 let mut scratch = MatmulScratch::default();
                 matmul(&w, &x, n_tokens, &mut y, &mut scratch, &pool);
                 matmul(&wi, &x, n_tokens, &mut yi, &mut scratch, &pool);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&y), bits(&yi), "{qtype} {rows}x{cols}, {n_tokens} tokens");
+                assert_eq!(bits(&y), bits(&yi), "{qtype} {rows}x{cols} in groups of {g}, {n_tokens} tokens");
             }
         }
     }

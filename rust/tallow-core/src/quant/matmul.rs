@@ -10,13 +10,13 @@ use super::blocks::{ActBlock, BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::kernels::{kernels, Kernels, VecDotFn};
 use super::kquant_order::{self, k_order, IntKernels};
 use super::legacy_dot::RowDot;
+use super::{reference, QTensor, QType};
 #[cfg(target_arch = "x86_64")]
 use super::{
-    kquant_x16,
-    x86_kquant_tile::KTiles,
+    x16,
     x86_legacy_tile::{LegacyTiles, TileArgs},
+    x86_x16::X16Tiles,
 };
-use super::{reference, QTensor, QType};
 use crate::threadpool::{split_range, ThreadPool};
 
 /// Activation block types, one scratch buffer each.
@@ -62,19 +62,20 @@ unsafe impl<T> Sync for SyncPtr<T> {}
 /// How one product's rows are computed.
 #[derive(Clone, Copy)]
 enum RowKernel {
-    /// Tiles of rows × tokens for the 32-element formats, in llama.cpp's order.
+    /// Tiles of rows × tokens for the 32-element formats, in llama.cpp's order: `x16` on
+    /// weights repacked 16 rows at a time by [`QTensor::interleaved`], `legacy` otherwise.
     #[cfg(target_arch = "x86_64")]
-    Tiles(LegacyTiles),
+    Tiles { legacy: LegacyTiles, x16: Option<X16Tiles> },
     /// The portable llama.cpp-order products of the 32-element formats.
     Exact(RowDot),
     /// Q4_K and Q6_K in the order of the llama.cpp path this shape and token take; `table` for
-    /// the other k-quants. Q4_K and Q6_K weights repacked by [`QTensor::interleaved`] go
-    /// through `x16` tiles, in the same orders.
+    /// the other k-quants. Q4_K and Q6_K weights repacked 16 rows at a time go through `x16`
+    /// tiles, in the same orders.
     KQuant {
         ints: IntKernels,
         table: VecDotFn,
         #[cfg(target_arch = "x86_64")]
-        x16: Option<KTiles>,
+        x16: Option<X16Tiles>,
     },
     /// One table's kernel for everything ([`matmul_with`]).
     Table(VecDotFn),
@@ -92,15 +93,18 @@ enum Quantizer<'k> {
 /// Whether `matmul` computes `qtype` with row tiles on this CPU, which read weights stored as
 /// [`QTensor::interleaved`] fastest.
 pub fn tiles_for(qtype: QType) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return matches!(
-        RowKernel::exact(kernels(), qtype),
-        Some(RowKernel::Tiles(_) | RowKernel::KQuant { x16: Some(_), .. })
-    );
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = qtype; // no tiles outside x86-64
-        false
+    layout_rows(qtype) > 1
+}
+
+/// Rows per group of the layout the tiles for `qtype` read on this CPU: 16 (`x16.rs`), 4
+/// (`INTERLEAVE`, the AVX2 tiles) or 1 (no tiles: rows one after another).
+pub(crate) fn layout_rows(qtype: QType) -> usize {
+    match RowKernel::exact(kernels(), qtype) {
+        #[cfg(target_arch = "x86_64")]
+        Some(RowKernel::Tiles { x16: Some(_), .. } | RowKernel::KQuant { x16: Some(_), .. }) => x16::ROWS,
+        #[cfg(target_arch = "x86_64")]
+        Some(RowKernel::Tiles { .. }) => super::INTERLEAVE,
+        _ => 1,
     }
 }
 
@@ -110,8 +114,10 @@ impl RowKernel {
         let table = k.vec_dot_fn(qtype)?;
         let simd = k.name() != "scalar";
         #[cfg(target_arch = "x86_64")]
-        if let Some(tiles) = LegacyTiles::for_type(qtype, k.name() == "avx512vnni").filter(|_| simd) {
-            return Some(RowKernel::Tiles(tiles));
+        let x16 = X16Tiles::for_type(qtype).filter(|_| k.name() == "avx512vnni");
+        #[cfg(target_arch = "x86_64")]
+        if let Some(legacy) = LegacyTiles::for_type(qtype, k.name() == "avx512vnni").filter(|_| simd) {
+            return Some(RowKernel::Tiles { legacy, x16 });
         }
         if let Some(exact) = super::legacy_dot::row_dot(qtype) {
             return Some(RowKernel::Exact(exact));
@@ -121,17 +127,16 @@ impl RowKernel {
             ints,
             table,
             #[cfg(target_arch = "x86_64")]
-            x16: KTiles::for_type(qtype).filter(|_| k.name() == "avx512vnni"),
+            x16,
         })
     }
 
     /// Granularity of the row split of `w`: a worker's rows start at a multiple of this.
     fn row_group(self, w: &QTensor, n_tokens: usize) -> usize {
         match self {
+            _ if w.interleave() == x16::ROWS => x16::ROWS,
             #[cfg(target_arch = "x86_64")]
-            RowKernel::Tiles(t) => t.row_group(n_tokens),
-            #[cfg(target_arch = "x86_64")]
-            RowKernel::KQuant { x16: Some(_), .. } => w.interleave(),
+            RowKernel::Tiles { legacy, .. } => legacy.row_group(n_tokens),
             _ => 1,
         }
     }
@@ -163,7 +168,36 @@ impl RowKernel {
         let row_start = |r: usize| (r / g) * g * row_bytes + (r % g) * ts;
         match self {
             #[cfg(target_arch = "x86_64")]
-            RowKernel::Tiles(tiles) => {
+            RowKernel::Tiles { x16: Some(tiles), .. } | RowKernel::KQuant { x16: Some(tiles), .. }
+                if g == x16::ROWS =>
+            {
+                for r in rows.step_by(g) {
+                    let mut t = 0;
+                    while t < n_tokens {
+                        let (tile, nt) = tiles.tile(t, n_tokens);
+                        // SAFETY: group r / g and tokens t..t + nt are in bounds (asserted
+                        // above; rows start at multiples of g), outputs are this caller's; the
+                        // tiles exist on this CPU and the layout is theirs (interleave g).
+                        unsafe {
+                            tile(
+                                cols / w.qtype.block_size(),
+                                &TileArgs {
+                                    w: data.as_ptr().add(r / g * g * row_bytes),
+                                    w_stride: 0,
+                                    b_stride: x16::group_block(w.qtype),
+                                    a: xq.as_ptr().add(t * act_row),
+                                    a_stride: act_row,
+                                    out: out.add(t * w.rows + r),
+                                    out_stride: w.rows,
+                                },
+                            )
+                        };
+                        t += nt;
+                    }
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            RowKernel::Tiles { legacy: tiles, .. } => {
                 let w_stride = if g == 1 { row_bytes } else { ts }; // between a tile's rows
                 let group = tiles.row_group(n_tokens);
                 let mut r = rows.start;
@@ -191,33 +225,6 @@ impl RowKernel {
                         t += nt;
                     }
                     r += nr;
-                }
-            }
-            #[cfg(target_arch = "x86_64")]
-            RowKernel::KQuant { x16: Some(tiles), .. } if g != 1 => {
-                for r in rows.step_by(g) {
-                    let mut t = 0;
-                    while t < n_tokens {
-                        let (tile, nt) = tiles.tile(t, n_tokens);
-                        // SAFETY: group r / g and tokens t..t + nt are in bounds (asserted
-                        // above; rows start at multiples of g), outputs are this caller's; the
-                        // tiles exist on this CPU and the layout is theirs (interleave g).
-                        unsafe {
-                            tile(
-                                cols / 256,
-                                &TileArgs {
-                                    w: data.as_ptr().add(r / g * g * row_bytes),
-                                    w_stride: 0,
-                                    b_stride: kquant_x16::group_block(w.qtype),
-                                    a: xq.as_ptr().add(t * act_row),
-                                    a_stride: act_row,
-                                    out: out.add(t * w.rows + r),
-                                    out_stride: w.rows,
-                                },
-                            )
-                        };
-                        t += nt;
-                    }
                 }
             }
             RowKernel::Exact(dot) => {

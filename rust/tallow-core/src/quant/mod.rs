@@ -9,21 +9,25 @@ pub mod activation;
 pub mod blocks;
 mod kernels;
 pub mod kquant_order;
-mod kquant_x16;
 mod legacy_dot;
 mod matmul;
 mod qtype;
 mod reference;
 mod scalar;
 mod tensor;
+mod x16;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512;
 #[cfg(target_arch = "x86_64")]
-mod x86_kquant_tile;
-#[cfg(target_arch = "x86_64")]
 pub mod x86_legacy_tile;
+#[cfg(target_arch = "x86_64")]
+mod x86_x16;
+#[cfg(target_arch = "x86_64")]
+mod x86_x16_kquant;
+#[cfg(target_arch = "x86_64")]
+mod x86_x16_legacy;
 
 pub use kernels::{kernels, Kernels, VecDotFn};
 pub use legacy_dot::{row_dot, RowDot};

@@ -1,6 +1,6 @@
 //! `QTensor`: a quantized 2-D weight, borrowed from the mapped GGUF file.
 
-use super::{kquant_x16, QType};
+use super::{x16, QType};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 use std::sync::Arc;
@@ -32,12 +32,12 @@ pub struct QTensor {
     pub cols: usize,
     pub rows: usize,
     bytes: Bytes,
-    /// Rows per interleaved group: 1 (row after row), [`INTERLEAVE`] or 16 for Q4_K/Q6_K (see
+    /// Rows per interleaved group: 1 (row after row), [`INTERLEAVE`] or 16 (see
     /// [`QTensor::interleaved`]).
     interleave: usize,
 }
 
-/// Rows of a group in the interleaved layout: the row tiles' height (`x86_legacy_tile.rs`).
+/// Rows of a group in the AVX2 tiles' layout (`x86_legacy_tile.rs`).
 pub const INTERLEAVE: usize = 4;
 
 impl std::fmt::Debug for QTensor {
@@ -90,22 +90,16 @@ impl QTensor {
         Bytes::Owned { buf: buf.into(), len: data.len() }
     }
 
-    /// The same matrix with each group of rows stored block by block, so a tile of rows reads
-    /// one sequential stream (from DRAM, 4 interleaved row streams run at a third of the
-    /// bandwidth): the 32-element formats in groups of [`INTERLEAVE`] rows (block `i` of rows
-    /// `4g..4g + 4`, then block `i + 1` of the same rows), Q4_K and Q6_K in groups of 16 rows with each
-    /// block's fields gathered across the rows (`kquant_x16.rs`, where this CPU has the tile that
-    /// reads them). Other types, and tensors without
-    /// whole groups, are returned as they are. The copy lives in anonymous memory and the
+    /// The same matrix in the layout this CPU's row tiles read (`matmul::layout_rows`), so a
+    /// tile of rows reads one sequential stream (from DRAM, 4 interleaved row streams run at a
+    /// third of the bandwidth): with AVX-512 VNNI, groups of 16 rows with each block's fields
+    /// gathered across the rows (`x16.rs`); with AVX2, the 32-element formats in groups of
+    /// [`INTERLEAVE`] rows (block `i` of rows `4g..4g + 4`, then block `i + 1` of the same rows).
+    /// Types without tiles, and tensors without whole groups, are returned as they are. The copy lives in anonymous memory and the
     /// file's pages it came from are released, so memory does not double.
     pub fn interleaved(self) -> QTensor {
-        let g = match self.qtype {
-            QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => INTERLEAVE,
-            // Only the AVX-512 tiles read this layout.
-            q if kquant_x16::repacks(q) && super::tiles_for(q) => kquant_x16::ROWS,
-            _ => return self,
-        };
-        if self.interleave != 1 || !self.rows.is_multiple_of(g) || self.rows == 0 {
+        let g = super::matmul::layout_rows(self.qtype);
+        if g == 1 || self.interleave != 1 || !self.rows.is_multiple_of(g) || self.rows == 0 {
             return self;
         }
         let src = self.data();
@@ -121,8 +115,8 @@ impl QTensor {
         for (n, (dst, rows)) in map.chunks_exact_mut(group).zip(src.chunks_exact(group)).enumerate() {
             for (i, dst) in dst.chunks_exact_mut(g * ts).enumerate() {
                 let block = |r: usize| &rows[r * rb + i * ts..r * rb + (i + 1) * ts];
-                if g == kquant_x16::ROWS {
-                    kquant_x16::pack_block(self.qtype, block, dst);
+                if g == x16::ROWS {
+                    x16::pack_block(self.qtype, block, dst);
                 } else {
                     for (r, d) in dst.chunks_exact_mut(ts).enumerate() {
                         d.copy_from_slice(block(r));
@@ -144,7 +138,7 @@ impl QTensor {
         QTensor { bytes: Bytes::Anon(Arc::new(map)), interleave: g, ..self }
     }
 
-    /// Rows per interleaved group: 1, or [`INTERLEAVE`] (16 for Q4_K/Q6_K) after
+    /// Rows per interleaved group: 1, or [`INTERLEAVE`] or 16 after
     /// [`QTensor::interleaved`].
     pub fn interleave(&self) -> usize {
         self.interleave
@@ -161,9 +155,9 @@ impl QTensor {
         let group = &self.data()[(r / g) * g * rb..(r / g + 1) * g * rb];
         let bs = self.qtype.block_size();
         for (i, o) in out.chunks_exact_mut(bs).enumerate() {
-            if g == kquant_x16::ROWS {
+            if g == x16::ROWS {
                 let mut block = [0u8; 256];
-                kquant_x16::unpack_block(self.qtype, &group[i * g * ts..(i + 1) * g * ts], r % g, &mut block);
+                x16::unpack_block(self.qtype, &group[i * g * ts..(i + 1) * g * ts], r % g, &mut block);
                 super::dequantize_row(self.qtype, &block[..ts], o);
             } else {
                 let at = (i * g + r % g) * ts;

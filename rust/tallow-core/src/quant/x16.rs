@@ -1,6 +1,5 @@
-//! Q4_K and Q6_K weights repacked 16 rows at a time, for the AVX-512 tiles (`x86_q4k_tile.rs`,
-//! `x86_q6k_tile.rs`) that keep one row per 32-bit lane (GGML's `block_q4_Kx8` does the same
-//! with 8 rows for AVX2).
+//! Weights repacked 16 rows at a time, for the AVX-512 VNNI tiles (`x86_x16*.rs`) that keep one
+//! row per 32-bit lane (GGML's `block_q4_Kx8` does the same with 8 rows for AVX2).
 //!
 //! Block `i` of rows `16g..16g + 16` becomes one group block of 16 blocks' bytes, field by field
 //! in the block's own field order, each field gathered across the 16 rows: an f16 field holds
@@ -9,6 +8,11 @@
 //!
 //! | type | fields (bytes per row) | group block offsets |
 //! |---|---|---|
+//! | Q4_0 | `d` 2, `qs` 16 | 0, 32 (of 288) |
+//! | Q4_1 | `d` 2, `m` 2, `qs` 16 | 0, 32, 64 (of 320) |
+//! | Q5_0 | `d` 2, `qh` 4, `qs` 16 | 0, 32, 96 (of 352) |
+//! | Q5_1 | `d` 2, `m` 2, `qh` 4, `qs` 16 | 0, 32, 64, 128 (of 384) |
+//! | Q8_0 | `d` 2, `qs` 32 | 0, 32 (of 544) |
 //! | Q4_K | `d` 2, `dmin` 2, `scales` 12, `qs` 128 | 0, 32, 64, 256 (of 2304) |
 //! | Q6_K | `ql` 128, `qh` 64, `scales` 16, `d` 2 | 0, 2048, 3072, 3328 (of 3360) |
 //!
@@ -22,6 +26,11 @@ pub const ROWS: usize = 16;
 /// Field widths of a block in bytes, in block order, for the repacked types.
 fn fields(qtype: QType) -> &'static [usize] {
     match qtype {
+        QType::Q4_0 => &[2, 16],
+        QType::Q4_1 => &[2, 2, 16],
+        QType::Q5_0 => &[2, 4, 16],
+        QType::Q5_1 => &[2, 2, 4, 16],
+        QType::Q8_0 => &[2, 32],
         QType::Q4_K => &[2, 2, 12, 128],
         QType::Q6_K => &[128, 64, 16, 2],
         _ => panic!("{qtype} has no 16-row layout"),
@@ -30,7 +39,8 @@ fn fields(qtype: QType) -> &'static [usize] {
 
 /// Whether `qtype` has a 16-row layout.
 pub fn repacks(qtype: QType) -> bool {
-    matches!(qtype, QType::Q4_K | QType::Q6_K)
+    use QType::*;
+    matches!(qtype, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q6_K)
 }
 
 /// Bytes of one group block of `qtype`.
@@ -53,14 +63,23 @@ fn at(fields: &[usize], r: usize, b: usize) -> usize {
     unreachable!("byte {b} is past the block")
 }
 
-/// Packs block `i` of 16 rows (`block(r)` is row `r`'s block) into `out`.
+/// Packs block `i` of 16 rows (`block(r)` is row `r`'s block) into `out`, field by field.
 pub fn pack_block<'a>(qtype: QType, block: impl Fn(usize) -> &'a [u8], out: &mut [u8]) {
-    let (f, ts) = (fields(qtype), qtype.type_size());
-    assert_eq!(out.len(), ROWS * ts);
-    for r in 0..ROWS {
-        for (b, &v) in block(r)[..ts].iter().enumerate() {
-            out[at(f, r, b)] = v;
+    assert_eq!(out.len(), group_block(qtype));
+    let (mut off, mut start) = (0, 0);
+    for &len in fields(qtype) {
+        for r in 0..ROWS {
+            let src = &block(r)[off..off + len];
+            if len == 2 {
+                out[start + 2 * r..start + 2 * r + 2].copy_from_slice(src);
+            } else {
+                for (c, chunk) in src.chunks_exact(4).enumerate() {
+                    out[start + 64 * c + 4 * r..start + 64 * c + 4 * r + 4].copy_from_slice(chunk);
+                }
+            }
         }
+        off += len;
+        start += ROWS * len;
     }
 }
 
@@ -78,7 +97,7 @@ mod tests {
 
     #[test]
     fn every_byte_has_one_place_and_comes_back() {
-        for qtype in [QType::Q4_K, QType::Q6_K] {
+        for qtype in [QType::Q4_0, QType::Q4_1, QType::Q5_0, QType::Q5_1, QType::Q8_0, QType::Q4_K, QType::Q6_K] {
             let ts = qtype.type_size();
             assert_eq!(fields(qtype).iter().sum::<usize>(), ts);
             let rows: Vec<Vec<u8>> = (0..ROWS).map(|r| (0..ts).map(|b| (r * 31 + b * 7) as u8).collect()).collect();
@@ -100,7 +119,11 @@ mod tests {
     }
 
     #[test]
-    fn q4k_fields_sit_where_the_tile_reads_them() {
+    fn fields_sit_where_the_tiles_read_them() {
+        let f = fields(QType::Q5_1);
+        assert_eq!((at(f, 0, 2), at(f, 0, 4), at(f, 0, 8)), (32, 64, 128));
+        let f = fields(QType::Q5_0);
+        assert_eq!((at(f, 0, 2), at(f, 0, 6), at(f, 1, 6)), (32, 96, 100));
         let f = fields(QType::Q4_K);
         assert_eq!((at(f, 0, 0), at(f, 0, 2), at(f, 0, 4), at(f, 0, 16)), (0, 32, 64, 256));
         let f = fields(QType::Q6_K);

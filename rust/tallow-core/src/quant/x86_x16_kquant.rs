@@ -1,7 +1,4 @@
-//! K-quant × Q8_K tiles of 16 rows × 1 to 4 tokens with AVX-512 VNNI, on Q4_K and Q6_K weights
-//! repacked by `kquant_x16.rs`: lane `r` of every vector belongs to row `r`, so each 64-byte
-//! load of quants feeds 16 rows, each token's 4 activation bytes are broadcast into `vpdpbusd`,
-//! and the 16 results are stored with one instruction. No horizontal sums.
+//! Q4_K and Q6_K × Q8_K tiles of 16 rows × 1 to 4 tokens (see `x86_x16.rs`).
 //!
 //! Each lane sums in the f32 order of the llama.cpp path the token takes (`kquant_order.rs`):
 //! the integer parts are exact in any order, and the f32 steps are the same operations, lane
@@ -9,48 +6,12 @@
 
 #![allow(clippy::missing_safety_doc)]
 
-use super::kquant_order::KOrder;
-use super::x86_legacy_tile::{TileArgs, TileFn};
-use super::QType;
+use super::x86_legacy_tile::TileArgs;
+use super::x86_x16::{bcast_i32, load};
 use std::arch::x86_64::*;
 
 /// Bytes of a Q8_K block: `d: f32, qs: [i8; 256], bsums: [i16; 16]`.
 const Q8_K_BYTES: usize = 292;
-
-/// The tiles of one repacked type, where this CPU has AVX-512 VNNI.
-#[derive(Clone, Copy)]
-pub struct KTiles(QType);
-
-impl KTiles {
-    pub fn for_type(qtype: QType) -> Option<KTiles> {
-        let cpu = super::x86_avx2_detected() && super::x86_avx512::detected();
-        (cpu && matches!(qtype, QType::Q4_K | QType::Q6_K)).then_some(KTiles(qtype))
-    }
-
-    /// The tile for tokens `t..` of an `n_tokens` product and how many tokens it takes (1 to
-    /// 4), in the order of the llama.cpp path those tokens take ([`super::kquant_order::k_order`]
-    /// for a weight with 16-row groups).
-    pub fn tile(self, t: usize, n_tokens: usize) -> (TileFn, usize) {
-        let order = super::kquant_order::k_order(self.0, 16, t, n_tokens).expect("a repacked type");
-        let nt = (n_tokens - t).min(4);
-        let tile: TileFn = match (order, nt) {
-            (KOrder::Q4KGemm, _) => q4k::<4, true>,
-            (KOrder::Q4KGemv, 1) => q4k::<1, false>,
-            (KOrder::Q4KGemv, 2) => q4k::<2, false>,
-            (KOrder::Q4KGemv, _) => q4k::<3, false>,
-            (KOrder::Q6KTiled, 1) => q6k::<1, true>,
-            (KOrder::Q6KTiled, 2) => q6k::<2, true>,
-            (KOrder::Q6KTiled, 3) => q6k::<3, true>,
-            (KOrder::Q6KTiled, _) => q6k::<4, true>,
-            (KOrder::Q6KVecDot, 1) => q6k::<1, false>,
-            (KOrder::Q6KVecDot, 2) => q6k::<2, false>,
-            (KOrder::Q6KVecDot, 3) => q6k::<3, false>,
-            (KOrder::Q6KVecDot, _) => q6k::<4, false>,
-        };
-        // GEMM tokens come in whole groups of 4, GEMV tokens are the (at most 3) after them.
-        (tile, if order == KOrder::Q4KGemv { n_tokens - t } else { nt })
-    }
-}
 
 /// `_mm512_shuffle_epi8` indices that fill every 32-bit lane's 4 bytes from bytes `src` of the
 /// same lane (`Z`: a zero byte).
@@ -75,20 +36,10 @@ static BYTE_TOP: [[u8; 64]; 4] = [pick([Z, Z, Z, 0]), pick([Z, Z, Z, 1]), pick([
 /// Bytes `2p` and `2p + 1` in the top bytes of the two halves (shifts right by 8 sign-extend).
 static PAIR_TOP: [[u8; 64]; 2] = [pick([Z, 0, Z, 1]), pick([Z, 2, Z, 3])];
 
-#[inline(always)]
-unsafe fn load(p: *const u8) -> __m512i {
-    unsafe { _mm512_loadu_si512(p as *const _) }
-}
-
-#[inline(always)]
-unsafe fn bcast_i32(p: *const u8) -> __m512i {
-    unsafe { _mm512_set1_epi32((p as *const i32).read_unaligned()) }
-}
-
-/// Q4_K: `T` tokens × 16 rows over `nb` blocks, in [`KOrder::Q4KGemm`]'s order (`GEMM`) or
-/// [`KOrder::Q4KGemv`]'s.
+/// Q4_K: `T` tokens × 16 rows over `nb` blocks, in the order of `KOrder::Q4KGemm` (`GEMM`)
+/// or of `KOrder::Q4KGemv` (`kquant_order.rs`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4k<const T: usize, const GEMM: bool>(nb: usize, args: &TileArgs) {
+pub(super) unsafe fn q4k<const T: usize, const GEMM: bool>(nb: usize, args: &TileArgs) {
     let TileArgs { w, b_stride, a, a_stride, out, out_stride, .. } = *args;
     // SAFETY (whole body): the caller guarantees `nb` group blocks at `w`, T activation rows
     // of `nb` Q8_K blocks, and 16 outputs per token, on a CPU with the enabled features.
@@ -167,13 +118,13 @@ unsafe fn q4k<const T: usize, const GEMM: bool>(nb: usize, args: &TileArgs) {
     }
 }
 
-/// Q6_K: `T` tokens × 16 rows over `nb` blocks, in [`KOrder::Q6KTiled`]'s order (`TILED`: one
-/// rounded term per block) or [`KOrder::Q6KVecDot`]'s (8 lanes per row, lane `k` taking bytes
+/// Q6_K: `T` tokens × 16 rows over `nb` blocks, in the order of `KOrder::Q6KTiled` (`TILED`: one
+/// rounded term per block) or of `KOrder::Q6KVecDot` (8 lanes per row, lane `k` taking bytes
 /// `4k..4k + 4` of every 32 elements, then `hsum_float_8`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q6k<const T: usize, const TILED: bool>(nb: usize, args: &TileArgs) {
+pub(super) unsafe fn q6k<const T: usize, const TILED: bool>(nb: usize, args: &TileArgs) {
     let TileArgs { w, b_stride, a, a_stride, out, out_stride, .. } = *args;
-    // Group block fields (kquant_x16.rs): ql at 0, qh at 2048, scales at 3072, d at 3328.
+    // Group block fields (x16.rs): ql at 0, qh at 2048, scales at 3072, d at 3328.
     const QH: usize = 2048;
     const SCALES: usize = 3072;
     const D: usize = 3328;

@@ -1,0 +1,76 @@
+//! Tiles of 16 weight rows × a few tokens with AVX-512 VNNI, on weights repacked by `x16.rs`:
+//! lane `r` of every vector belongs to row `r`, so each 64-byte load of quants feeds 16 rows,
+//! each token's 4 activation bytes are broadcast into `vpdpbusd`, and the 16 results are stored
+//! with one instruction. No horizontal sums; every (row, token) still sums in llama.cpp's
+//! order, lane by lane (`x86_x16_legacy.rs`, `x86_x16_kquant.rs`).
+
+use super::kquant_order::KOrder;
+use super::x86_legacy_tile::TileFn;
+use super::x86_x16_kquant::{q4k, q6k};
+use super::x86_x16_legacy::{legacy, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+use super::QType;
+use std::arch::x86_64::*;
+
+/// The tiles of one repacked type, where this CPU has AVX-512 VNNI.
+#[derive(Clone, Copy)]
+pub struct X16Tiles(QType);
+
+impl X16Tiles {
+    pub fn for_type(qtype: QType) -> Option<X16Tiles> {
+        let cpu = super::x86_avx2_detected() && super::x86_avx512::detected();
+        (cpu && super::x16::repacks(qtype)).then_some(X16Tiles(qtype))
+    }
+
+    /// The tile for tokens `t..` of an `n_tokens` product and how many tokens it takes (1 to
+    /// 4), in the order of the llama.cpp path those tokens take ([`super::kquant_order::k_order`]
+    /// for a weight with 16-row groups).
+    pub fn tile(self, t: usize, n_tokens: usize) -> (TileFn, usize) {
+        // The 32-element formats: 8 accumulators per token, so 2 tokens fill the registers.
+        let two = n_tokens - t >= 2;
+        macro_rules! legacy {
+            ($k:expr) => {
+                if two {
+                    (legacy::<$k, 2> as TileFn, 2)
+                } else {
+                    (legacy::<$k, 1> as TileFn, 1)
+                }
+            };
+        }
+        match self.0 {
+            QType::Q4_0 => return legacy!(Q4_0),
+            QType::Q4_1 => return legacy!(Q4_1),
+            QType::Q5_0 => return legacy!(Q5_0),
+            QType::Q5_1 => return legacy!(Q5_1),
+            QType::Q8_0 => return legacy!(Q8_0),
+            _ => {}
+        }
+        let order = super::kquant_order::k_order(self.0, 16, t, n_tokens).expect("a repacked type");
+        let nt = (n_tokens - t).min(4);
+        let tile: TileFn = match (order, nt) {
+            (KOrder::Q4KGemm, _) => q4k::<4, true>,
+            (KOrder::Q4KGemv, 1) => q4k::<1, false>,
+            (KOrder::Q4KGemv, 2) => q4k::<2, false>,
+            (KOrder::Q4KGemv, _) => q4k::<3, false>,
+            (KOrder::Q6KTiled, 1) => q6k::<1, true>,
+            (KOrder::Q6KTiled, 2) => q6k::<2, true>,
+            (KOrder::Q6KTiled, 3) => q6k::<3, true>,
+            (KOrder::Q6KTiled, _) => q6k::<4, true>,
+            (KOrder::Q6KVecDot, 1) => q6k::<1, false>,
+            (KOrder::Q6KVecDot, 2) => q6k::<2, false>,
+            (KOrder::Q6KVecDot, 3) => q6k::<3, false>,
+            (KOrder::Q6KVecDot, _) => q6k::<4, false>,
+        };
+        // GEMM tokens come in whole groups of 4, GEMV tokens are the (at most 3) after them.
+        (tile, if order == KOrder::Q4KGemv { n_tokens - t } else { nt })
+    }
+}
+
+#[inline(always)]
+pub(super) unsafe fn load(p: *const u8) -> __m512i {
+    unsafe { _mm512_loadu_si512(p as *const _) }
+}
+
+#[inline(always)]
+pub(super) unsafe fn bcast_i32(p: *const u8) -> __m512i {
+    unsafe { _mm512_set1_epi32((p as *const i32).read_unaligned()) }
+}

@@ -1,0 +1,129 @@
+//! Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 tiles of 16 rows × 1 or 2 tokens (see `x86_x16.rs`).
+//!
+//! llama.cpp's AVX2 `ggml_vec_dot_*` keeps 8 f32 lanes per product, lane `k` taking elements
+//! `4k..4k + 4` of every block, and reduces them with `hsum_float_8` at the end
+//! (`legacy_dot.rs`). Here each of those 8 lanes is a vector over the 16 rows, so the f32 steps
+//! are the same operations lane by lane. The integer sums are the same too, formed differently:
+//! `vpdpbusd` wants unsigned weights, so signed ones are offset (`q = u - bias`) and the
+//! accumulator starts at `-bias · Σ y` of the lane's 4 activations.
+
+#![allow(clippy::missing_safety_doc)]
+
+use super::x86_avx2::load_f16;
+use super::x86_legacy_tile::TileArgs;
+use super::x86_x16::{bcast_i32, load};
+use std::arch::x86_64::*;
+
+pub(super) const Q4_0: u8 = 0;
+pub(super) const Q4_1: u8 = 1;
+pub(super) const Q5_0: u8 = 2;
+pub(super) const Q5_1: u8 = 3;
+pub(super) const Q8_0: u8 = 4;
+
+/// Bit 4 of byte `i` set where bit `i` of the index is (index: the low 4 bits of each lane),
+/// for `vpermd`: a Q5 lane's 4 high bits, spread onto its 4 quants.
+const fn spread_bit4() -> [u32; 16] {
+    let mut t = [0u32; 16];
+    let mut v = 0;
+    while v < 16 {
+        let mut i = 0;
+        while i < 4 {
+            if v >> i & 1 == 1 {
+                t[v] |= 1 << (8 * i + 4);
+            }
+            i += 1;
+        }
+        v += 1;
+    }
+    t
+}
+static SPREAD_BIT4: [u32; 16] = spread_bit4();
+
+/// `T` tokens × 16 rows over `nb` blocks of type `K`: `args.w` is a group's first group block,
+/// group blocks are `args.b_stride` bytes apart (`w_stride` is unused); activation rows are
+/// Q8_1 for Q4_1/Q5_1, Q8_0 for the others.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn legacy<const K: u8, const T: usize>(nb: usize, args: &TileArgs) {
+    let TileArgs { w, b_stride, a, a_stride, out, out_stride, .. } = *args;
+    let with_min = matches!(K, Q4_1 | Q5_1);
+    let (a_bytes, a_qs) = if with_min { (36, 4) } else { (34, 2) };
+    // Group block fields (x16.rs): d at 0, then m, qh and qs where the type has them.
+    let (qh_at, qs_at) = match K {
+        Q4_1 => (0, 64),
+        Q5_0 => (32, 96),
+        Q5_1 => (64, 128),
+        _ => (0, 32),
+    };
+    // Signed quants as unsigned ones: q = u - bias.
+    let bias_shift: u32 = match K {
+        Q4_0 => 3,
+        Q5_0 => 4,
+        Q8_0 => 7,
+        _ => 0,
+    };
+    // SAFETY (whole body): the caller guarantees `nb` group blocks at `w`, T activation rows
+    // of `nb` blocks, and 16 outputs per token, on a CPU with the enabled features.
+    unsafe {
+        let m4 = _mm512_set1_epi8(0x0f);
+        let mut acc = [[_mm512_setzero_ps(); 8]; T];
+        let mut summs = [_mm512_setzero_ps(); T];
+        for i in 0..nb {
+            let g = w.add(i * b_stride);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g as *const __m256i));
+            // Unsigned quants of lane k (elements 4k..4k + 4) of all 16 rows.
+            let q: [__m512i; 8] = if K == Q8_0 {
+                std::array::from_fn(|k| _mm512_xor_si512(load(g.add(qs_at + 64 * k)), _mm512_set1_epi8(-128)))
+            } else {
+                let c: [__m512i; 4] = std::array::from_fn(|c| load(g.add(qs_at + 64 * c)));
+                let mut q: [__m512i; 8] = std::array::from_fn(|k| {
+                    if k < 4 {
+                        _mm512_and_si512(c[k], m4)
+                    } else {
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(c[k - 4]), m4)
+                    }
+                });
+                if matches!(K, Q5_0 | Q5_1) {
+                    let (qh, spread) = (load(g.add(qh_at)), load(SPREAD_BIT4.as_ptr() as *const u8));
+                    for (k, q) in q.iter_mut().enumerate() {
+                        let bits = _mm512_srlv_epi32(qh, _mm512_set1_epi32(4 * k as i32));
+                        *q = _mm512_or_si512(*q, _mm512_permutexvar_epi32(bits, spread));
+                    }
+                }
+                q
+            };
+            let mw = if with_min { _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32) as *const __m256i)) } else { dw };
+            for t in 0..T {
+                let ap = a.add(t * a_stride + i * a_bytes);
+                let y = ap.add(a_qs);
+                let d = _mm512_mul_ps(dw, _mm512_set1_ps(load_f16(ap))); // as llama.cpp's d0 · d1
+                if with_min {
+                    // GCC contracts llama.cpp's `summs += m * s` into an fma.
+                    summs[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(load_f16(ap.add(2))), summs[t]);
+                }
+                // -bias · Σ y over each lane's 4 activations.
+                let mut start = [0i32; 8];
+                if bias_shift != 0 {
+                    let ones = _mm256_set1_epi8(1);
+                    let sums =
+                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, _mm256_loadu_si256(y as *const __m256i));
+                    let neg = _mm256_sub_epi32(
+                        _mm256_setzero_si256(),
+                        _mm256_sll_epi32(sums, _mm_cvtsi32_si128(bias_shift as i32)),
+                    );
+                    _mm256_storeu_si256(start.as_mut_ptr() as *mut __m256i, neg);
+                }
+                for (k, acc) in acc[t].iter_mut().enumerate() {
+                    let dot = _mm512_dpbusd_epi32(_mm512_set1_epi32(start[k]), q[k], bcast_i32(y.add(4 * k)));
+                    *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot), *acc);
+                }
+            }
+        }
+        for (t, l) in acc.iter().enumerate() {
+            // hsum_float_8's order, lane by lane.
+            let s = |a: usize, b: usize| _mm512_add_ps(l[a], l[b]);
+            let r = _mm512_add_ps(_mm512_add_ps(s(0, 4), s(2, 6)), _mm512_add_ps(s(1, 5), s(3, 7)));
+            let r = if with_min { _mm512_add_ps(r, summs[t]) } else { r };
+            _mm512_storeu_ps(out.add(t * out_stride), r);
+        }
+    }
+}
