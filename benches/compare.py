@@ -5,7 +5,7 @@
 
 Each repetition runs each engine in a fresh process (so load time and peak RSS are its own),
 alternating which goes first; the table shows medians. Both are driven from Python as a user
-would (``tallow.Model.stream`` / ``llama_cpp.Llama.create_completion(stream=True)``), greedy,
+would (``tallow.Model.stream`` / ``llama_cpp.Llama.generate``, token by token), greedy,
 through the same harness (``python/tallow/bench.py``): prefill rate (512-token prompt), time to
 first token (32-token prompt), decode rate (128 tokens), load time, peak RSS.
 
@@ -76,10 +76,18 @@ def worker(side: str, model: str, threads: int, n_ctx: int, args: argparse.Names
         load_s = time.perf_counter() - t0
 
         def stream(prompt: str, max_tokens: int) -> Any:
+            # `Llama.generate` yields every token as it is sampled (greedy at temp 0), where
+            # `create_completion(stream=True)` holds text back until its UTF-8 is complete: on a
+            # synthetic model's random byte tokens that would time a burst, not a stream. It
+            # also skips the completion wrapper's per-token work, so llama.cpp gets the
+            # cheaper loop.
             llm.reset()  # measure a fresh prompt, never a cached prefix
-            chunks = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stream=True)
-            # Skip the closing chunk (empty text, finish_reason only): one piece per token.
-            return (text for c in chunks if (text := c["choices"][0]["text"]))
+            tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+            eos = llm.token_eos()
+            for i, tok in enumerate(llm.generate(tokens, temp=0.0, reset=True)):
+                if tok == eos or i == max_tokens:
+                    return
+                yield tok
 
         def count(text: str) -> int:
             return len(llm.tokenize(text.encode()))

@@ -95,8 +95,11 @@ impl QTensor {
     /// third of the bandwidth): with AVX-512 VNNI, groups of 16 rows with each block's fields
     /// gathered across the rows (`x16.rs`); with AVX2, the 32-element formats in groups of
     /// [`INTERLEAVE`] rows (block `i` of rows `4g..4g + 4`, then block `i + 1` of the same rows).
-    /// Types without tiles, and tensors without whole groups, are returned as they are. The copy lives in anonymous memory and the
-    /// file's pages it came from are released, so memory does not double.
+    /// Types without tiles, and tensors without whole groups, are returned as they are.
+    ///
+    /// The copy lives in anonymous memory, written by one thread per core (first touches of
+    /// fresh pages dominate, and they run in parallel), and the file's pages it came from are
+    /// released as it goes, so memory does not double.
     pub fn interleaved(self) -> QTensor {
         let g = super::matmul::layout_rows(self.qtype);
         if g == 1 || self.interleave != 1 || !self.rows.is_multiple_of(g) || self.rows == 0 {
@@ -106,13 +109,32 @@ impl QTensor {
         let Ok(mut map) = memmap2::MmapMut::map_anon(src.len()) else { return self };
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::HugePage); // fewer TLB misses; optional
+        let group = g * self.row_bytes();
+        let n_groups = self.rows / g;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).min(n_groups);
+        let per_thread = n_groups.div_ceil(threads) * group;
+        std::thread::scope(|scope| {
+            for (k, (dst, rows)) in map.chunks_mut(per_thread).zip(src.chunks(per_thread)).enumerate() {
+                let this = &self;
+                scope.spawn(move || this.pack_groups(g, rows, dst, k * per_thread));
+            }
+        });
+        let Ok(map) = map.make_read_only() else { return self };
+        if let Bytes::Mapped { file, start, len } = &self.bytes {
+            file.release(*start, *len); // the pages straddling the chunk boundaries too
+        }
+        QTensor { bytes: Bytes::Anon(Arc::new(map)), interleave: g, ..self }
+    }
+
+    /// Packs whole groups of `g` rows (`src`, row after row, starting `offset` bytes into the
+    /// tensor) into `dst`, releasing the source pages every few MiB so that a large tensor (a
+    /// tied embedding) is never resident twice.
+    fn pack_groups(&self, g: usize, src: &[u8], dst: &mut [u8], offset: usize) {
         let (ts, rb) = (self.qtype.type_size(), self.row_bytes());
         let group = g * rb;
-        // The source pages are released every few MiB as the copy goes, so a large tensor (a
-        // tied embedding) is never resident twice.
         const RELEASE_EVERY: usize = 4 << 20;
         let mut released = 0;
-        for (n, (dst, rows)) in map.chunks_exact_mut(group).zip(src.chunks_exact(group)).enumerate() {
+        for (n, (dst, rows)) in dst.chunks_exact_mut(group).zip(src.chunks_exact(group)).enumerate() {
             for (i, dst) in dst.chunks_exact_mut(g * ts).enumerate() {
                 let block = |r: usize| &rows[r * rb + i * ts..r * rb + (i + 1) * ts];
                 if g == x16::ROWS {
@@ -125,17 +147,12 @@ impl QTensor {
             }
             let done = (n + 1) * group;
             if let Bytes::Mapped { file, start, .. } = &self.bytes {
-                if done - released >= RELEASE_EVERY {
-                    file.release(start + released, done - released);
+                if done - released >= RELEASE_EVERY || done == src.len() {
+                    file.release(start + offset + released, done - released);
                     released = done;
                 }
             }
         }
-        let Ok(map) = map.make_read_only() else { return self };
-        if let Bytes::Mapped { file, start, len } = &self.bytes {
-            file.release(*start, *len); // the pages straddling the chunk boundaries too
-        }
-        QTensor { bytes: Bytes::Anon(Arc::new(map)), interleave: g, ..self }
     }
 
     /// Rows per interleaved group: 1, or [`INTERLEAVE`] or 16 after

@@ -65,16 +65,21 @@ fn at(fields: &[usize], r: usize, b: usize) -> usize {
 
 /// Packs block `i` of 16 rows (`block(r)` is row `r`'s block) into `out`, field by field.
 pub fn pack_block<'a>(qtype: QType, block: impl Fn(usize) -> &'a [u8], out: &mut [u8]) {
-    assert_eq!(out.len(), group_block(qtype));
+    let ts = qtype.type_size();
+    assert_eq!(out.len(), ROWS * ts);
+    let rows: [&[u8]; ROWS] = std::array::from_fn(|r| &block(r)[..ts]);
     let (mut off, mut start) = (0, 0);
     for &len in fields(qtype) {
-        for r in 0..ROWS {
-            let src = &block(r)[off..off + len];
-            if len == 2 {
-                out[start + 2 * r..start + 2 * r + 2].copy_from_slice(src);
-            } else {
-                for (c, chunk) in src.chunks_exact(4).enumerate() {
-                    out[start + 64 * c + 4 * r..start + 64 * c + 4 * r + 4].copy_from_slice(chunk);
+        let out = &mut out[start..start + ROWS * len];
+        if len == 2 {
+            for (o, row) in out.chunks_exact_mut(2).zip(&rows) {
+                o.copy_from_slice(&row[off..off + 2]);
+            }
+        } else {
+            // Chunk c of every row, then chunk c + 1: 64 bytes at a time.
+            for (c, o) in out.chunks_exact_mut(4 * ROWS).enumerate() {
+                for (o, row) in o.chunks_exact_mut(4).zip(&rows) {
+                    o.copy_from_slice(&row[off + 4 * c..off + 4 * c + 4]);
                 }
             }
         }
