@@ -72,19 +72,27 @@ fn avx2_legacy_dots_are_bit_identical_to_llama_cpp_order() {
 }
 
 /// Every tile shape (rows × tokens), AVX2 and AVX-512 VNNI, gives each (row, token) exactly the
-/// single product's bits.
+/// single product's bits: llama.cpp's `vec_dot` order, and for Q4_0 weights of a multiple of 8
+/// rows its repacked order (`row_dot_for`).
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn tiles_equal_single_dots_bit_for_bit() {
+    use tallow_core::quant::row_dot_for;
     use tallow_core::quant::x86_legacy_tile::{LegacyTiles, TileArgs};
     let Some(k) = Kernels::avx2() else {
         assert!(LegacyTiles::for_type(QType::Q4_0, true).is_none(), "no AVX2, no tiles");
         return;
     };
     let mut inputs = Inputs(0x0bad_cafe_1234_5678);
-    for qtype in LEGACY {
+    // (type, weight rows): 8 rows of Q4_0 take the repacked order.
+    let cases = LEGACY.iter().map(|&q| (q, 4)).chain([(QType::Q4_0, 8)]);
+    for (qtype, weight_rows) in cases {
         for avx512 in [false, true] {
-            let tiles = LegacyTiles::for_type(qtype, avx512).expect("AVX2 CPU has the tiles");
+            let tiles = LegacyTiles::for_weight(qtype, weight_rows, avx512).expect("AVX2 CPU has the tiles");
+            let single = |w: &[u8], a: &[u8], n: usize| match weight_rows {
+                8 => row_dot_for(qtype, 8).unwrap()(w, qtype.type_size(), a),
+                _ => k.vec_dot(qtype, n, w, a),
+            };
             for _ in 0..40 {
                 let n = inputs.n();
                 let rows: Vec<Vec<u8>> = (0..4).map(|_| inputs.weights(qtype, n)).collect();
@@ -110,12 +118,12 @@ fn tiles_equal_single_dots_bit_for_bit() {
                     unsafe { tiles.tile(nr, nt)(n / 32, &args) };
                     for r in 0..nr {
                         for t in 0..nt {
-                            let want = k.vec_dot(qtype, n, &rows[r], &acts[t]);
+                            let want = single(&rows[r], &acts[t], n);
                             let got = out[t * 4 + r];
                             assert_eq!(
                                 got.to_bits(),
                                 want.to_bits(),
-                                "{qtype} {nr}x{nt} avx512={avx512} n={n} r={r} t={t}"
+                                "{qtype} ({weight_rows} rows) {nr}x{nt} avx512={avx512} n={n} r={r} t={t}"
                             );
                         }
                     }

@@ -6,6 +6,11 @@
 //! - the lanes are reduced as `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`;
 //! - Q4_1/Q5_1 add `Σ m · s` (summed in block order) at the end.
 //!
+//! Q4_0 weights with a multiple of 8 rows are the exception: llama.cpp's x86 build repacks them
+//! at load (`block_q4_0x8`) and multiplies them with `ggml_gemm_q4_0_8x8_q8_0` and
+//! `ggml_gemv_q4_0_8x8_q8_0`, which keep one f32 accumulator per output and add
+//! `fma(Σ_block q · x, d_w · d_x, acc)` once per block ([`row_dot_for`]).
+//!
 //! The integer parts are exact whatever the order; only these f32 roundings differ from a plain
 //! loop, by an ulp or so, but an ulp is enough to flip an int8 rounding in the next layer now
 //! and then. candle's scalar fallbacks sum per block instead, so these types are routed here.
@@ -97,6 +102,24 @@ fn dot(qtype: QType, unpack: Unpack, w: &[u8], b_stride: usize, x: &[u8]) -> f32
     hsum8(&acc) + summs
 }
 
+/// Q4_0 in the order of llama.cpp's repacked Q4_0: one accumulator, one fma per block.
+fn dot_q4_0_blocks(w: &[u8], b_stride: usize, x: &[u8]) -> f32 {
+    let mut acc = 0.0f32;
+    let mut qw = [0i32; 32];
+    let blocks = (0..).map(|i| w.get(i * b_stride..i * b_stride + 18)).map_while(|b| b);
+    for (wb, xb) in blocks.zip(x.chunks_exact(Q8_0_BYTES)) {
+        unpack_q4_0(wb, &mut qw);
+        let isum: i32 = qw.iter().zip(&xb[2..]).map(|(&q, &y)| q * y as i8 as i32).sum();
+        acc = (isum as f32).mul_add(f16_at(wb, 0) * f16_at(xb, 0), acc);
+    }
+    acc
+}
+
+/// Whether llama.cpp multiplies a `qtype` weight of `rows` rows in its repacked-Q4_0 order.
+pub fn q4_0_repacked(qtype: QType, rows: usize) -> bool {
+    qtype == QType::Q4_0 && rows.is_multiple_of(8)
+}
+
 /// `Σ w · x` of one weight row and its quantized activations (raw blocks): `w` starts at the
 /// row's first block, and its blocks lie the given number of bytes apart (the block size for a
 /// plain row, more in an interleaved layout).
@@ -112,6 +135,14 @@ pub fn row_dot(qtype: QType) -> Option<RowDot> {
         QType::Q8_0 => |w, s, x| dot(QType::Q8_0, unpack_q8_0, w, s, x),
         _ => return None,
     })
+}
+
+/// [`row_dot`] for a weight of `rows` rows: the repacked-Q4_0 order where llama.cpp takes it.
+pub fn row_dot_for(qtype: QType, rows: usize) -> Option<RowDot> {
+    if q4_0_repacked(qtype, rows) {
+        return Some(dot_q4_0_blocks);
+    }
+    row_dot(qtype)
 }
 
 #[cfg(test)]
@@ -176,6 +207,8 @@ mod tests {
             }
             let got = row_dot(qtype).unwrap()(&w, qtype.type_size(), &xq) as f64;
             assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "{qtype}: {got} vs {want}");
+            let got = row_dot_for(qtype, 8).unwrap()(&w, qtype.type_size(), &xq) as f64;
+            assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "{qtype} (8 rows): {got} vs {want}");
         }
         assert!(row_dot(QType::Q4_K).is_none());
     }

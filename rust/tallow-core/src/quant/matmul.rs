@@ -99,7 +99,7 @@ pub fn tiles_for(qtype: QType) -> bool {
 /// Rows per group of the layout the tiles for `qtype` read on this CPU: 16 (`x16.rs`), 4
 /// (`INTERLEAVE`, the AVX2 tiles) or 1 (no tiles: rows one after another).
 pub(crate) fn layout_rows(qtype: QType) -> usize {
-    match RowKernel::exact(kernels(), qtype) {
+    match RowKernel::exact(kernels(), qtype, 0) {
         #[cfg(target_arch = "x86_64")]
         Some(RowKernel::Tiles { x16: Some(_), .. } | RowKernel::KQuant { x16: Some(_), .. }) => x16::ROWS,
         #[cfg(target_arch = "x86_64")]
@@ -109,17 +109,17 @@ pub(crate) fn layout_rows(qtype: QType) -> usize {
 }
 
 impl RowKernel {
-    /// `matmul`'s choice for `qtype` (None for float weights).
-    fn exact(k: &Kernels, qtype: QType) -> Option<RowKernel> {
+    /// `matmul`'s choice for a `qtype` weight of `rows` rows (None for float weights).
+    fn exact(k: &Kernels, qtype: QType, rows: usize) -> Option<RowKernel> {
         let table = k.vec_dot_fn(qtype)?;
         let simd = k.name() != "scalar";
         #[cfg(target_arch = "x86_64")]
         let x16 = X16Tiles::for_type(qtype).filter(|_| k.name() == "avx512vnni");
         #[cfg(target_arch = "x86_64")]
-        if let Some(legacy) = LegacyTiles::for_type(qtype, k.name() == "avx512vnni").filter(|_| simd) {
+        if let Some(legacy) = LegacyTiles::for_weight(qtype, rows, k.name() == "avx512vnni").filter(|_| simd) {
             return Some(RowKernel::Tiles { legacy, x16 });
         }
-        if let Some(exact) = super::legacy_dot::row_dot(qtype) {
+        if let Some(exact) = super::legacy_dot::row_dot_for(qtype, rows) {
             return Some(RowKernel::Exact(exact));
         }
         let ints = if simd { IntKernels::best() } else { IntKernels::PORTABLE };
@@ -285,7 +285,7 @@ pub fn matmul_fused<const N: usize>(
     let mut quantized: [Option<(&QTensor, SyncPtr<f32>, RowKernel)>; N] = std::array::from_fn(|_| None);
     for (slot, (w, y)) in quantized.iter_mut().zip(products) {
         check_shapes(w, x, n_tokens, y);
-        match RowKernel::exact(k, w.qtype) {
+        match RowKernel::exact(k, w.qtype, w.rows) {
             Some(kernel) => *slot = Some((w, SyncPtr(y.as_mut_ptr()), kernel)),
             // F32/F16/BF16: candle's generic path.
             None => reference::matmul_candle(w, x, n_tokens, y, scratch, pool),

@@ -5,7 +5,8 @@
 //!
 //! Every (row, token) keeps its own 8-lane accumulator and sums in exactly the order of
 //! llama.cpp's `ggml_vec_dot_*` for AVX2 (`legacy_dot.rs`), so a tile's results are the bits of
-//! the single products (tests/quant_llama_order.rs). With AVX-512 VNNI, `vpdpbusd` replaces
+//! the single products (tests/quant_llama_order.rs); Q4_0 weights that llama.cpp repacks take
+//! its repacked order instead, one accumulator and one fma per block ([`LegacyTiles::for_weight`]). With AVX-512 VNNI, `vpdpbusd` replaces
 //! `maddubs` + `madd`, as in llama.cpp's native build: the integer sums are the same (nothing
 //! saturates), and the 32 vector registers hold a 4 × 4 tile.
 
@@ -47,6 +48,16 @@ impl LegacyTiles {
     /// The tiles for `qtype`, if it is a 32-element format and this CPU has AVX2; with
     /// `avx512` (ignored unless the CPU has AVX-512 VNNI), the VNNI tiles.
     pub fn for_type(qtype: QType, avx512: bool) -> Option<LegacyTiles> {
+        Self::tiles(qtype, false, avx512)
+    }
+
+    /// [`Self::for_type`] for a weight of `rows` rows: Q4_0 in llama.cpp's repacked order where
+    /// it repacks (`legacy_dot::q4_0_repacked`).
+    pub fn for_weight(qtype: QType, rows: usize, avx512: bool) -> Option<LegacyTiles> {
+        Self::tiles(qtype, super::legacy_dot::q4_0_repacked(qtype, rows), avx512)
+    }
+
+    fn tiles(qtype: QType, blocks_order: bool, avx512: bool) -> Option<LegacyTiles> {
         if !super::x86_avx2_detected() {
             return None;
         }
@@ -71,6 +82,7 @@ impl LegacyTiles {
             };
         }
         Some(match qtype {
+            QType::Q4_0 if blocks_order => pick!(Q4_0_BLOCKS),
             QType::Q4_0 => pick!(Q4_0),
             QType::Q4_1 => pick!(Q4_1),
             QType::Q5_0 => pick!(Q5_0),
@@ -106,6 +118,8 @@ const Q4_1: u8 = 1;
 const Q5_0: u8 = 2;
 const Q5_1: u8 = 3;
 const Q8_0: u8 = 4;
+/// Q4_0 in llama.cpp's repacked order.
+const Q4_0_BLOCKS: u8 = 5;
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile_avx2<const K: u8, const R: usize, const T: usize>(nb: usize, args: &TileArgs) {
@@ -142,7 +156,7 @@ unsafe fn tile<const K: u8, const R: usize, const T: usize, const VNNI: bool>(nb
                     mw[r] = load_f16(wp.add(2));
                 }
                 qx[r] = match K {
-                    Q4_0 => _mm256_sub_epi8(bytes_from_nibbles_32(wp.add(2)), _mm256_set1_epi8(8)),
+                    Q4_0 | Q4_0_BLOCKS => _mm256_sub_epi8(bytes_from_nibbles_32(wp.add(2)), _mm256_set1_epi8(8)),
                     Q4_1 => bytes_from_nibbles_32(wp.add(4)),
                     Q5_0 => _mm256_or_si256(
                         bytes_from_nibbles_32(wp.add(6)),
@@ -174,7 +188,12 @@ unsafe fn tile<const K: u8, const R: usize, const T: usize, const VNNI: bool>(nb
                         _mm256_madd_epi16(_mm256_maddubs_epi16(ax[r], sy), _mm256_set1_epi16(1))
                     };
                     let d = _mm256_mul_ps(dw[r], da); // d_w · d_a, as llama.cpp's d0d1
-                    acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc[r][t]);
+                    acc[r][t] = if K == Q4_0_BLOCKS {
+                        // The block's whole integer sum in every lane; lane 0 is the result.
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_set1_epi32(hsum_i32_8(sums))), d, acc[r][t])
+                    } else {
+                        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc[r][t])
+                    };
                 }
             }
         }
@@ -182,9 +201,20 @@ unsafe fn tile<const K: u8, const R: usize, const T: usize, const VNNI: bool>(nb
             let mut m = [0f32; 4];
             _mm_storeu_ps(m.as_mut_ptr(), summs[t]);
             for r in 0..R {
-                let s = hsum_f32_8(acc[r][t]);
+                let s = if K == Q4_0_BLOCKS { _mm256_cvtss_f32(acc[r][t]) } else { hsum_f32_8(acc[r][t]) };
                 *out.add(t * out_stride + r) = if with_min { s + m[r] } else { s };
             }
         }
+    }
+}
+
+/// Sum of 8 i32 lanes (exact in any order).
+#[inline(always)]
+unsafe fn hsum_i32_8(v: __m256i) -> i32 {
+    // SAFETY: the callers run with AVX2 enabled.
+    unsafe {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
     }
 }

@@ -7,7 +7,7 @@
 use super::kquant_order::KOrder;
 use super::x86_legacy_tile::TileFn;
 use super::x86_x16_kquant::{q4k, q6k};
-use super::x86_x16_legacy::{legacy, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+use super::x86_x16_legacy::{legacy, q4_0_blocks, Q4_1, Q5_0, Q5_1, Q8_0};
 use super::QType;
 use std::arch::x86_64::*;
 
@@ -37,7 +37,15 @@ impl X16Tiles {
             };
         }
         match self.0 {
-            QType::Q4_0 => return legacy!(Q4_0),
+            // llama.cpp's repacked order, one accumulator per token: 4 tokens fit.
+            QType::Q4_0 => {
+                return match n_tokens - t {
+                    1 => (q4_0_blocks::<1>, 1),
+                    2 => (q4_0_blocks::<2>, 2),
+                    3 => (q4_0_blocks::<3>, 3),
+                    _ => (q4_0_blocks::<4>, 4),
+                }
+            }
             QType::Q4_1 => return legacy!(Q4_1),
             QType::Q5_0 => return legacy!(Q5_0),
             QType::Q5_1 => return legacy!(Q5_1),

@@ -6,6 +6,10 @@
 //! are the same operations lane by lane. The integer sums are the same too, formed differently:
 //! `vpdpbusd` wants unsigned weights, so signed ones are offset (`q = u - bias`) and the
 //! accumulator starts at `-bias · Σ y` of the lane's 4 activations.
+//!
+//! Q4_0 (which x16 holds only with a multiple of 16 rows) takes the order of llama.cpp's
+//! repacked Q4_0 instead (`legacy_dot.rs`): one accumulator, one fma per block
+//! ([`q4_0_blocks`]).
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -14,7 +18,6 @@ use super::x86_legacy_tile::TileArgs;
 use super::x86_x16::{bcast_i32, load};
 use std::arch::x86_64::*;
 
-pub(super) const Q4_0: u8 = 0;
 pub(super) const Q4_1: u8 = 1;
 pub(super) const Q5_0: u8 = 2;
 pub(super) const Q5_1: u8 = 3;
@@ -56,7 +59,6 @@ pub(super) unsafe fn legacy<const K: u8, const T: usize>(nb: usize, args: &TileA
     };
     // Signed quants as unsigned ones: q = u - bias.
     let bias_shift: u32 = match K {
-        Q4_0 => 3,
         Q5_0 => 4,
         Q8_0 => 7,
         _ => 0,
@@ -124,6 +126,54 @@ pub(super) unsafe fn legacy<const K: u8, const T: usize>(nb: usize, args: &TileA
             let r = _mm512_add_ps(_mm512_add_ps(s(0, 4), s(2, 6)), _mm512_add_ps(s(1, 5), s(3, 7)));
             let r = if with_min { _mm512_add_ps(r, summs[t]) } else { r };
             _mm512_storeu_ps(out.add(t * out_stride), r);
+        }
+    }
+}
+
+/// Q4_0 in llama.cpp's repacked order: `T` tokens × 16 rows over `nb` blocks, each output
+/// adding `fma(Σ_block q · y, d_w · d_y, acc)` once per block (arguments as for [`legacy`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn q4_0_blocks<const T: usize>(nb: usize, args: &TileArgs) {
+    let TileArgs { w, b_stride, a, a_stride, out, out_stride, .. } = *args;
+    // SAFETY (whole body): as for `legacy`.
+    unsafe {
+        let m4 = _mm512_set1_epi8(0x0f);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for i in 0..nb {
+            let g = w.add(i * b_stride);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g as *const __m256i));
+            let c: [__m512i; 4] = std::array::from_fn(|c| load(g.add(32 + 64 * c)));
+            // Quants 0..16 (4 per lane) from the low nibbles, 16..32 from the high ones, as u = q + 8.
+            let q: [__m512i; 8] = std::array::from_fn(|k| {
+                if k < 4 {
+                    _mm512_and_si512(c[k], m4)
+                } else {
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(c[k - 4]), m4)
+                }
+            });
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let ap = a.add(t * a_stride + i * 34);
+                let y = ap.add(2);
+                // Σ (u - 8) · y = Σ u · y - 8 · Σ y: the accumulators start at -8 · Σ y.
+                let lanes = _mm256_dpbusd_epi32(
+                    _mm256_setzero_si256(),
+                    _mm256_set1_epi8(1),
+                    _mm256_loadu_si256(y as *const __m256i),
+                );
+                let s = _mm_add_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256::<1>(lanes));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+                let mut isum = [_mm512_set1_epi32(-8 * _mm_cvtsi128_si32(s)), _mm512_setzero_si512()];
+                for (k, q) in q.iter().enumerate() {
+                    isum[k % 2] = _mm512_dpbusd_epi32(isum[k % 2], *q, bcast_i32(y.add(4 * k)));
+                }
+                let isum = _mm512_add_epi32(isum[0], isum[1]);
+                let d = _mm512_mul_ps(dw, _mm512_set1_ps(load_f16(ap))); // d_w · d_y
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, *acc);
+            }
+        }
+        for (t, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add(t * out_stride), *acc);
         }
     }
 }
