@@ -91,19 +91,40 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], ou
         let mut max = f32::NEG_INFINITY;
         let mut j = first;
         while j <= pos {
-            let n = KEYS.min(pos + 1 - j);
-            let mut a = [[_mm512_setzero_ps(); 4]; KEYS];
-            for c in 0..nc {
-                let qc = _mm512_loadu_ps(qp.add(c * LANES));
-                for (k, a) in a.iter_mut().enumerate().take(n) {
-                    a[c % accs] = _mm512_fmadd_ps(qc, kv_at(it.k.as_ptr(), j + k, c), a[c % accs]);
+            // Whole groups of KEYS keys, then the rest one by one.
+            let n = if pos + 1 - j >= KEYS { KEYS } else { 1 };
+            let v: [__m512; KEYS] = match it.order {
+                // One accumulator per key: kept in registers (a runtime `c % accs` index would
+                // put them in memory, one store-forwarding wait per fma).
+                Order::Gemm => {
+                    let mut a = [_mm512_setzero_ps(); KEYS];
+                    if n == KEYS {
+                        for c in 0..nc {
+                            let qc = _mm512_loadu_ps(qp.add(c * LANES));
+                            for (k, a) in a.iter_mut().enumerate() {
+                                *a = _mm512_fmadd_ps(qc, kv_at(it.k.as_ptr(), j + k, c), *a);
+                            }
+                        }
+                    } else {
+                        for c in 0..nc {
+                            a[0] =
+                                _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(c * LANES)), kv_at(it.k.as_ptr(), j, c), a[0]);
+                        }
+                    }
+                    a
                 }
-            }
-            for (k, a) in a.iter().enumerate().take(n) {
-                let v = match it.order {
-                    Order::Gemm => a[0],
-                    Order::VecDot => _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3])),
-                };
+                Order::VecDot => {
+                    let mut a = [[_mm512_setzero_ps(); 4]; KEYS];
+                    for c in 0..nc {
+                        let qc = _mm512_loadu_ps(qp.add(c * LANES));
+                        for (k, a) in a.iter_mut().enumerate().take(n) {
+                            a[c % 4] = _mm512_fmadd_ps(qc, kv_at(it.k.as_ptr(), j + k, c), a[c % 4]);
+                        }
+                    }
+                    a.map(|a| _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3])))
+                }
+            };
+            for (k, &v) in v.iter().enumerate().take(n) {
                 let s = reduce16(v) * it.scale;
                 *sp.add(j + k) = s;
                 max = max.max(s);
@@ -185,9 +206,10 @@ unsafe fn gemm_weighted_sum(it: &Item<'_>, sp: *const f32, out: &mut [f32]) {
             let vp = it.v.as_ptr().add(it.kv_off + c * LANES);
             let mut slot = [_mm512_setzero_ps(); LANES];
             for base in (first / LANES * LANES..=pos).step_by(LANES) {
+                let whole = base >= first && base + LANES - 1 <= pos;
                 for (l, s) in slot.iter_mut().enumerate() {
                     let j = base + l;
-                    if j >= first && j <= pos {
+                    if whole || (j >= first && j <= pos) {
                         let v = _mm512_cvtph_ps(_mm256_loadu_si256(vp.add(j * it.kv_dim) as *const __m256i));
                         *s = _mm512_fmadd_ps(_mm512_set1_ps(*sp.add(j)), v, *s);
                     }
