@@ -43,10 +43,74 @@ fn q8_block(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
     (d, sum)
 }
 
+/// `x` (`[32 · n]`) to `n` Q8_0 blocks in `out` (`[34 · n]` bytes).
+pub fn quantize_row_q8_0(x: &[f32], out: &mut [u8]) {
+    assert_eq!(x.len() / 32 * Q8_0_BYTES, out.len(), "q8_0: {} values into {} bytes", x.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: the features were detected; the lengths were checked above.
+        return unsafe { q8_rows_avx512::<false>(x, out) };
+    }
+    q8_0_portable(x, out)
+}
+
+/// `x` (`[32 · n]`) to `n` Q8_1 blocks in `out` (`[36 · n]` bytes).
+pub fn quantize_row_q8_1(x: &[f32], out: &mut [u8]) {
+    assert_eq!(x.len() / 32 * Q8_1_BYTES, out.len(), "q8_1: {} values into {} bytes", x.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: the features were detected; the lengths were checked above.
+        return unsafe { q8_rows_avx512::<true>(x, out) };
+    }
+    q8_1_portable(x, out)
+}
+
+/// Whether the AVX-512 quantizers run (`TALLOW_KERNELS=scalar` keeps the portable ones).
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        super::kernels().name() != "scalar"
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("f16c")
+    })
+}
+
+/// Q8_0 (`SUM = false`) or Q8_1 blocks of `x` into `out`: [`q8_block`]'s operations, 16 lanes
+/// at a time. `x` holds 32 values per block of `out`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+unsafe fn q8_rows_avx512<const SUM: bool>(x: &[f32], out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let bytes = if SUM { Q8_1_BYTES } else { Q8_0_BYTES };
+    for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(bytes)) {
+        // SAFETY: xb holds 32 floats, ob `bytes` bytes, the last 32 of them the quants.
+        unsafe {
+            let (v0, v1) = (_mm512_loadu_ps(xb.as_ptr()), _mm512_loadu_ps(xb.as_ptr().add(16)));
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+            let d = amax / 127.0;
+            let id = _mm512_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+            // Half to even, the default rounding mode.
+            const EVEN: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+            let r0 = _mm512_cvt_roundps_epi32::<EVEN>(_mm512_mul_ps(v0, id));
+            let r1 = _mm512_cvt_roundps_epi32::<EVEN>(_mm512_mul_ps(v1, id));
+            let qs = ob.as_mut_ptr().add(bytes - 32);
+            _mm_storeu_si128(qs as *mut __m128i, _mm512_cvtepi32_epi8(r0));
+            _mm_storeu_si128(qs.add(16) as *mut __m128i, _mm512_cvtepi32_epi8(r1));
+            ob[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+            if SUM {
+                let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(r0, r1));
+                ob[2..4].copy_from_slice(&f16::from_f32(d * sum as f32).to_le_bytes());
+            }
+        }
+    }
+}
+
 crate::simd::simd_fn! {
-    /// `x` (`[32 · n]`) to `n` Q8_0 blocks in `out` (`[34 · n]` bytes).
-    pub fn quantize_row_q8_0(x: &[f32], out: &mut [u8]) {
-        assert_eq!(x.len() / 32 * Q8_0_BYTES, out.len(), "q8_0: {} values into {} bytes", x.len(), out.len());
+    /// [`quantize_row_q8_0`] in plain code (compiled for AVX2 where the CPU has it).
+    fn q8_0_portable(x: &[f32], out: &mut [u8]) {
         for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(Q8_0_BYTES)) {
             let (d, _) = q8_block(xb, &mut ob[2..]);
             ob[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
@@ -55,9 +119,8 @@ crate::simd::simd_fn! {
 }
 
 crate::simd::simd_fn! {
-    /// `x` (`[32 · n]`) to `n` Q8_1 blocks in `out` (`[36 · n]` bytes).
-    pub fn quantize_row_q8_1(x: &[f32], out: &mut [u8]) {
-        assert_eq!(x.len() / 32 * Q8_1_BYTES, out.len(), "q8_1: {} values into {} bytes", x.len(), out.len());
+    /// [`quantize_row_q8_1`] in plain code (compiled for AVX2 where the CPU has it).
+    fn q8_1_portable(x: &[f32], out: &mut [u8]) {
         for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(Q8_1_BYTES)) {
             let (d, sum) = q8_block(xb, &mut ob[4..]);
             ob[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
@@ -120,6 +183,45 @@ mod tests {
         // All-zero blocks stay zero (no division by zero).
         quantize_row_q8_0(&[0.0; 32], &mut out);
         assert!(out.iter().all(|&b| b == 0));
+    }
+
+    /// The AVX-512 quantizers write the portable ones' bytes (ties included).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_quantizers_equal_the_portable_ones() {
+        if !avx512() {
+            return; // only the portable quantizers run on this CPU
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..500 {
+            let x: Vec<f32> = (0..96)
+                .map(|i| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    // Every 3rd round: small integers and halves against amax = 127 (exact ties).
+                    if round % 3 == 0 {
+                        if i % 32 == 0 {
+                            127.0
+                        } else {
+                            ((seed % 61) as f32 - 30.0) / 2.0
+                        }
+                    } else {
+                        ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * (1 + round % 7) as f32
+                    }
+                })
+                .collect();
+            let (mut a, mut b) = (vec![0u8; 3 * Q8_0_BYTES], vec![0u8; 3 * Q8_0_BYTES]);
+            q8_0_portable(&x, &mut a);
+            // SAFETY: avx512() checked the CPU; 96 values into 3 blocks.
+            unsafe { q8_rows_avx512::<false>(&x, &mut b) };
+            assert_eq!(a, b, "q8_0 round {round}");
+            let (mut a, mut b) = (vec![0u8; 3 * Q8_1_BYTES], vec![0u8; 3 * Q8_1_BYTES]);
+            q8_1_portable(&x, &mut a);
+            // SAFETY: as above.
+            unsafe { q8_rows_avx512::<true>(&x, &mut b) };
+            assert_eq!(a, b, "q8_1 round {round}");
+        }
     }
 
     #[test]
