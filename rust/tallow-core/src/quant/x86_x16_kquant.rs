@@ -27,14 +27,16 @@ const fn pick(src: [u8; 4]) -> [u8; 64] {
 }
 const Z: u8 = 0x80;
 
-/// Byte `b` of the lane, zero-extended.
-static BYTE: [[u8; 64]; 4] = [pick([0, Z, Z, Z]), pick([1, Z, Z, Z]), pick([2, Z, Z, Z]), pick([3, Z, Z, Z])];
+/// Bytes `2p` and `2p + 1` of the lane, zero-extended into its two halves.
+static BYTE_PAIR: [[u8; 64]; 2] = [pick([0, Z, 1, Z]), pick([2, Z, 3, Z])];
 /// Byte `b`, zero-extended into both 16-bit halves (for `vpmaddwd`).
 static BYTE_TWICE: [[u8; 64]; 4] = [pick([0, Z, 0, Z]), pick([1, Z, 1, Z]), pick([2, Z, 2, Z]), pick([3, Z, 3, Z])];
 /// Byte `b` in the top byte (an arithmetic shift right by 24 sign-extends it).
 static BYTE_TOP: [[u8; 64]; 4] = [pick([Z, Z, Z, 0]), pick([Z, Z, Z, 1]), pick([Z, Z, Z, 2]), pick([Z, Z, Z, 3])];
 /// Bytes `2p` and `2p + 1` in the top bytes of the two halves (shifts right by 8 sign-extend).
 static PAIR_TOP: [[u8; 64]; 2] = [pick([Z, 0, Z, 1]), pick([Z, 2, Z, 3])];
+/// Bytes `p` and `p + 2` in the top bytes of the two halves.
+static SPLIT_PAIR_TOP: [[u8; 64]; 2] = [pick([Z, 0, Z, 2]), pick([Z, 1, Z, 3])];
 
 /// Q4_K: `T` tokens × 16 rows over `nb` blocks, in the order of `KOrder::Q4KGemm` (`GEMM`)
 /// or of `KOrder::Q4KGemv` (`kquant_order.rs`).
@@ -66,30 +68,37 @@ pub(super) unsafe fn q4k<const T: usize, const GEMM: bool>(nb: usize, args: &Til
             for j in 0..4 {
                 // Sub-blocks 2j (low nibbles) and 2j + 1 (high nibbles).
                 let b = 2 * j % 4;
-                let (sc_lo, sc_hi) = (
-                    _mm512_shuffle_epi8(sc[j / 2], load(BYTE[b].as_ptr())),
-                    _mm512_shuffle_epi8(sc[j / 2], load(BYTE[b + 1].as_ptr())),
-                );
+                // (scale 2j, scale 2j + 1) as a pair of i16 per lane.
+                let sc_pair = _mm512_shuffle_epi8(sc[j / 2], load(BYTE_PAIR[j % 2].as_ptr()));
                 let (mn_lo, mn_hi) = (
                     _mm512_shuffle_epi8(mn[j / 2], load(BYTE_TWICE[b].as_ptr())),
                     _mm512_shuffle_epi8(mn[j / 2], load(BYTE_TWICE[b + 1].as_ptr())),
                 );
-                // Two accumulators per sub-block and token: shorter dependency chains.
+                // Two accumulators per sub-block and token (even and odd k: shorter dependency
+                // chains), each summing 16 products, which fit in i16 (|Σ| <= 16 · 15 · 128).
                 let mut lo = [[_mm512_setzero_si512(); 2]; T];
                 let mut hi = [[_mm512_setzero_si512(); 2]; T];
-                for k in 0..8 {
-                    let q = load(g.add(256 + (8 * j + k) * 64));
-                    let (ql, qh) = (_mm512_and_si512(q, m4), _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4));
-                    for t in 0..T {
-                        let y = ap(t).add(4 + 64 * j + 4 * k);
-                        lo[t][k % 2] = _mm512_dpbusd_epi32(lo[t][k % 2], ql, bcast_i32(y));
-                        hi[t][k % 2] = _mm512_dpbusd_epi32(hi[t][k % 2], qh, bcast_i32(y.add(32)));
+                // k = 2kk + e; `e` a constant once unrolled, so the accumulators stay in
+                // registers (a runtime `k % 2` index puts them on the stack).
+                for kk in 0..4 {
+                    for e in 0..2 {
+                        let k = 2 * kk + e;
+                        let q = load(g.add(256 + (8 * j + k) * 64));
+                        let (ql, qh) = (_mm512_and_si512(q, m4), _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4));
+                        for t in 0..T {
+                            let y = ap(t).add(4 + 64 * j + 4 * k);
+                            lo[t][e] = _mm512_dpbusd_epi32(lo[t][e], ql, bcast_i32(y));
+                            hi[t][e] = _mm512_dpbusd_epi32(hi[t][e], qh, bcast_i32(y.add(32)));
+                        }
                     }
                 }
                 for t in 0..T {
-                    let lo = _mm512_add_epi32(lo[t][0], lo[t][1]);
-                    let hi = _mm512_add_epi32(hi[t][0], hi[t][1]);
-                    let isum = _mm512_add_epi32(_mm512_mullo_epi32(lo, sc_lo), _mm512_mullo_epi32(hi, sc_hi));
+                    // scale_2j · lo + scale_2j+1 · hi through `vpmaddwd` on (lo, hi) i16 pairs,
+                    // where `vpmulld` is slow.
+                    let pair =
+                        |i: usize| _mm512_mask_blend_epi16(0xaaaa_aaaa, lo[t][i], _mm512_slli_epi32::<16>(hi[t][i]));
+                    let isum =
+                        _mm512_add_epi32(_mm512_madd_epi16(pair(0), sc_pair), _mm512_madd_epi16(pair(1), sc_pair));
                     // min · (sum of the sub-block's activations), from the 16-element sums.
                     let bs = ap(t).add(4 + 256 + 8 * j);
                     let imin = _mm512_add_epi32(
@@ -198,18 +207,27 @@ pub(super) unsafe fn q6k<const T: usize, const TILED: bool>(nb: usize, args: &Ti
                 }
             } else {
                 let d: [__m512; T] = std::array::from_fn(|t| _mm512_mul_ps(_mm512_set1_ps(*(ap(t) as *const f32)), dw));
-                let mut sc = [_mm512_setzero_si512(); 8]; // group 8h + 2c + k / 4 at [4h + c]
+                // Each 4-element dot fits in i16 (|Σ| <= 4 · 63 · 128), so chunks c and c + 1 go
+                // as one pair of i16 through `vpmaddwd` with the pair of their scales: one
+                // multiply for two terms, where `vpmulld` is slow. Pair [2h + c / 2] holds the
+                // scales of groups 8h + 2c + k / 4 and 8h + 2c + 2 + k / 4 (c = 0, 2).
+                let mut sc = [_mm512_setzero_si512(); 4];
                 for k in 0..8 {
                     if k % 4 == 0 {
-                        sc = std::array::from_fn(|hc| scale(8 * (hc / 4) + 2 * (hc % 4) + k / 4));
+                        let pick = load(SPLIT_PAIR_TOP[k / 4].as_ptr());
+                        sc = std::array::from_fn(|p| _mm512_srai_epi16::<8>(_mm512_shuffle_epi8(scw[p], pick)));
                     }
                     let q = [quants(0, k), quants(1, k)];
                     for t in 0..T {
                         let mut lane = _mm512_sub_epi32(_mm512_setzero_si512(), offset(t, k));
                         for h in 0..2 {
-                            for c in 0..4 {
-                                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[h][c], y(t, h, c, k));
-                                lane = _mm512_add_epi32(lane, _mm512_mullo_epi32(dot, sc[4 * h + c]));
+                            for c in [0, 2] {
+                                let dot =
+                                    |c: usize| _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[h][c], y(t, h, c, k));
+                                // (dot c, dot c + 1) as the low and high i16 of each lane.
+                                let pair =
+                                    _mm512_mask_blend_epi16(0xaaaa_aaaa, dot(c), _mm512_slli_epi32::<16>(dot(c + 1)));
+                                lane = _mm512_add_epi32(lane, _mm512_madd_epi16(pair, sc[2 * h + c / 2]));
                             }
                         }
                         acc[t][k] = _mm512_fmadd_ps(d[t], _mm512_cvtepi32_ps(lane), acc[t][k]);
