@@ -93,6 +93,9 @@ fn model_shapes(budget: Duration) {
         (QType::Q8_0, 8192, 2048),
         (QType::Q4_K, 8192, 2048),
         (QType::Q6_K, 2048, 8192),
+        // Larger than the last-level cache: decode streams these from DRAM.
+        (QType::Q4_K, 16384, 4096),
+        (QType::Q6_K, 16384, 4096),
     ];
     for (qtype, rows, cols) in shapes {
         let w = QTensor::from_bytes("w", qtype, rows, cols, &quantize(qtype, &floats(1, rows * cols))).unwrap();

@@ -14,7 +14,12 @@
 //! | Q5_1 | `d` 2, `m` 2, `qh` 4, `qs` 16 | 0, 32, 64, 128 (of 384) |
 //! | Q8_0 | `d` 2, `qs` 32 | 0, 32 (of 544) |
 //! | Q4_K | `d` 2, `dmin` 2, `scales` 12, `qs` 128 | 0, 32, 64, 256 (of 2304) |
-//! | Q6_K | `ql` 128, `qh` 64, `scales` 16, `d` 2 | 0, 2048, 3072, 3328 (of 3360) |
+//!
+//! Q6_K's quants are spread over six chunk streams (`ql` low and high halves of each 128
+//! elements, `qh` of each 128), so its group block follows the tile's reading order instead,
+//! one sequential stream (six interleaved ones ran at half the DRAM bandwidth): `d` at 0, the
+//! 16 `scales` as 4 chunks at 32, then for k = 0..8 the chunks at `ql` bytes `4k`, `32 + 4k`,
+//! `64 + 4k`, `96 + 4k` and `qh` bytes `4k`, `32 + 4k`, at `288 + 384k` (of 3360).
 //!
 //! The bytes are only moved, never changed: [`unpack_block`] gives back the original block.
 
@@ -32,7 +37,6 @@ fn fields(qtype: QType) -> &'static [usize] {
         QType::Q5_1 => &[2, 2, 4, 16],
         QType::Q8_0 => &[2, 32],
         QType::Q4_K => &[2, 2, 12, 128],
-        QType::Q6_K => &[128, 64, 16, 2],
         _ => panic!("{qtype} has no 16-row layout"),
     }
 }
@@ -50,7 +54,29 @@ pub fn group_block(qtype: QType) -> usize {
 
 /// Where byte `b` of row `r`'s block lies in its group block.
 #[inline]
-fn at(fields: &[usize], r: usize, b: usize) -> usize {
+fn at(qtype: QType, r: usize, b: usize) -> usize {
+    if qtype == QType::Q6_K {
+        return q6k_at(r, b);
+    }
+    field_at(fields(qtype), r, b)
+}
+
+/// [`at`] for Q6_K (`ql[128] qh[64] scales[16] d`), in the tile's reading order.
+fn q6k_at(r: usize, b: usize) -> usize {
+    let byte = 4 * r + b % 4;
+    match b {
+        208..210 => 2 * r + (b - 208),
+        192..208 => 32 + 64 * ((b - 192) / 4) + byte,
+        // ql: half h = b / 64, its low (0..32) or high (32..64) part, k = b % 32 / 4.
+        0..128 => 288 + 384 * (b % 32 / 4) + 64 * (2 * (b / 64) + b % 64 / 32) + byte,
+        // qh: half h = (b - 128) / 32.
+        _ => 288 + 384 * ((b - 128) % 32 / 4) + 64 * (4 + (b - 128) / 32) + byte,
+    }
+}
+
+/// [`at`] for the field-ordered layouts.
+#[inline]
+fn field_at(fields: &[usize], r: usize, b: usize) -> usize {
     let (mut off, mut start) = (0, 0);
     for &len in fields {
         if b < off + len {
@@ -68,6 +94,16 @@ pub fn pack_block<'a>(qtype: QType, block: impl Fn(usize) -> &'a [u8], out: &mut
     let ts = qtype.type_size();
     assert_eq!(out.len(), ROWS * ts);
     let rows: [&[u8]; ROWS] = std::array::from_fn(|r| &block(r)[..ts]);
+    if qtype == QType::Q6_K {
+        for (r, row) in rows.iter().enumerate() {
+            for b in (0..208).step_by(4) {
+                let at = q6k_at(r, b);
+                out[at..at + 4].copy_from_slice(&row[b..b + 4]);
+            }
+            out[2 * r..2 * r + 2].copy_from_slice(&row[208..210]);
+        }
+        return;
+    }
     let (mut off, mut start) = (0, 0);
     for &len in fields(qtype) {
         let out = &mut out[start..start + ROWS * len];
@@ -90,9 +126,8 @@ pub fn pack_block<'a>(qtype: QType, block: impl Fn(usize) -> &'a [u8], out: &mut
 
 /// Row `r`'s original block from a group block, into `out` (one block).
 pub fn unpack_block(qtype: QType, group: &[u8], r: usize, out: &mut [u8]) {
-    let f = fields(qtype);
     for (b, o) in out[..qtype.type_size()].iter_mut().enumerate() {
-        *o = group[at(f, r, b)];
+        *o = group[at(qtype, r, b)];
     }
 }
 
@@ -104,17 +139,16 @@ mod tests {
     fn every_byte_has_one_place_and_comes_back() {
         for qtype in [QType::Q4_0, QType::Q4_1, QType::Q5_0, QType::Q5_1, QType::Q8_0, QType::Q4_K, QType::Q6_K] {
             let ts = qtype.type_size();
-            assert_eq!(fields(qtype).iter().sum::<usize>(), ts);
+            if qtype != QType::Q6_K {
+                assert_eq!(fields(qtype).iter().sum::<usize>(), ts);
+            }
             let rows: Vec<Vec<u8>> = (0..ROWS).map(|r| (0..ts).map(|b| (r * 31 + b * 7) as u8).collect()).collect();
             let mut group = vec![0u8; group_block(qtype)];
             pack_block(qtype, |r| &rows[r], &mut group);
             let mut seen = vec![false; group.len()];
             for r in 0..ROWS {
                 for b in 0..ts {
-                    assert!(
-                        !std::mem::replace(&mut seen[at(fields(qtype), r, b)], true),
-                        "{qtype}: byte {b} of row {r}"
-                    );
+                    assert!(!std::mem::replace(&mut seen[at(qtype, r, b)], true), "{qtype}: byte {b} of row {r}");
                 }
                 let mut back = vec![0u8; ts];
                 unpack_block(qtype, &group, r, &mut back);
@@ -125,13 +159,17 @@ mod tests {
 
     #[test]
     fn fields_sit_where_the_tiles_read_them() {
-        let f = fields(QType::Q5_1);
-        assert_eq!((at(f, 0, 2), at(f, 0, 4), at(f, 0, 8)), (32, 64, 128));
-        let f = fields(QType::Q5_0);
-        assert_eq!((at(f, 0, 2), at(f, 0, 6), at(f, 1, 6)), (32, 96, 100));
-        let f = fields(QType::Q4_K);
-        assert_eq!((at(f, 0, 0), at(f, 0, 2), at(f, 0, 4), at(f, 0, 16)), (0, 32, 64, 256));
-        let f = fields(QType::Q6_K);
-        assert_eq!((at(f, 0, 128), at(f, 0, 192), at(f, 0, 208)), (2048, 3072, 3328));
+        let at = |q: QType, r: usize, b: usize| at(q, r, b);
+        assert_eq!((at(QType::Q5_1, 0, 2), at(QType::Q5_1, 0, 4), at(QType::Q5_1, 0, 8)), (32, 64, 128));
+        assert_eq!((at(QType::Q5_0, 0, 2), at(QType::Q5_0, 0, 6), at(QType::Q5_0, 1, 6)), (32, 96, 100));
+        let q4k = |b: usize| at(QType::Q4_K, 0, b);
+        assert_eq!((q4k(0), q4k(2), q4k(4), q4k(16)), (0, 32, 64, 256));
+        // Q6_K: d, scales, then per k: ql (h0 low, h0 high, h1 low, h1 high), qh (h0, h1).
+        let q6k = |b: usize| at(QType::Q6_K, 0, b);
+        assert_eq!(
+            (q6k(208), q6k(192), q6k(0), q6k(32), q6k(64), q6k(96), q6k(128), q6k(160)),
+            (0, 32, 288, 352, 416, 480, 544, 608)
+        );
+        assert_eq!((q6k(4), q6k(132), at(QType::Q6_K, 1, 4)), (288 + 384, 544 + 384, 288 + 384 + 4));
     }
 }

@@ -133,10 +133,11 @@ pub(super) unsafe fn q4k<const T: usize, const GEMM: bool>(nb: usize, args: &Til
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn q6k<const T: usize, const TILED: bool>(nb: usize, args: &TileArgs) {
     let TileArgs { w, b_stride, a, a_stride, out, out_stride, .. } = *args;
-    // Group block fields (x16.rs): ql at 0, qh at 2048, scales at 3072, d at 3328.
-    const QH: usize = 2048;
-    const SCALES: usize = 3072;
-    const D: usize = 3328;
+    // Group block (x16.rs): d at 0, scales at 32, then the quants in the order read here,
+    // 384 bytes per k: ql of (h 0, low), (h 0, high), (h 1, low), (h 1, high), then qh of h 0, h 1.
+    const D: usize = 0;
+    const SCALES: usize = 32;
+    const QUANTS: usize = 288;
     // SAFETY (whole body): as for `q4k`.
     unsafe {
         let (m4, m3) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x03));
@@ -159,8 +160,8 @@ pub(super) unsafe fn q6k<const T: usize, const TILED: bool>(nb: usize, args: &Ti
             // Quants of elements 128h + 32c + 4k..+4 (c = 0..4), unsigned 0..63, from the
             // chunks of ql and qh that hold them.
             let quants = |h: usize, k: usize| {
-                let (l1, l2) = (load(g.add(64 * (16 * h + k))), load(g.add(64 * (16 * h + 8 + k))));
-                let qh = load(g.add(QH + 64 * (8 * h + k)));
+                let at = |m: usize| g.add(QUANTS + 384 * k + 64 * m);
+                let (l1, l2, qh) = (load(at(2 * h)), load(at(2 * h + 1)), load(at(4 + h)));
                 [
                     _mm512_or_si512(_mm512_and_si512(l1, m4), _mm512_slli_epi16::<4>(_mm512_and_si512(qh, m3))),
                     _mm512_or_si512(
