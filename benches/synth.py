@@ -24,8 +24,8 @@ eighth, and every third between), Q6_K for the LM head (``output.weight``, or th
 embedding; Q8_0 if the row length is not a multiple of 256), Q5_K for the other
 ``attn_v`` of an 80-layer GQA llama (its "70B" rule). A row length the chosen type's
 block does not divide falls back as there: Q4_K -> Q5_0, Q6_K -> Q8_0, then F16.
-``general.file_type`` is the mix's llama_ftype (15); for a single type, its GGML type id
-(not always the matching llama_ftype: Q8_0's 8 reads as MOSTLY_Q5_0).
+``general.file_type`` is the llama_ftype llama.cpp would write: the mix's (15), or for a
+single type its ``MOSTLY_*`` (the ``_S`` variant for a k-quant).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from gguf import GGUFReader, GGUFValueType, GGUFWriter, quants
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VOCAB = ROOT / "tests" / ".models" / "smollm2-135m-q4_1.gguf"
@@ -62,7 +62,23 @@ K_LAYOUT: dict[GGMLQuantizationType, tuple[int, int | None, float]] = {
 SUPPORTED = FLOAT_TYPES | LEGACY_TYPES | set(K_LAYOUT)
 
 # llama.cpp mixtures --qtype accepts, with their llama_ftype (llama.h) for file_type.
-MIX_FTYPE = {"Q4_K_M": 15}  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+MIX_FTYPE = {"Q4_K_M": LlamaFileType.MOSTLY_Q4_K_M}
+# The llama_ftype of a file of one tensor type.
+SINGLE_FTYPE = {
+    QT.F32: LlamaFileType.ALL_F32,
+    QT.F16: LlamaFileType.MOSTLY_F16,
+    QT.BF16: LlamaFileType.MOSTLY_BF16,
+    QT.Q4_0: LlamaFileType.MOSTLY_Q4_0,
+    QT.Q4_1: LlamaFileType.MOSTLY_Q4_1,
+    QT.Q5_0: LlamaFileType.MOSTLY_Q5_0,
+    QT.Q5_1: LlamaFileType.MOSTLY_Q5_1,
+    QT.Q8_0: LlamaFileType.MOSTLY_Q8_0,
+    QT.Q2_K: LlamaFileType.MOSTLY_Q2_K,
+    QT.Q3_K: LlamaFileType.MOSTLY_Q3_K_S,
+    QT.Q4_K: LlamaFileType.MOSTLY_Q4_K_S,
+    QT.Q5_K: LlamaFileType.MOSTLY_Q5_K_S,
+    QT.Q6_K: LlamaFileType.MOSTLY_Q6_K,
+}
 # llama.cpp's tensor_type_fallback for rows a 256-block does not divide.
 K_FALLBACK = {
     QT.Q2_K: QT.Q4_0,
@@ -247,7 +263,7 @@ def write_model(cfg: Config, vocab_from: Path, out: Path) -> None:
     if isinstance(cfg.qtype, str):
         qname, file_type = cfg.qtype, MIX_FTYPE[cfg.qtype]
     else:
-        qname, file_type = cfg.qtype.name, int(cfg.qtype)
+        qname, file_type = cfg.qtype.name, SINGLE_FTYPE[cfg.qtype]
     w.add_name(f"synthetic {arch} d{cfg.dim} L{cfg.layers} {qname}")
     w.add_file_type(file_type)  # nominal only: llama.cpp reads per-tensor types
     w.add_quantization_version(2)
