@@ -46,7 +46,8 @@ def build_info() -> dict[str, Any]:
 
     ``kernels`` is the dot-product table (``avx512vnni``, ``avx2``, ``scalar``...),
     ``matmul_tiles`` the row-by-token tiles of the products and the weight types they serve
-    (``none`` without), ``attention`` the attention kernel (``avx512`` or ``portable``).
+    (``avx512vnni x16: ...`` for 16-row tiles, ``avx2 4x1,1x4: ...``, ``none`` without),
+    ``attention`` the attention kernel (``avx512`` or ``portable``).
     ``TALLOW_KERNELS=scalar`` in the environment forces the reference path for all three.
     """
     return dict(_tallow.build_info())

@@ -82,35 +82,22 @@ pub fn build_info() -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The row × token tiles `matmul` computes with on this CPU, from the choice it makes
-/// ([`crate::quant::tiles_for`]): for the 32-element formats, the instruction set and tile shapes
-/// (rows x tokens) of their [`LegacyTiles`](crate::quant::x86_legacy_tile::LegacyTiles) and the
-/// types, e.g. `"avx512vnni 4x4,4x1,1x4: Q4_0,Q4_1,Q5_0,Q5_1,Q8_0"`; other tiled types after a
-/// `"; "`; `"none"` without tiles (`TALLOW_KERNELS=scalar`, no AVX2, not x86-64).
+/// The row × token tiles `matmul` computes with on this CPU, from the layout it reads
+/// ([`crate::quant::layout_rows`]): `"avx512vnni x16: Q4_0,...,Q6_K"` (16 rows × 1 to 4 tokens on
+/// weights repacked 16 rows at a time), `"avx2 4x1,1x4: Q4_0,..."` (the 4-row tiles), both
+/// joined by `"; "` if both serve some type; `"none"` without tiles (`TALLOW_KERNELS=scalar`, no
+/// AVX2, not x86-64).
 fn matmul_tiles() -> String {
-    let tiled: Vec<QType> = QType::ALL.into_iter().filter(|&q| crate::quant::tiles_for(q)).collect();
+    let by_rows = |rows: usize| -> Vec<&'static str> {
+        QType::ALL.into_iter().filter(|&q| crate::quant::layout_rows(q) == rows).map(|q| q.name()).collect()
+    };
     let mut parts: Vec<String> = Vec::new();
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::quant::x86_legacy_tile::LegacyTiles;
-        // `matmul` asks for the VNNI tiles exactly when its table is the AVX-512 VNNI one.
-        let vnni = crate::quant::kernels().name() == "avx512vnni";
-        let legacy: Vec<(QType, LegacyTiles)> =
-            tiled.iter().filter_map(|&q| LegacyTiles::for_type(q, vnni).map(|t| (q, t))).collect();
-        if let Some((_, tiles)) = legacy.first() {
-            // Only the VNNI tiles have 4 rows x 4 tokens (AVX2 has too few registers).
-            let shapes = if tiles.row_group(4) == 4 { "avx512vnni 4x4,4x1,1x4" } else { "avx2 4x1,1x4" };
-            let names: Vec<&str> = legacy.iter().map(|(q, _)| q.name()).collect();
-            parts.push(format!("{shapes}: {}", names.join(",")));
-        }
-        let others: Vec<&str> =
-            tiled.iter().filter(|&&q| LegacyTiles::for_type(q, vnni).is_none()).map(|q| q.name()).collect();
-        if !others.is_empty() {
-            parts.push(format!("{}: {}", crate::quant::kernels().name(), others.join(",")));
+    for (rows, label) in [(16, "avx512vnni x16"), (crate::quant::INTERLEAVE, "avx2 4x1,1x4")] {
+        let names = by_rows(rows);
+        if !names.is_empty() {
+            parts.push(format!("{label}: {}", names.join(",")));
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    parts.extend(tiled.iter().map(|q| q.name().to_string()));
     if parts.is_empty() {
         "none".to_string()
     } else {
@@ -139,7 +126,7 @@ mod tests {
         }
         #[cfg(target_arch = "x86_64")]
         if kernels == "avx512vnni" {
-            assert!(tiles.starts_with("avx512vnni 4x4,"), "{tiles}");
+            assert!(tiles.starts_with("avx512vnni x16: Q4_0,"), "{tiles}");
         } else if kernels == "avx2" {
             assert!(tiles.starts_with("avx2 4x1,1x4: Q4_0"), "{tiles}");
         }

@@ -31,6 +31,7 @@ mod x86_x16_legacy;
 
 pub use kernels::{kernels, Kernels, VecDotFn};
 pub use legacy_dot::{row_dot, row_dot_for, RowDot};
+pub(crate) use matmul::layout_rows;
 pub use matmul::{matmul, matmul_fused, matmul_with, tiles_for, MatmulScratch};
 pub use qtype::QType;
 pub use reference::{dequantize_row, matmul_candle};
