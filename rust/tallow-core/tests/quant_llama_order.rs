@@ -133,12 +133,39 @@ fn tiles_equal_single_dots_bit_for_bit() {
     }
 }
 
+/// `w` and its repacked copy `wi` dequantize to the same rows and give the same products, bit
+/// for bit, for each token count.
+fn assert_same_rows_and_products(
+    w: &tallow_core::quant::QTensor,
+    wi: &tallow_core::quant::QTensor,
+    token_counts: &[usize],
+    pool: &tallow_core::threadpool::ThreadPool,
+) {
+    use tallow_core::quant::{matmul, MatmulScratch};
+    let (rows, cols, g) = (w.rows, w.cols, wi.interleave());
+    for r in 0..rows {
+        let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
+        w.dequantize_row_into(r, &mut a);
+        wi.dequantize_row_into(r, &mut b);
+        assert_eq!(a, b, "{w:?} row {r}");
+    }
+    for &n_tokens in token_counts {
+        let x: Vec<f32> = (0..n_tokens * cols).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 97.0).collect();
+        let (mut y, mut yi) = (vec![0.0; n_tokens * rows], vec![0.0; n_tokens * rows]);
+        let mut scratch = MatmulScratch::default();
+        matmul(w, &x, n_tokens, &mut y, &mut scratch, pool);
+        matmul(wi, &x, n_tokens, &mut yi, &mut scratch, pool);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&y), bits(&yi), "{w:?} in groups of {g}, {n_tokens} tokens");
+    }
+}
+
 /// Weights stored in the tiles' layout (groups of 16 rows with AVX-512 VNNI, of 4 with AVX2:
 /// run this test under `TALLOW_KERNELS=avx2` too) give the same products, bit for bit, and
 /// the same rows when dequantized.
 #[test]
 fn interleaved_layout_changes_no_bit() {
-    use tallow_core::quant::{matmul, tiles_for, MatmulScratch, QTensor};
+    use tallow_core::quant::{tiles_for, QTensor};
     use tallow_core::threadpool::ThreadPool;
     let pool = ThreadPool::new(2);
     let mut inputs = Inputs(0x5eed_f00d_0000_0001);
@@ -153,21 +180,7 @@ fn interleaved_layout_changes_no_bit() {
             if tiles_for(qtype) && rows % 16 == 0 {
                 assert!(g > 1, "{qtype}: {rows} rows not repacked");
             }
-            for r in 0..rows {
-                let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
-                w.dequantize_row_into(r, &mut a);
-                wi.dequantize_row_into(r, &mut b);
-                assert_eq!(a, b, "{qtype} row {r}");
-            }
-            for n_tokens in [1, 2, 3, 4, 5, 9] {
-                let x: Vec<f32> = (0..n_tokens * cols).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 97.0).collect();
-                let (mut y, mut yi) = (vec![0.0; n_tokens * rows], vec![0.0; n_tokens * rows]);
-                let mut scratch = MatmulScratch::default();
-                matmul(&w, &x, n_tokens, &mut y, &mut scratch, &pool);
-                matmul(&wi, &x, n_tokens, &mut yi, &mut scratch, &pool);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&y), bits(&yi), "{qtype} {rows}x{cols} in groups of {g}, {n_tokens} tokens");
-            }
+            assert_same_rows_and_products(&w, &wi, &[1, 2, 3, 4, 5, 9], &pool);
         }
     }
 }
@@ -178,7 +191,7 @@ fn interleaved_layout_changes_no_bit() {
 /// same rows when dequantized.
 #[test]
 fn kquant_tiles_change_no_bit() {
-    use tallow_core::quant::{matmul, tiles_for, MatmulScratch, QTensor};
+    use tallow_core::quant::{tiles_for, QTensor};
     use tallow_core::threadpool::ThreadPool;
     let pool = ThreadPool::new(2);
     let mut inputs = Inputs(0x5eed_f00d_0000_0004);
@@ -198,20 +211,6 @@ fn kquant_tiles_change_no_bit() {
         let w = QTensor::from_bytes("w", qtype, rows, cols, &bytes).unwrap();
         let wi = w.clone().interleaved();
         assert_eq!(wi.interleave(), if tiles_for(qtype) { 16 } else { 1 });
-        for r in 0..rows {
-            let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
-            w.dequantize_row_into(r, &mut a);
-            wi.dequantize_row_into(r, &mut b);
-            assert_eq!(a, b, "{qtype} row {r}");
-        }
-        for n_tokens in [1, 2, 3, 4, 5, 7, 8, 11, 16] {
-            let x: Vec<f32> = (0..n_tokens * cols).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 97.0).collect();
-            let (mut y, mut yi) = (vec![0.0; n_tokens * rows], vec![0.0; n_tokens * rows]);
-            let mut scratch = MatmulScratch::default();
-            matmul(&w, &x, n_tokens, &mut y, &mut scratch, &pool);
-            matmul(&wi, &x, n_tokens, &mut yi, &mut scratch, &pool);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&y), bits(&yi), "{qtype} {rows}x{cols}, {n_tokens} tokens");
-        }
+        assert_same_rows_and_products(&w, &wi, &[1, 2, 3, 4, 5, 7, 8, 11, 16], &pool);
     }
 }
