@@ -10,10 +10,9 @@ use super::blocks::{ActBlock, BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::kernels::{kernels, Kernels, VecDotFn};
 use super::kquant_order::{self, k_order, IntKernels};
 use super::legacy_dot::RowDot;
-use super::{reference, QTensor, QType};
+use super::{reference, x16, QTensor, QType};
 #[cfg(target_arch = "x86_64")]
 use super::{
-    x16,
     x86_legacy_tile::{LegacyTiles, TileArgs},
     x86_x16::X16Tiles,
 };

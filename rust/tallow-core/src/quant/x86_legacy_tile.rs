@@ -210,7 +210,7 @@ unsafe fn tile<const K: u8, const R: usize, const T: usize, const VNNI: bool>(nb
 
 /// Sum of 8 i32 lanes (exact in any order).
 #[inline(always)]
-unsafe fn hsum_i32_8(v: __m256i) -> i32 {
+pub(super) unsafe fn hsum_i32_8(v: __m256i) -> i32 {
     // SAFETY: the callers run with AVX2 enabled.
     unsafe {
         let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));

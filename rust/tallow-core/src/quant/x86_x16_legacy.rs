@@ -14,7 +14,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use super::x86_avx2::load_f16;
-use super::x86_legacy_tile::TileArgs;
+use super::x86_legacy_tile::{hsum_i32_8, TileArgs};
 use super::x86_x16::{bcast_i32, load};
 use std::arch::x86_64::*;
 
@@ -160,10 +160,7 @@ pub(super) unsafe fn q4_0_blocks<const T: usize>(nb: usize, args: &TileArgs) {
                     _mm256_set1_epi8(1),
                     _mm256_loadu_si256(y as *const __m256i),
                 );
-                let s = _mm_add_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256::<1>(lanes));
-                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-                let mut isum = [_mm512_set1_epi32(-8 * _mm_cvtsi128_si32(s)), _mm512_setzero_si512()];
+                let mut isum = [_mm512_set1_epi32(-8 * hsum_i32_8(lanes)), _mm512_setzero_si512()];
                 for (k, q) in q.iter().enumerate() {
                     isum[k % 2] = _mm512_dpbusd_epi32(isum[k % 2], *q, bcast_i32(y.add(4 * k)));
                 }
