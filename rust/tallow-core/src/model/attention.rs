@@ -182,9 +182,21 @@ fn item(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx512() && it.q.len().is_multiple_of(LANES) {
         // SAFETY: the features were detected; the slices are as `item_portable` requires.
-        return unsafe { super::attention_x86::item(it, scores, acc, out) };
+        return unsafe { super::attention_x86::item(it, scores, out) };
     }
     item_portable(it, scores, acc, out)
+}
+
+/// Rounds every value to the nearest f16 (ties to even), in place, through `half`'s slice
+/// conversions (F16C where the CPU has it: one call per 64 values, not one per value).
+fn round_to_f16(x: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    let mut tmp = [f16::ZERO; 64];
+    for c in x.chunks_mut(64) {
+        let t = &mut tmp[..c.len()];
+        t.convert_from_f32_slice(c);
+        t.convert_to_f32_slice(c);
+    }
 }
 
 struct SyncPtr(*mut f32);
@@ -217,9 +229,7 @@ pub fn attention(
     assert!(q.len() == n_items * hd && out.len() == n_items * hd);
     assert!(k.len() >= n_kv * kv_dim && v.len() >= n_kv * kv_dim);
     assert!(scores.len() >= pool.n_threads() * per_thread);
-    for x in q.iter_mut() {
-        *x = f16::from_f32(*x).to_f32();
-    }
+    round_to_f16(q);
     let q: &[f32] = q;
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let scores_ptr = SyncPtr(scores.as_mut_ptr());
@@ -230,9 +240,13 @@ pub fn attention(
         // asserted above).
         let own = unsafe { std::slice::from_raw_parts_mut(scores_ptr.0.add(ti * per_thread), per_thread) };
         let (sc_all, acc) = own.split_at_mut(n_kv);
-        // Items interleaved over the workers: with a causal mask later tokens cost more, and a
-        // contiguous split would leave the first worker idle while the last one finishes.
-        for item in (ti..n_items).step_by(nt) {
+        // Several tokens: items interleaved over the workers (with a causal mask later tokens
+        // cost more, and a contiguous split would leave the first worker idle while the last
+        // one finishes). One token: contiguous heads, so the heads that share a KV head mostly
+        // run on one thread, which then reads that head's keys and values from memory once.
+        let items = if p.n_tokens == 1 { crate::threadpool::split_range(n_items, ti, nt) } else { ti..n_items };
+        let step = if p.n_tokens == 1 { 1 } else { nt };
+        for item in items.step_by(step) {
             let (t, h) = (item / n_head, item % n_head);
             let pos = p.pos0 + t;
             let it = Item {
@@ -289,9 +303,9 @@ mod tests {
                         item_portable(&it, sc, acc, &mut o1);
                     }
                     {
-                        let (sc, acc) = s2.split_at_mut(n_pos);
+                        let sc = &mut s2[..n_pos];
                         // SAFETY: avx512() checked the features; hd is a multiple of 16.
-                        unsafe { crate::model::attention_x86::item(&it, sc, acc, &mut o2) };
+                        unsafe { crate::model::attention_x86::item(&it, sc, &mut o2) };
                     }
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&o1), bits(&o2), "hd {hd}, {n_pos} keys from {first}");

@@ -63,18 +63,16 @@ fn lanes(lo: usize, hi: usize) -> __mmask16 {
 ///
 /// # Safety
 /// The CPU must have AVX-512F/DQ, FMA and F16C; `scores` holds at least `it.pos + 1` floats,
-/// `acc` at least `it.order.accs() * 16 * head_dim`, `out` `head_dim`, and the keys and values
-/// of positions `it.first..=it.pos` lie inside `it.k` and `it.v`.
+/// `out` `head_dim`, and the keys and values of positions `it.first..=it.pos` lie inside `it.k`
+/// and `it.v`. (The weighted sums keep their accumulators in registers: no `acc` scratch.)
 #[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
-pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], out: &mut [f32]) {
+pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], out: &mut [f32]) {
     let hd = it.q.len();
     let nc = hd / LANES; // 16-element chunks of a head
-    let accs = it.order.accs();
-    let slots = accs * LANES;
     let (first, pos) = (it.first, it.pos);
-    assert!(hd.is_multiple_of(LANES) && scores.len() > pos && acc.len() >= slots * hd && out.len() == hd);
+    assert!(hd.is_multiple_of(LANES) && scores.len() > pos && out.len() == hd);
     assert!(it.k.len() >= pos * it.kv_dim + it.kv_off + hd && it.v.len() >= pos * it.kv_dim + it.kv_off + hd);
-    let (qp, sp, ap) = (it.q.as_ptr(), scores.as_mut_ptr(), acc.as_mut_ptr());
+    let (qp, sp) = (it.q.as_ptr(), scores.as_mut_ptr());
     let kv_at = |base: *const half::f16, j: usize, c: usize| {
         // SAFETY: j <= pos and c < nc, inside the slice (asserted above).
         unsafe {
@@ -115,10 +113,14 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], ou
                 }
                 Order::VecDot => {
                     let mut a = [[_mm512_setzero_ps(); 4]; KEYS];
-                    for c in 0..nc {
-                        let qc = _mm512_loadu_ps(qp.add(c * LANES));
-                        for (k, a) in a.iter_mut().enumerate().take(n) {
-                            a[c % 4] = _mm512_fmadd_ps(qc, kv_at(it.k.as_ptr(), j + k, c), a[c % 4]);
+                    // Chunk c into accumulator c % 4, with the index a constant (a runtime one
+                    // would keep the accumulators in memory).
+                    for c4 in (0..nc).step_by(4) {
+                        for (ai, c) in (c4..nc.min(c4 + 4)).enumerate() {
+                            let qc = _mm512_loadu_ps(qp.add(c * LANES));
+                            for (k, a) in a.iter_mut().enumerate().take(n) {
+                                a[ai] = _mm512_fmadd_ps(qc, kv_at(it.k.as_ptr(), j + k, c), a[ai]);
+                            }
                         }
                     }
                     a.map(|a| _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3])))
@@ -151,43 +153,69 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], ou
             _mm512_mask_storeu_ps(sp.add(c * LANES), m, w);
         }
 
-        if let Order::Gemm = it.order {
-            return gemm_weighted_sum(it, sp, out);
+        match it.order {
+            Order::Gemm => gemm_weighted_sum(it, sp, out),
+            Order::VecDot => vec_dot_weighted_sum(it, sp, out),
         }
-        // Σ w·v: key j adds into slot j % slots; only the slots some key uses are touched, the
-        // others count as the exact zeros they would hold.
-        let n_keys = pos + 1 - first;
-        let used = |s: usize| (s + slots - first % slots) % slots < n_keys;
-        for s in (0..slots).filter(|&s| used(s)) {
-            std::ptr::write_bytes(ap.add(s * hd), 0, hd);
-        }
-        for j in first..=pos {
-            let w = _mm512_set1_ps(*sp.add(j));
-            let row = ap.add((j % slots) * hd);
-            for c in 0..nc {
-                let p = row.add(c * LANES);
-                _mm512_storeu_ps(p, _mm512_fmadd_ps(w, kv_at(it.v.as_ptr(), j, c), _mm512_loadu_ps(p)));
+    }
+}
+
+/// Adds `w_j · v_j[chunk]` into `slot[j % 16]` for the visible keys `j` of the 16-key block
+/// starting at `base`, in key order (`vp`: the values' chunk at position 0). A macro, so that
+/// `slot` stays in registers in the caller.
+macro_rules! add_block {
+    ($it:expr, $sp:expr, $vp:expr, $base:expr, $slot:expr) => {{
+        let (it, base) = ($it, $base);
+        let whole = base >= it.first && base + LANES - 1 <= it.pos;
+        for (l, s) in $slot.iter_mut().enumerate() {
+            let j = base + l;
+            if whole || (j >= it.first && j <= it.pos) {
+                let v = _mm512_cvtph_ps(_mm256_loadu_si256($vp.add(j * it.kv_dim) as *const __m256i));
+                *s = _mm512_fmadd_ps(_mm512_set1_ps(*$sp.add(j)), v, *s);
             }
         }
-        let slot = |s: usize, c: usize| {
-            if used(s) {
-                _mm512_loadu_ps(ap.add(s * hd + c * LANES))
-            } else {
-                _mm512_setzero_ps()
-            }
-        };
-        for c in 0..nc {
-            let l: [__m512; LANES] = std::array::from_fn(|l| match it.order {
-                Order::Gemm => slot(l, c),
-                Order::VecDot => _mm512_add_ps(
-                    _mm512_add_ps(slot(l, c), slot(2 * LANES + l, c)),
-                    _mm512_add_ps(slot(LANES + l, c), slot(3 * LANES + l, c)),
-                ),
+    }};
+}
+
+/// The pairwise lane reduction of 16 slot vectors (lane `d` of `l[i]`: output `d`, slot `i`),
+/// as `_mm512_reduce_add_ps` would reduce each output's 16 slots.
+#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
+#[inline]
+fn reduce_slots(l: &[__m512; LANES]) -> __m512 {
+    let h: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(l[i], l[i + 8]));
+    let q: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(h[i], h[i + 4]));
+    _mm512_add_ps(_mm512_add_ps(q[0], q[2]), _mm512_add_ps(q[1], q[3]))
+}
+
+/// `Σ w·v` in [`Order::VecDot`]'s order: key `j` adds into lane `j % 16` of accumulator
+/// `j / 16 % 4`, and the accumulators fold as (0 + 2) + (1 + 3) before the lane reduction.
+/// Output chunk by output chunk, each accumulator's 16 slots in registers in turn.
+#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
+unsafe fn vec_dot_weighted_sum(it: &Item<'_>, sp: *const f32, out: &mut [f32]) {
+    const ACCS: usize = 4;
+    let hd = it.q.len();
+    let (first, pos) = (it.first, it.pos);
+    // SAFETY: as for `gemm_weighted_sum`.
+    unsafe {
+        for c in 0..hd / LANES {
+            let vp = it.v.as_ptr().add(it.kv_off + c * LANES);
+            // Each accumulator's slots in registers while its keys are added, then kept aside.
+            let acc: [[__m512; LANES]; ACCS] = std::array::from_fn(|a| {
+                let mut slot = [_mm512_setzero_ps(); LANES];
+                // Blocks of 16 keys that accumulator `a` takes: base = 64m + 16a.
+                let mut base = first / (ACCS * LANES) * (ACCS * LANES) + a * LANES;
+                while base <= pos {
+                    if base + LANES > first {
+                        add_block!(it, sp, vp, base, slot);
+                    }
+                    base += ACCS * LANES;
+                }
+                slot
             });
-            let h: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(l[i], l[i + 8]));
-            let q: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(h[i], h[i + 4]));
-            let r = _mm512_add_ps(_mm512_add_ps(q[0], q[2]), _mm512_add_ps(q[1], q[3]));
-            _mm512_storeu_ps(out.as_mut_ptr().add(c * LANES), r);
+            let l: [__m512; LANES] = std::array::from_fn(|l| {
+                _mm512_add_ps(_mm512_add_ps(acc[0][l], acc[2][l]), _mm512_add_ps(acc[1][l], acc[3][l]))
+            });
+            _mm512_storeu_ps(out.as_mut_ptr().add(c * LANES), reduce_slots(&l));
         }
     }
 }
@@ -206,19 +234,9 @@ unsafe fn gemm_weighted_sum(it: &Item<'_>, sp: *const f32, out: &mut [f32]) {
             let vp = it.v.as_ptr().add(it.kv_off + c * LANES);
             let mut slot = [_mm512_setzero_ps(); LANES];
             for base in (first / LANES * LANES..=pos).step_by(LANES) {
-                let whole = base >= first && base + LANES - 1 <= pos;
-                for (l, s) in slot.iter_mut().enumerate() {
-                    let j = base + l;
-                    if whole || (j >= first && j <= pos) {
-                        let v = _mm512_cvtph_ps(_mm256_loadu_si256(vp.add(j * it.kv_dim) as *const __m256i));
-                        *s = _mm512_fmadd_ps(_mm512_set1_ps(*sp.add(j)), v, *s);
-                    }
-                }
+                add_block!(it, sp, vp, base, slot);
             }
-            let h: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(slot[i], slot[i + 8]));
-            let q: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(h[i], h[i + 4]));
-            let r = _mm512_add_ps(_mm512_add_ps(q[0], q[2]), _mm512_add_ps(q[1], q[3]));
-            _mm512_storeu_ps(out.as_mut_ptr().add(c * LANES), r);
+            _mm512_storeu_ps(out.as_mut_ptr().add(c * LANES), reduce_slots(&slot));
         }
     }
 }

@@ -15,6 +15,7 @@ mod llama;
 mod scratch;
 
 pub(crate) use attention::kernel_name as attention_kernel;
+pub use attention::{attention, scratch_per_thread, AttnParams};
 pub use config::{Arch, ModelConfig, RopeStyle};
 pub use scratch::{ForwardScratch, MAX_BATCH_LIMIT};
 
