@@ -6,6 +6,7 @@
 //! routines are the reference implementation (`reference.rs`).
 
 pub mod activation;
+mod arena;
 pub mod blocks;
 mod kernels;
 pub mod kquant_order;

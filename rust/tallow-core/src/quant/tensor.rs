@@ -1,5 +1,6 @@
 //! `QTensor`: a quantized 2-D weight, borrowed from the mapped GGUF file.
 
+use super::arena::Region;
 use super::{x16, QType};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
@@ -19,8 +20,8 @@ enum Bytes {
         buf: Arc<[u64]>,
         len: usize,
     },
-    /// Anonymous pages (transparent huge pages where the kernel grants them): repacked weights.
-    Anon(Arc<memmap2::Mmap>),
+    /// Repacked weights, in huge-page memory shared with the model's other repacked tensors.
+    Arena(Arc<Region>),
 }
 
 /// A weight matrix of `rows` rows of `cols` elements in GGML layout: `shape = [cols, rows]`
@@ -97,7 +98,7 @@ impl QTensor {
     /// [`INTERLEAVE`] rows (block `i` of rows `4g..4g + 4`, then block `i + 1` of the same rows).
     /// Types without tiles, and tensors without whole groups, are returned as they are.
     ///
-    /// The copy lives in anonymous memory, written by one thread per core (first touches of
+    /// The copy lives in huge-page memory (`arena.rs`), written by one thread per core (first touches of
     /// fresh pages dominate, and they run in parallel), and the file's pages it came from are
     /// released as it goes, so memory does not double.
     pub fn interleaved(self) -> QTensor {
@@ -106,9 +107,9 @@ impl QTensor {
             return self;
         }
         let src = self.data();
-        let Ok(mut map) = memmap2::MmapMut::map_anon(src.len()) else { return self };
-        #[cfg(target_os = "linux")]
-        let _ = map.advise(memmap2::Advice::HugePage); // fewer TLB misses; optional
+        let Some(mut region) = Region::alloc(src.len()) else { return self };
+        // SAFETY: the region is new, and this is its only borrow.
+        let map = unsafe { region.bytes_mut() };
         let group = g * self.row_bytes();
         let n_groups = self.rows / g;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).min(n_groups);
@@ -119,11 +120,10 @@ impl QTensor {
                 scope.spawn(move || this.pack_groups(g, rows, dst, k * per_thread));
             }
         });
-        let Ok(map) = map.make_read_only() else { return self };
         if let Bytes::Mapped { file, start, len } = &self.bytes {
             file.release(*start, *len); // the pages straddling the chunk boundaries too
         }
-        QTensor { bytes: Bytes::Anon(Arc::new(map)), interleave: g, ..self }
+        QTensor { bytes: Bytes::Arena(Arc::new(region)), interleave: g, ..self }
     }
 
     /// Packs whole groups of `g` rows (`src`, row after row, starting `offset` bytes into the
@@ -188,7 +188,7 @@ impl QTensor {
     pub fn data(&self) -> &[u8] {
         match &self.bytes {
             Bytes::Mapped { file, start, len } => &file.bytes()[*start..*start + *len],
-            Bytes::Anon(map) => map,
+            Bytes::Arena(region) => region.bytes(),
             Bytes::Owned { buf, len } => {
                 // SAFETY: `buf` holds at least `len` initialised bytes.
                 unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, *len) }

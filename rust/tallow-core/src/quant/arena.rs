@@ -1,0 +1,106 @@
+//! Memory for repacked weights: regions carved one after another from large anonymous
+//! mappings backed by transparent huge pages.
+//!
+//! A decode step streams every weight once, tensor after tensor. Tensors smaller than a huge
+//! page, each in its own mapping, sit on 4 KiB pages: a TLB miss every 4 KiB, and the hardware
+//! prefetchers stop at every page boundary. Carved from 2 MiB-aligned chunks in load order (the
+//! order a forward pass reads them), they form a few long runs of huge pages instead
+//! (SmolLM2-135M decode: ~6% faster). Larger tensors get huge pages in a mapping of their own.
+//!
+//! Pages are only backed once written, so a chunk's unused tail costs at most one huge page.
+//! A chunk lives as long as any region carved from it.
+
+use std::sync::{Arc, Mutex};
+
+/// Bytes per shared chunk.
+const CHUNK: usize = 64 << 20;
+
+/// Transparent huge page size (x86-64 and most aarch64 kernels); chunks start on this boundary.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Regions start on a cache line.
+const ALIGN: usize = 64;
+
+/// `len` bytes of anonymous memory, zero until written. Written once, by
+/// `QTensor::interleaved`, before the tensor is shared; read-only afterwards.
+pub(crate) struct Region {
+    map: Arc<memmap2::MmapRaw>,
+    start: usize,
+    len: usize,
+}
+
+impl Region {
+    /// Carves `len` bytes from the current chunk, or from a new mapping. `None` when the system
+    /// refuses the mapping (the caller keeps the tensor in its original layout).
+    pub(crate) fn alloc(len: usize) -> Option<Region> {
+        // Chunk being carved and the first free offset in it.
+        static CURRENT: Mutex<Option<(Arc<memmap2::MmapRaw>, usize)>> = Mutex::new(None);
+        if len >= HUGE_PAGE {
+            // Large enough for huge pages of its own. Not carved from a chunk: on this VM class
+            // the first touch of fresh huge pages costs more than that of 4 KiB ones (a 1.7B
+            // Q8_0 model loaded in 1.3 s instead of 0.55 s), and the gain is in small tensors.
+            let map = memmap2::MmapMut::map_anon(len).ok()?;
+            #[cfg(target_os = "linux")]
+            let _ = map.advise(memmap2::Advice::HugePage);
+            return Some(Region { map: Arc::new(memmap2::MmapRaw::from(map)), start: 0, len });
+        }
+        let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+        let fits = current.as_ref().is_some_and(|(map, used)| used.next_multiple_of(ALIGN) + len <= map.len());
+        if !fits {
+            let (map, start) = huge_map(CHUNK)?;
+            *current = Some((map, start));
+        }
+        let (map, used) = current.as_mut().expect("a chunk was just made");
+        let start = used.next_multiple_of(ALIGN);
+        *used = start + len;
+        Some(Region { map: map.clone(), start, len })
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `start..start + len` lies inside the mapping, which `self.map` keeps alive;
+        // no one writes it once `bytes_mut`'s borrow has ended.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(self.start), self.len) }
+    }
+
+    /// The region for writing.
+    ///
+    /// # Safety
+    /// No other borrow of this region may be live; regions of one chunk never overlap, so
+    /// distinct regions may be written at the same time.
+    pub(crate) unsafe fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as `bytes`, and the caller holds the only borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(self.start), self.len) }
+    }
+}
+
+/// An anonymous mapping of at least `len` bytes, advised for huge pages, and the offset in it
+/// of its first huge page boundary (the bytes before it are never touched, so never backed).
+fn huge_map(len: usize) -> Option<(Arc<memmap2::MmapRaw>, usize)> {
+    let map = memmap2::MmapMut::map_anon(len.checked_add(HUGE_PAGE)?).ok()?;
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage); // fewer TLB misses; optional
+    let start = (map.as_ptr() as usize).next_multiple_of(HUGE_PAGE) - map.as_ptr() as usize;
+    Some((Arc::new(memmap2::MmapRaw::from(map)), start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_aligned_disjoint_and_zeroed() {
+        let mut a = Region::alloc(1000).unwrap();
+        let mut b = Region::alloc(3000).unwrap();
+        let big = Region::alloc(2 * HUGE_PAGE).unwrap();
+        for r in [&a, &b, &big] {
+            assert_eq!(r.bytes().as_ptr() as usize % ALIGN, 0);
+            assert!(r.bytes().iter().all(|&x| x == 0));
+        }
+        // SAFETY: each region is borrowed once.
+        unsafe {
+            a.bytes_mut().fill(1);
+            b.bytes_mut().fill(2);
+        }
+        assert!(a.bytes().iter().all(|&x| x == 1) && b.bytes().iter().all(|&x| x == 2));
+    }
+}
