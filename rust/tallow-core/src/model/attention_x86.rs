@@ -3,6 +3,7 @@
 //! `expf` over 16 keys at a time, and the final lane reductions done for 16 outputs at once.
 
 use super::attention::{Item, Order, LANES};
+use super::layers_x86::expf16;
 use std::arch::x86_64::*;
 
 /// Sum of 16 lanes in `_mm512_reduce_add_ps`'s order (as GCC expands it): halves, quarters,
@@ -14,43 +15,6 @@ fn reduce16(v: __m512) -> f32 {
     let q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
     let t = _mm_add_ps(q, _mm_shuffle_ps::<0b01_00_11_10>(q, q)); // [q0+q2, q1+q3, ..]
     _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<0b01>(t, t)))
-}
-
-/// ggml's `ggml_v_expf` for AVX-512, operation for operation (`layers::expf` is its scalar
-/// twin).
-#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
-#[inline]
-fn expf16(x: __m512) -> __m512 {
-    let r = _mm512_set1_ps(f32::from_bits(0x4b40_0000)); // 0x1.8p23
-    let z = _mm512_fmadd_ps(x, _mm512_set1_ps(f32::from_bits(0x3fb8_aa3b)), r);
-    let n = _mm512_sub_ps(z, r);
-    let b = _mm512_fnmadd_ps(
-        n,
-        _mm512_set1_ps(f32::from_bits(0x35bf_be8e)),
-        _mm512_fnmadd_ps(n, _mm512_set1_ps(f32::from_bits(0x3f31_7200)), x),
-    );
-    let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
-    let u = _mm512_mul_ps(b, b);
-    let c = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
-    let j = _mm512_fmadd_ps(
-        _mm512_fmadd_ps(
-            _mm512_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
-            u,
-            _mm512_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
-        ),
-        u,
-        _mm512_fmadd_ps(c(0x3f7f_fff6), b, _mm512_set1_ps(1.0)),
-    );
-    let res = _mm512_scalef_ps(j, n);
-    if big == 0 {
-        return res;
-    }
-    let alt = _mm512_mask_blend_ps(
-        _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps()),
-        _mm512_set1_ps(f32::INFINITY),
-        _mm512_setzero_ps(),
-    );
-    _mm512_mask_blend_ps(big, res, alt)
 }
 
 /// Lanes `lo..=hi` of a 16-key chunk.

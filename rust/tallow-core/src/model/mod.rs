@@ -11,6 +11,8 @@ mod attention_x86;
 mod config;
 mod gemma3;
 mod layers;
+#[cfg(target_arch = "x86_64")]
+mod layers_x86;
 mod llama;
 mod scratch;
 
