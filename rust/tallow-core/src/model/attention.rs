@@ -79,7 +79,11 @@ impl Order {
 
 /// Floats of `scores` scratch one worker needs for `n_kv` keys of width `head_dim`.
 pub fn scratch_per_thread(n_kv: usize, head_dim: usize) -> usize {
-    n_kv + MAX_ACCS * LANES * head_dim
+    let items = n_kv + MAX_ACCS * LANES * head_dim;
+    #[cfg(target_arch = "x86_64")]
+    return items.max(super::attention_gemm_x86::scratch_floats(n_kv, head_dim));
+    #[cfg(not(target_arch = "x86_64"))]
+    items
 }
 
 /// Sum of 16 lanes in the pairwise order of `_mm512_reduce_add_ps`: halves, quarters, pairs.
@@ -167,6 +171,14 @@ fn avx512() -> bool {
     })
 }
 
+/// Whether the AVX-512 prefill tiles (`attention_gemm_x86.rs`) may run.
+#[cfg(target_arch = "x86_64")]
+fn avx512_gemm() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| avx512() && std::arch::is_x86_feature_detected!("avx512vl"))
+}
+
 /// The item kernel [`attention`] runs on this CPU, for `build_info()`: `"avx512"` (taken for
 /// head dimensions that are a multiple of 16) or `"portable"`.
 pub(crate) fn kernel_name() -> &'static str {
@@ -233,6 +245,46 @@ pub fn attention(
     let q: &[f32] = q;
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let scores_ptr = SyncPtr(scores.as_mut_ptr());
+
+    #[cfg(target_arch = "x86_64")]
+    if p.n_tokens > 1 && avx512_gemm() && hd.is_multiple_of(LANES) {
+        // Work units of (query block, head), the costliest (latest) blocks first, claimed
+        // from a counter so the workers end together.
+        const BLOCK: usize = 64;
+        let n_blocks = p.n_tokens.div_ceil(BLOCK);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        return pool.run(&|ti, _| {
+            let (out_ptr, scores_ptr) = (&out_ptr, &scores_ptr);
+            // SAFETY: worker `ti` owns its scratch slice (in bounds, asserted above).
+            let own = unsafe { std::slice::from_raw_parts_mut(scores_ptr.0.add(ti * per_thread), per_thread) };
+            loop {
+                let u = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if u >= n_blocks * n_head {
+                    break;
+                }
+                let (blk, h) = (n_blocks - 1 - u / n_head, u % n_head);
+                let b = super::attention_gemm_x86::HeadBlock {
+                    q,
+                    q_stride: n_head * hd,
+                    q_off: h * hd,
+                    out: out_ptr.0,
+                    hd,
+                    k,
+                    v,
+                    kv_dim,
+                    kv_off: (h / group) * hd,
+                    pos0: p.pos0,
+                    t0: blk * BLOCK,
+                    t1: ((blk + 1) * BLOCK).min(p.n_tokens),
+                    window: p.window,
+                    scale: p.scale,
+                };
+                // SAFETY: the features were detected; the unit's output rows (its tokens, its
+                // head) are written by this worker only; shapes as asserted above.
+                unsafe { super::attention_gemm_x86::head_block(&b, own) };
+            }
+        });
+    }
 
     pool.run(&|ti, nt| {
         let (out_ptr, scores_ptr) = (&out_ptr, &scores_ptr);
@@ -311,6 +363,59 @@ mod tests {
                     assert_eq!(bits(&o1), bits(&o2), "hd {hd}, {n_pos} keys from {first}");
                 }
             }
+        }
+    }
+
+    /// `attention` over several tokens (the AVX-512 prefill tiles where the CPU has them)
+    /// against `item_portable` for every (token, head), bit for bit: head sizes, grouped heads,
+    /// a chunk that starts after cached positions, query blocks and tiles with tails, windows.
+    #[test]
+    fn prefill_equals_the_portable_items() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
+        };
+        let pool = ThreadPool::new(2);
+        for (hd, n_head, n_head_kv, pos0, n_tokens, window) in [
+            (64, 4, 2, 0, 7, None),
+            (16, 3, 1, 5, 70, None),
+            (64, 9, 3, 0, 130, None),
+            (256, 4, 1, 33, 21, Some(16)),
+            (32, 2, 2, 100, 65, Some(40)),
+        ] {
+            let (kv_dim, n_kv) = (n_head_kv * hd, pos0 + n_tokens);
+            let k: Vec<f16> = (0..n_kv * kv_dim).map(|_| f16::from_f32(rnd())).collect();
+            let v: Vec<f16> = (0..n_kv * kv_dim).map(|_| f16::from_f32(rnd())).collect();
+            let mut q: Vec<f32> = (0..n_tokens * n_head * hd).map(|_| rnd()).collect();
+            let p = AttnParams { n_head, n_head_kv, head_dim: hd, pos0, n_tokens, window, scale: 0.2 };
+            let mut scores = vec![0.0; 2 * scratch_per_thread(n_kv, hd)];
+            let mut out = vec![0.0; q.len()];
+            attention(&p, &mut q, &k, &v, &mut out, &mut scores, &pool); // rounds q to f16 too
+            let per = scratch_per_thread(n_kv, hd);
+            let mut want = vec![0.0; q.len()];
+            for item in 0..n_tokens * n_head {
+                let (t, h) = (item / n_head, item % n_head);
+                let pos = pos0 + t;
+                let it = Item {
+                    order: Order::Gemm,
+                    q: &q[item * hd..(item + 1) * hd],
+                    k: &k,
+                    v: &v,
+                    kv_dim,
+                    kv_off: h / (n_head / n_head_kv) * hd,
+                    first: window.map_or(0, |w| (pos + 1).saturating_sub(w)),
+                    pos,
+                    scale: 0.2,
+                };
+                let mut s = vec![0.0; per];
+                let (sc, acc) = s.split_at_mut(n_kv);
+                item_portable(&it, sc, acc, &mut want[item * hd..(item + 1) * hd]);
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&want), "hd {hd}, {n_head}/{n_head_kv} heads, {n_tokens} tokens after {pos0}");
         }
     }
 

@@ -10,16 +10,47 @@ use std::arch::x86_64::*;
 /// then `(q0 + q2) + (q1 + q3)`.
 #[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
 #[inline]
-fn reduce16(v: __m512) -> f32 {
+pub(super) fn reduce16(v: __m512) -> f32 {
     let h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps::<1>(v));
     let q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
     let t = _mm_add_ps(q, _mm_shuffle_ps::<0b01_00_11_10>(q, q)); // [q0+q2, q1+q3, ..]
     _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<0b01>(t, t)))
 }
 
+/// Softmax of the scores `sp[first..=pos]` (indexed by key position) in place, given their
+/// maximum: ggml's vectorized `expf`, the sum of 16-key chunks aligned to key 0 (each reduced
+/// pairwise) in f64, weights rounded to f16. Lanes outside `first..=pos` are neither read nor
+/// written.
+///
+/// # Safety
+/// `sp.wrapping_add(j)` must be valid for `j` in `first..=pos` (`sp` itself need not be), and the CPU must have AVX-512F/DQ, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
+pub(super) unsafe fn softmax(sp: *mut f32, first: usize, pos: usize, max: f32) {
+    // SAFETY: masked loads and stores touch only keys first..=pos.
+    unsafe {
+        let (c0, c1) = (first / LANES, pos / LANES);
+        let chunk_mask = |c: usize| lanes(first.max(c * LANES) - c * LANES, pos.min(c * LANES + LANES - 1) - c * LANES);
+        let mut sum = 0.0f64;
+        for c in c0..=c1 {
+            let m = chunk_mask(c);
+            let x = _mm512_maskz_loadu_ps(m, sp.wrapping_add(c * LANES));
+            let e = _mm512_maskz_mov_ps(m, expf16(_mm512_sub_ps(x, _mm512_set1_ps(max))));
+            _mm512_mask_storeu_ps(sp.wrapping_add(c * LANES), m, e);
+            sum += reduce16(e) as f64;
+        }
+        let inv = _mm512_set1_ps((1.0 / sum) as f32);
+        for c in c0..=c1 {
+            let m = chunk_mask(c);
+            let w = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sp.wrapping_add(c * LANES)), inv);
+            let w = _mm512_cvtph_ps(_mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(w));
+            _mm512_mask_storeu_ps(sp.wrapping_add(c * LANES), m, w);
+        }
+    }
+}
+
 /// Lanes `lo..=hi` of a 16-key chunk.
 #[inline]
-fn lanes(lo: usize, hi: usize) -> __mmask16 {
+pub(super) fn lanes(lo: usize, hi: usize) -> __mmask16 {
     ((1u32 << (hi + 1)) - (1u32 << lo)) as __mmask16
 }
 
@@ -98,24 +129,7 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], out: &mut [f32]) {
             j += n;
         }
 
-        // Softmax over 16-key chunks aligned to key 0; lanes outside first..=pos are zeros.
-        let (c0, c1) = (first / LANES, pos / LANES);
-        let chunk_mask = |c: usize| lanes(first.max(c * LANES) - c * LANES, pos.min(c * LANES + LANES - 1) - c * LANES);
-        let mut sum = 0.0f64;
-        for c in c0..=c1 {
-            let m = chunk_mask(c);
-            let x = _mm512_maskz_loadu_ps(m, sp.add(c * LANES));
-            let e = _mm512_maskz_mov_ps(m, expf16(_mm512_sub_ps(x, _mm512_set1_ps(max))));
-            _mm512_mask_storeu_ps(sp.add(c * LANES), m, e);
-            sum += reduce16(e) as f64;
-        }
-        let inv = _mm512_set1_ps((1.0 / sum) as f32);
-        for c in c0..=c1 {
-            let m = chunk_mask(c);
-            let w = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sp.add(c * LANES)), inv);
-            let w = _mm512_cvtph_ps(_mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(w));
-            _mm512_mask_storeu_ps(sp.add(c * LANES), m, w);
-        }
+        softmax(sp, first, pos, max);
 
         match it.order {
             Order::Gemm => gemm_weighted_sum(it, sp, out),

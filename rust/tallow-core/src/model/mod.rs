@@ -7,6 +7,8 @@
 
 mod attention;
 #[cfg(target_arch = "x86_64")]
+mod attention_gemm_x86;
+#[cfg(target_arch = "x86_64")]
 mod attention_x86;
 mod config;
 mod gemma3;
