@@ -27,6 +27,9 @@ const ACT_TYPES: [QType; 3] = [QType::Q8_0, QType::Q8_1, QType::Q8_K];
 pub struct MatmulScratch {
     /// One per entry of [`ACT_TYPES`], so fused products of mixed types keep every input.
     bufs: [Vec<u64>; 3],
+    /// Σ of the quants of every Q8_0 activation block, `[n_tokens, cols / 32]`, for the tiles
+    /// that offset signed weights (`TileArgs::a_sums`): once per product, not once per row group.
+    sums: Vec<i32>,
 }
 
 impl MatmulScratch {
@@ -37,7 +40,7 @@ impl MatmulScratch {
 
     /// Bytes currently reserved (tests check that a warm scratch stops growing).
     pub fn capacity_bytes(&self) -> usize {
-        self.bufs.iter().map(|b| b.capacity() * 8).sum()
+        self.bufs.iter().map(|b| b.capacity() * 8).sum::<usize>() + self.sums.capacity() * 4
     }
 }
 
@@ -149,6 +152,7 @@ impl RowKernel {
         rows: std::ops::Range<usize>,
         xq: &[u8],
         act_row: usize,
+        sums: &[i32],
         n_tokens: usize,
         out: *mut f32,
     ) {
@@ -188,6 +192,7 @@ impl RowKernel {
                                     a_stride: act_row,
                                     out: out.add(t * w.rows + r),
                                     out_stride: w.rows,
+                                    a_sums: sums.as_ptr().wrapping_add(t * (cols / 32)),
                                 },
                             )
                         };
@@ -218,6 +223,7 @@ impl RowKernel {
                                     a_stride: act_row,
                                     out: out.add(t * w.rows + r),
                                     out_stride: w.rows,
+                                    a_sums: std::ptr::null(),
                                 },
                             )
                         };
@@ -348,6 +354,16 @@ fn run(
             };
         }
     }
+    // Block sums of the Q8_0 activations, for the x16 Q4_0 tile.
+    let sums: &[i32] = if products.iter().flatten().any(|(w, ..)| w.qtype == QType::Q4_0 && w.interleave() == x16::ROWS)
+    {
+        let q8 = acts[0];
+        scratch.sums.clear();
+        scratch.sums.extend(q8.chunks_exact(34).map(|b| b[2..].iter().map(|&q| q as i8 as i32).sum::<i32>()));
+        &scratch.sums
+    } else {
+        &[]
+    };
     pool.run(&|i, n| {
         for (w, out, kernel) in products.iter().flatten() {
             let act = super::act_type(w.qtype).expect("quantized weight");
@@ -356,7 +372,7 @@ fn run(
             let group = kernel.row_group(w, n_tokens);
             let groups = split_range(w.rows.div_ceil(group), i, n);
             let rows = (groups.start * group).min(w.rows)..(groups.end * group).min(w.rows);
-            kernel.rows(w, rows, xq, act_row, n_tokens, out.0);
+            kernel.rows(w, rows, xq, act_row, sums, n_tokens, out.0);
         }
     });
 }

@@ -29,6 +29,9 @@ pub struct TileArgs {
     pub a_stride: usize,
     pub out: *mut f32,
     pub out_stride: usize,
+    /// Σ of each Q8_0 activation block's quants, `nb` per token from `a`'s first token, for
+    /// tiles that take them ready-made (the x16 Q4_0 tile); null for the others.
+    pub a_sums: *const i32,
 }
 
 /// Computes one tile, `Σ w[r] · a[t]` over `nb` blocks for each of its rows `r` and tokens `t`.
@@ -134,7 +137,7 @@ unsafe fn tile_vnni<const K: u8, const R: usize, const T: usize>(nb: usize, args
 /// The body of every tile, inlined into a wrapper that enables the instruction set.
 #[inline(always)]
 unsafe fn tile<const K: u8, const R: usize, const T: usize, const VNNI: bool>(nb: usize, args: &TileArgs) {
-    let TileArgs { w, w_stride, b_stride, a, a_stride, out, out_stride } = *args;
+    let TileArgs { w, w_stride, b_stride, a, a_stride, out, out_stride, .. } = *args;
     // Q4_1/Q5_1 carry a minimum and pair with Q8_1 (d, s, qs), the others with Q8_0 (d, qs).
     let with_min = matches!(K, Q4_1 | Q5_1);
     let (a_bytes, a_qs) = if with_min { (36, 4) } else { (34, 2) };
@@ -210,7 +213,7 @@ unsafe fn tile<const K: u8, const R: usize, const T: usize, const VNNI: bool>(nb
 
 /// Sum of 8 i32 lanes (exact in any order).
 #[inline(always)]
-pub(super) unsafe fn hsum_i32_8(v: __m256i) -> i32 {
+unsafe fn hsum_i32_8(v: __m256i) -> i32 {
     // SAFETY: the callers run with AVX2 enabled.
     unsafe {
         let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));

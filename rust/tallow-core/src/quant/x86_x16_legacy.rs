@@ -14,7 +14,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use super::x86_avx2::load_f16;
-use super::x86_legacy_tile::{hsum_i32_8, TileArgs};
+use super::x86_legacy_tile::TileArgs;
 use super::x86_x16::{bcast_i32, load};
 use std::arch::x86_64::*;
 
@@ -131,10 +131,11 @@ pub(super) unsafe fn legacy<const K: u8, const T: usize>(nb: usize, args: &TileA
 }
 
 /// Q4_0 in llama.cpp's repacked order: `T` tokens × 16 rows over `nb` blocks, each output
-/// adding `fma(Σ_block q · y, d_w · d_y, acc)` once per block (arguments as for [`legacy`]).
+/// adding `fma(Σ_block q · y, d_w · d_y, acc)` once per block (arguments as for [`legacy`],
+/// plus `a_sums`, which this tile requires).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn q4_0_blocks<const T: usize>(nb: usize, args: &TileArgs) {
-    let TileArgs { w, b_stride, a, a_stride, out, out_stride, .. } = *args;
+    let TileArgs { w, b_stride, a, a_stride, out, out_stride, a_sums, .. } = *args;
     // SAFETY (whole body): as for `legacy`.
     unsafe {
         let m4 = _mm512_set1_epi8(0x0f);
@@ -154,13 +155,9 @@ pub(super) unsafe fn q4_0_blocks<const T: usize>(nb: usize, args: &TileArgs) {
             for (t, acc) in acc.iter_mut().enumerate() {
                 let ap = a.add(t * a_stride + i * 34);
                 let y = ap.add(2);
-                // Σ (u - 8) · y = Σ u · y - 8 · Σ y: the accumulators start at -8 · Σ y.
-                let lanes = _mm256_dpbusd_epi32(
-                    _mm256_setzero_si256(),
-                    _mm256_set1_epi8(1),
-                    _mm256_loadu_si256(y as *const __m256i),
-                );
-                let mut isum = [_mm512_set1_epi32(-8 * hsum_i32_8(lanes)), _mm512_setzero_si512()];
+                // Σ (u - 8) · y = Σ u · y - 8 · Σ y: the accumulators start at -8 · Σ y (the
+                // block sums come with the activations, computed once per product).
+                let mut isum = [_mm512_set1_epi32(-8 * *a_sums.add(t * nb + i)), _mm512_setzero_si512()];
                 for (k, q) in q.iter().enumerate() {
                     isum[k % 2] = _mm512_dpbusd_epi32(isum[k % 2], *q, bcast_i32(y.add(4 * k)));
                 }
