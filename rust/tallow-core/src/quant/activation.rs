@@ -129,10 +129,57 @@ crate::simd::simd_fn! {
     }
 }
 
+/// `x` (`[256 · n]`) to `n` Q8_K blocks in `out` (`[292 · n]` bytes).
+pub fn quantize_row_q8_k(x: &[f32], out: &mut [u8]) {
+    assert_eq!(x.len() / 256 * Q8_K_BYTES, out.len(), "q8_K: {} values into {} bytes", x.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: the features were detected; the lengths were checked above.
+        return unsafe { q8_k_avx512(x, out) };
+    }
+    q8_k_portable(x, out)
+}
+
+/// [`q8_k_portable`]'s operations, 16 values at a time: the same bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+unsafe fn q8_k_avx512(x: &[f32], out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    for (xb, ob) in x.chunks_exact(256).zip(out.chunks_exact_mut(Q8_K_BYTES)) {
+        // SAFETY: xb holds 256 floats, ob 292 bytes.
+        unsafe {
+            let v: [__m512; 16] = std::array::from_fn(|c| _mm512_loadu_ps(xb.as_ptr().add(16 * c)));
+            // max_ps returns its second operand when the first is NaN: NaNs are skipped, as the
+            // portable `>` skips them.
+            let amax =
+                _mm512_reduce_max_ps(v.iter().fold(_mm512_setzero_ps(), |m, &v| _mm512_max_ps(_mm512_abs_ps(v), m)));
+            if amax == 0.0 || amax.is_nan() {
+                q8_k_portable(xb, ob);
+                continue;
+            }
+            // The signed element of largest magnitude: the first one whose |v| is amax.
+            let first = v.iter().enumerate().find_map(|(c, &v)| {
+                let m = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_abs_ps(v), _mm512_set1_ps(amax));
+                (m != 0).then(|| xb[16 * c + m.trailing_zeros() as usize])
+            });
+            let iscale = -127.0 / first.expect("amax is some element's magnitude");
+            let (head, rest) = ob.split_at_mut(4);
+            let (qs, bsums) = rest.split_at_mut(256);
+            const EVEN: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+            for (c, &v) in v.iter().enumerate() {
+                let r = _mm512_cvt_roundps_epi32::<EVEN>(_mm512_mul_ps(_mm512_set1_ps(iscale), v));
+                let r = _mm512_min_epi32(r, _mm512_set1_epi32(127));
+                _mm_storeu_si128(qs.as_mut_ptr().add(16 * c) as *mut __m128i, _mm512_cvtepi32_epi8(r));
+                bsums[2 * c..2 * c + 2].copy_from_slice(&(_mm512_reduce_add_epi32(r) as i16).to_le_bytes());
+            }
+            head.copy_from_slice(&(1.0 / iscale).to_le_bytes());
+        }
+    }
+}
+
 crate::simd::simd_fn! {
-    /// `x` (`[256 · n]`) to `n` Q8_K blocks in `out` (`[292 · n]` bytes).
-    pub fn quantize_row_q8_k(x: &[f32], out: &mut [u8]) {
-        assert_eq!(x.len() / 256 * Q8_K_BYTES, out.len(), "q8_K: {} values into {} bytes", x.len(), out.len());
+    /// [`quantize_row_q8_k`] in plain code (compiled for AVX2 where the CPU has it).
+    fn q8_k_portable(x: &[f32], out: &mut [u8]) {
         for (xb, ob) in x.chunks_exact(256).zip(out.chunks_exact_mut(Q8_K_BYTES)) {
             // The signed element of largest magnitude (the first one on ties).
             let (mut amax, mut max) = (0.0f32, 0.0f32);
@@ -221,6 +268,39 @@ mod tests {
             // SAFETY: as above.
             unsafe { q8_rows_avx512::<true>(&x, &mut b) };
             assert_eq!(a, b, "q8_1 round {round}");
+        }
+    }
+
+    /// The AVX-512 Q8_K quantizer writes the portable one's bytes: ties, a negative element of
+    /// largest magnitude, repeated maxima, all-zero blocks.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_q8_k_equals_the_portable_one() {
+        if !avx512() {
+            return; // only the portable quantizer runs on this CPU
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..300 {
+            let mut x: Vec<f32> = (0..512)
+                .map(|i| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    match round % 4 {
+                        0 => ((seed % 255) as f32 - 127.0) / 2.0, // halves: exact ties
+                        1 => -((seed % 7) as f32),                // repeated maxima
+                        _ => ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * (1 + i % 9) as f32,
+                    }
+                })
+                .collect();
+            if round % 10 == 0 {
+                x[..256].fill(0.0); // a zero block, then a normal one
+            }
+            let (mut a, mut b) = (vec![0u8; 2 * Q8_K_BYTES], vec![0u8; 2 * Q8_K_BYTES]);
+            q8_k_portable(&x, &mut a);
+            // SAFETY: avx512() checked the CPU; 512 values into 2 blocks.
+            unsafe { q8_k_avx512(&x, &mut b) };
+            assert_eq!(a, b, "round {round}");
         }
     }
 
