@@ -27,9 +27,10 @@ const ACT_TYPES: [QType; 3] = [QType::Q8_0, QType::Q8_1, QType::Q8_K];
 pub struct MatmulScratch {
     /// One per entry of [`ACT_TYPES`], so fused products of mixed types keep every input.
     bufs: [Vec<u64>; 3],
-    /// Σ of the quants of every Q8_0 activation block, `[n_tokens, cols / 32]`, for the tiles
-    /// that offset signed weights (`TileArgs::a_sums`): once per product, not once per row group.
-    sums: Vec<i32>,
+    /// Accumulator starts of the x16 tiles that offset signed weights to unsigned ones, one
+    /// table per entry of [`OFFSET_TYPES`] (`TileArgs::a_offsets`): computed from the Q8_0
+    /// activations once per product, not once per row group.
+    offsets: [Vec<i32>; 3],
 }
 
 impl MatmulScratch {
@@ -40,7 +41,8 @@ impl MatmulScratch {
 
     /// Bytes currently reserved (tests check that a warm scratch stops growing).
     pub fn capacity_bytes(&self) -> usize {
-        self.bufs.iter().map(|b| b.capacity() * 8).sum::<usize>() + self.sums.capacity() * 4
+        self.bufs.iter().map(|b| b.capacity() * 8).sum::<usize>()
+            + self.offsets.iter().map(|o| o.capacity() * 4).sum::<usize>()
     }
 }
 
@@ -152,7 +154,7 @@ impl RowKernel {
         rows: std::ops::Range<usize>,
         xq: &[u8],
         act_row: usize,
-        sums: &[i32],
+        offsets: &[i32],
         n_tokens: usize,
         out: *mut f32,
     ) {
@@ -192,7 +194,9 @@ impl RowKernel {
                                     a_stride: act_row,
                                     out: out.add(t * w.rows + r),
                                     out_stride: w.rows,
-                                    a_sums: sums.as_ptr().wrapping_add(t * (cols / 32)),
+                                    a_offsets: offsets
+                                        .as_ptr()
+                                        .wrapping_add(t * (cols / 32) * offsets_per_block(w.qtype)),
                                 },
                             )
                         };
@@ -223,7 +227,7 @@ impl RowKernel {
                                     a_stride: act_row,
                                     out: out.add(t * w.rows + r),
                                     out_stride: w.rows,
-                                    a_sums: std::ptr::null(),
+                                    a_offsets: std::ptr::null(),
                                 },
                             )
                         };
@@ -354,16 +358,23 @@ fn run(
             };
         }
     }
-    // Block sums of the Q8_0 activations, for the x16 Q4_0 tile.
-    let sums: &[i32] = if products.iter().flatten().any(|(w, ..)| w.qtype == QType::Q4_0 && w.interleave() == x16::ROWS)
-    {
-        let q8 = acts[0];
-        scratch.sums.clear();
-        scratch.sums.extend(q8.chunks_exact(34).map(|b| b[2..].iter().map(|&q| q as i8 as i32).sum::<i32>()));
-        &scratch.sums
-    } else {
-        &[]
-    };
+    // Accumulator starts of the x16 tiles of signed types, from the Q8_0 activations.
+    for (ty, table) in OFFSET_TYPES.iter().zip(scratch.offsets.iter_mut()) {
+        table.clear();
+        if products.iter().flatten().any(|(w, ..)| w.qtype == *ty && w.interleave() == x16::ROWS) {
+            for blk in acts[0].chunks_exact(34) {
+                let y = |k: usize| blk[2 + 4 * k..6 + 4 * k].iter().map(|&q| q as i8 as i32).sum::<i32>();
+                match ty {
+                    // Σ (u - 8) · y: the block's one accumulator starts at -8 · Σ y.
+                    QType::Q4_0 => table.push(-8 * (0..8).map(y).sum::<i32>()),
+                    // Lane k (elements 4k..4k + 4) starts at -bias · Σ of its activations.
+                    QType::Q5_0 => table.extend((0..8).map(|k| -16 * y(k))),
+                    _ => table.extend((0..8).map(|k| -128 * y(k))),
+                }
+            }
+        }
+    }
+    let offsets = &scratch.offsets;
     pool.run(&|i, n| {
         for (w, out, kernel) in products.iter().flatten() {
             let act = super::act_type(w.qtype).expect("quantized weight");
@@ -372,9 +383,22 @@ fn run(
             let group = kernel.row_group(w, n_tokens);
             let groups = split_range(w.rows.div_ceil(group), i, n);
             let rows = (groups.start * group).min(w.rows)..(groups.end * group).min(w.rows);
-            kernel.rows(w, rows, xq, act_row, sums, n_tokens, out.0);
+            let table = OFFSET_TYPES.iter().position(|t| *t == w.qtype).map_or(&[][..], |i| &offsets[i][..]);
+            kernel.rows(w, rows, xq, act_row, table, n_tokens, out.0);
         }
     });
+}
+
+/// Signed weight types whose x16 tiles take their accumulator starts from a table.
+const OFFSET_TYPES: [QType; 3] = [QType::Q4_0, QType::Q5_0, QType::Q8_0];
+
+/// Entries of a type's offset table per activation block.
+fn offsets_per_block(qtype: QType) -> usize {
+    if qtype == QType::Q4_0 {
+        1
+    } else {
+        8
+    }
 }
 
 /// `x` (`[n_tokens, cols]`) quantized into `buf` as `n_tokens` rows of `A` blocks, in

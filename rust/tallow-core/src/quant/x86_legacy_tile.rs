@@ -29,9 +29,11 @@ pub struct TileArgs {
     pub a_stride: usize,
     pub out: *mut f32,
     pub out_stride: usize,
-    /// Σ of each Q8_0 activation block's quants, `nb` per token from `a`'s first token, for
-    /// tiles that take them ready-made (the x16 Q4_0 tile); null for the others.
-    pub a_sums: *const i32,
+    /// Accumulator starts that undo the offset of signed weights, from `a`'s first token: per
+    /// activation block one (Q4_0: `-8 · Σ y`) or one per 4-element lane (Q5_0, Q8_0:
+    /// `-bias · Σ y`), `nb` blocks per token. Read by the x16 tiles of those types; null for
+    /// the others.
+    pub a_offsets: *const i32,
 }
 
 /// Computes one tile, `Σ w[r] · a[t]` over `nb` blocks for each of its rows `r` and tokens `t`.

@@ -5,7 +5,8 @@
 //! (`legacy_dot.rs`). Here each of those 8 lanes is a vector over the 16 rows, so the f32 steps
 //! are the same operations lane by lane. The integer sums are the same too, formed differently:
 //! `vpdpbusd` wants unsigned weights, so signed ones are offset (`q = u - bias`) and the
-//! accumulator starts at `-bias · Σ y` of the lane's 4 activations.
+//! accumulator starts at `-bias · Σ y` of the lane's 4 activations, taken from a table
+//! `matmul` computes once per product (`TileArgs::a_offsets`).
 //!
 //! Q4_0 (which x16 holds only with a multiple of 16 rows) takes the order of llama.cpp's
 //! repacked Q4_0 instead (`legacy_dot.rs`): one accumulator, one fma per block
@@ -44,10 +45,10 @@ static SPREAD_BIT4: [u32; 16] = spread_bit4();
 
 /// `T` tokens × 16 rows over `nb` blocks of type `K`: `args.w` is a group's first group block,
 /// group blocks are `args.b_stride` bytes apart (`w_stride` is unused); activation rows are
-/// Q8_1 for Q4_1/Q5_1, Q8_0 for the others.
+/// Q8_1 for Q4_1/Q5_1, Q8_0 for the others; Q5_0 and Q8_0 require `args.a_offsets`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn legacy<const K: u8, const T: usize>(nb: usize, args: &TileArgs) {
-    let TileArgs { w, b_stride, a, a_stride, out, out_stride, .. } = *args;
+    let TileArgs { w, b_stride, a, a_stride, out, out_stride, a_offsets, .. } = *args;
     let with_min = matches!(K, Q4_1 | Q5_1);
     let (a_bytes, a_qs) = if with_min { (36, 4) } else { (34, 2) };
     // Group block fields (x16.rs): d at 0, then m, qh and qs where the type has them.
@@ -57,12 +58,8 @@ pub(super) unsafe fn legacy<const K: u8, const T: usize>(nb: usize, args: &TileA
         Q5_1 => (64, 128),
         _ => (0, 32),
     };
-    // Signed quants as unsigned ones: q = u - bias.
-    let bias_shift: u32 = match K {
-        Q5_0 => 4,
-        Q8_0 => 7,
-        _ => 0,
-    };
+    // Signed quants as unsigned ones, q = u - bias (16 for Q5_0, 128 for Q8_0).
+    let signed = matches!(K, Q5_0 | Q8_0);
     // SAFETY (whole body): the caller guarantees `nb` group blocks at `w`, T activation rows
     // of `nb` blocks, and 16 outputs per token, on a CPU with the enabled features.
     unsafe {
@@ -102,20 +99,11 @@ pub(super) unsafe fn legacy<const K: u8, const T: usize>(nb: usize, args: &TileA
                     // GCC contracts llama.cpp's `summs += m * s` into an fma.
                     summs[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(load_f16(ap.add(2))), summs[t]);
                 }
-                // -bias · Σ y over each lane's 4 activations.
-                let mut start = [0i32; 8];
-                if bias_shift != 0 {
-                    let ones = _mm256_set1_epi8(1);
-                    let sums =
-                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, _mm256_loadu_si256(y as *const __m256i));
-                    let neg = _mm256_sub_epi32(
-                        _mm256_setzero_si256(),
-                        _mm256_sll_epi32(sums, _mm_cvtsi32_si128(bias_shift as i32)),
-                    );
-                    _mm256_storeu_si256(start.as_mut_ptr() as *mut __m256i, neg);
-                }
+                // Each lane's accumulator starts at -bias · Σ of its 4 activations (from the table
+                // computed once per product; zero for the unsigned types).
+                let start = |k: usize| if signed { *a_offsets.add((t * nb + i) * 8 + k) } else { 0 };
                 for (k, acc) in acc[t].iter_mut().enumerate() {
-                    let dot = _mm512_dpbusd_epi32(_mm512_set1_epi32(start[k]), q[k], bcast_i32(y.add(4 * k)));
+                    let dot = _mm512_dpbusd_epi32(_mm512_set1_epi32(start(k)), q[k], bcast_i32(y.add(4 * k)));
                     *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot), *acc);
                 }
             }
@@ -132,10 +120,10 @@ pub(super) unsafe fn legacy<const K: u8, const T: usize>(nb: usize, args: &TileA
 
 /// Q4_0 in llama.cpp's repacked order: `T` tokens × 16 rows over `nb` blocks, each output
 /// adding `fma(Σ_block q · y, d_w · d_y, acc)` once per block (arguments as for [`legacy`],
-/// plus `a_sums`, which this tile requires).
+/// plus `a_offsets`, which this tile requires).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn q4_0_blocks<const T: usize>(nb: usize, args: &TileArgs) {
-    let TileArgs { w, b_stride, a, a_stride, out, out_stride, a_sums, .. } = *args;
+    let TileArgs { w, b_stride, a, a_stride, out, out_stride, a_offsets, .. } = *args;
     // SAFETY (whole body): as for `legacy`.
     unsafe {
         let m4 = _mm512_set1_epi8(0x0f);
@@ -155,9 +143,9 @@ pub(super) unsafe fn q4_0_blocks<const T: usize>(nb: usize, args: &TileArgs) {
             for (t, acc) in acc.iter_mut().enumerate() {
                 let ap = a.add(t * a_stride + i * 34);
                 let y = ap.add(2);
-                // Σ (u - 8) · y = Σ u · y - 8 · Σ y: the accumulators start at -8 · Σ y (the
-                // block sums come with the activations, computed once per product).
-                let mut isum = [_mm512_set1_epi32(-8 * *a_sums.add(t * nb + i)), _mm512_setzero_si512()];
+                // Σ (u - 8) · y = Σ u · y - 8 · Σ y: the accumulators start at -8 · Σ y (from
+                // the table computed once per product).
+                let mut isum = [_mm512_set1_epi32(*a_offsets.add(t * nb + i)), _mm512_setzero_si512()];
                 for (k, q) in q.iter().enumerate() {
                     isum[k % 2] = _mm512_dpbusd_epi32(isum[k % 2], *q, bcast_i32(y.add(4 * k)));
                 }
