@@ -21,7 +21,9 @@
 //! 16 `scales` as 4 chunks at 32, then for k = 0..8 the chunks at `ql` bytes `4k`, `32 + 4k`,
 //! `64 + 4k`, `96 + 4k` and `qh` bytes `4k`, `32 + 4k`, at `288 + 384k` (of 3360).
 //!
-//! The bytes are only moved, never changed: [`unpack_block`] gives back the original block.
+//! The bytes are only moved, with one exception: Q8_0's quants are stored as unsigned bytes,
+//! `q + 128` (`q ^ 0x80`), the operand `vpdpbusd` wants, so the tile does not flip them for
+//! every product. [`unpack_block`] gives back the original block.
 
 use super::QType;
 
@@ -122,12 +124,17 @@ pub fn pack_block<'a>(qtype: QType, block: impl Fn(usize) -> &'a [u8], out: &mut
         off += len;
         start += ROWS * len;
     }
+    if qtype == QType::Q8_0 {
+        out[2 * ROWS..].iter_mut().for_each(|q| *q ^= 0x80);
+    }
 }
 
 /// Row `r`'s original block from a group block, into `out` (one block).
 pub fn unpack_block(qtype: QType, group: &[u8], r: usize, out: &mut [u8]) {
     for (b, o) in out[..qtype.type_size()].iter_mut().enumerate() {
-        *o = group[at(qtype, r, b)];
+        // Q8_0's quants (after the 2-byte d) are stored as q ^ 0x80.
+        let flip = if qtype == QType::Q8_0 && b >= 2 { 0x80 } else { 0 };
+        *o = group[at(qtype, r, b)] ^ flip;
     }
 }
 

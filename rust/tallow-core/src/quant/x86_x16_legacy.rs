@@ -71,7 +71,7 @@ pub(super) unsafe fn legacy<const K: u8, const T: usize>(nb: usize, args: &TileA
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g as *const __m256i));
             // Unsigned quants of lane k (elements 4k..4k + 4) of all 16 rows.
             let q: [__m512i; 8] = if K == Q8_0 {
-                std::array::from_fn(|k| _mm512_xor_si512(load(g.add(qs_at + 64 * k)), _mm512_set1_epi8(-128)))
+                std::array::from_fn(|k| load(g.add(qs_at + 64 * k))) // stored as q + 128 (x16.rs)
             } else {
                 let c: [__m512i; 4] = std::array::from_fn(|c| load(g.add(qs_at + 64 * c)));
                 let mut q: [__m512i; 8] = std::array::from_fn(|k| {
