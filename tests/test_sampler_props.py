@@ -115,6 +115,8 @@ def kept_superset(
         while n < len(ids) and logits[ids[n]] == logits[ids[n - 1]]:
             n += 1
         ids = ids[: min(n, len(ids))]
+    # The sampler holds min_p as f32, like llama.cpp: a value below f32's range is 0 (off).
+    min_p = float(np.float32(min_p))
     if min_p > 0.0:
         mx = max(float(logits[i]) for i in ids)
         ids = [i for i in ids if float(logits[i]) >= mx + math.log(min_p) - 1e-9]
