@@ -4,9 +4,9 @@ Needs both packages installed. For every prompt it compares
 
 - tokenization: ``tallow.Model.tokenize(text, add_bos=, special=)`` against
   ``Llama.tokenize(text.encode(), add_bos=, special=)`` for all four flag combinations;
-- greedy generation (unless ``--tokens-only``): ``tallow.Model.generate(prompt,
-  max_tokens=N, temperature=0)`` against llama.cpp's exact greedy loop (eval one token,
-  argmax, stop after an end-of-generation token), compared as detokenized text.
+- greedy generation (unless ``--tokens-only``): tallow's greedy stream (``Model.generate``'s,
+  with the same special-token flag as llama.cpp's side) against llama.cpp's exact greedy loop
+  (eval one token, argmax, stop after an end-of-generation token), compared as detokenized text.
 
     python benches/parity.py --model tests/.models/smollm2-135m-q4_1.gguf \\
         --prompt "The capital of France is" --prompt "def add(a, b):"
@@ -15,8 +15,8 @@ Needs both packages installed. For every prompt it compares
 
 ``--prompts-file``: a ``.json`` list of strings, else one prompt per line.
 ``--fixture``: take the prompts of a ``benches/reference.py`` fixture.
-The llama.cpp side of generation tokenizes with ``add_bos=True`` and ``special=True``
-(as ``Llama.create_completion`` does); ``--no-gen-special`` switches that off.
+Both sides of generation tokenize with ``add_bos=True`` and ``special=True`` (as
+``Llama.create_completion`` does); ``--no-gen-special`` switches special-token parsing off.
 Exit status: 0 when everything matches, 1 on any mismatch, 2 on a setup error.
 """
 
@@ -126,7 +126,10 @@ def check_generation(
     ref_ids, ref_text = llama_greedy(llm, tokens, max_tokens)
     # A fresh model per prompt, as llama.cpp's side is evaluated afresh: a prefix reused from
     # the previous prompt is computed in different batch sizes, which changes the last bits.
-    got_text = new_model().generate(prompt, max_tokens=max_tokens, temperature=0)
+    # Both sides parse special tokens the same way: `Model.generate` leaves them as text, so
+    # this goes through the method under it, which takes the flag.
+    stream = new_model()._start(prompt, max_tokens, {"temperature": 0.0}, add_bos=True, special=special)
+    got_text = "".join(text for text, _tok in stream if text)
     # A continuation cut at max_tokens may end inside a UTF-8 sequence: llama.cpp's
     # side then ends in U+FFFD, tallow's may hold the bytes back. Compare without it.
     ref_cmp = ref_text.rstrip("\ufffd")
