@@ -37,6 +37,13 @@ pub struct AttnParams {
     pub scale: f32,
 }
 
+impl AttnParams {
+    /// The first key the query at position `pos` sees.
+    pub(super) fn first_key(&self, pos: usize) -> usize {
+        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+    }
+}
+
 /// Most accumulators of [`LANES`] lanes an [`Order`] uses.
 const MAX_ACCS: usize = 4;
 
@@ -156,28 +163,8 @@ fn item_portable(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], out: &mut [
     }
 }
 
-/// Whether the AVX-512 item kernel may run (same bits as [`item_portable`];
-/// `TALLOW_KERNELS=scalar` turns it off too).
 #[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
-    use std::sync::OnceLock;
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        crate::quant::kernels().name() != "scalar"
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-    })
-}
-
-/// Whether the AVX-512 prefill tiles (`attention_gemm_x86.rs`) may run.
-#[cfg(target_arch = "x86_64")]
-fn avx512_gemm() -> bool {
-    use std::sync::OnceLock;
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| avx512() && std::arch::is_x86_feature_detected!("avx512vl"))
-}
+use super::layers::avx512;
 
 /// The item kernel [`attention`] runs on this CPU, for `build_info()`: `"avx512"` (taken for
 /// head dimensions that are a multiple of 16) or `"portable"`.
@@ -247,7 +234,7 @@ pub fn attention(
     let scores_ptr = SyncPtr(scores.as_mut_ptr());
 
     #[cfg(target_arch = "x86_64")]
-    if p.n_tokens > 1 && avx512_gemm() && hd.is_multiple_of(LANES) {
+    if p.n_tokens > 1 && avx512() && hd.is_multiple_of(LANES) {
         // Work units of (query block, head), the costliest (latest) blocks first, claimed
         // from a counter so the workers end together.
         const BLOCK: usize = 64;
@@ -264,20 +251,15 @@ pub fn attention(
                 }
                 let (blk, h) = (n_blocks - 1 - u / n_head, u % n_head);
                 let b = super::attention_gemm_x86::HeadBlock {
+                    p,
                     q,
-                    q_stride: n_head * hd,
-                    q_off: h * hd,
                     out: out_ptr.0,
-                    hd,
                     k,
                     v,
-                    kv_dim,
+                    head: h,
                     kv_off: (h / group) * hd,
-                    pos0: p.pos0,
                     t0: blk * BLOCK,
                     t1: ((blk + 1) * BLOCK).min(p.n_tokens),
-                    window: p.window,
-                    scale: p.scale,
                 };
                 // SAFETY: the features were detected; the unit's output rows (its tokens, its
                 // head) are written by this worker only; shapes as asserted above.
@@ -308,7 +290,7 @@ pub fn attention(
                 v,
                 kv_dim,
                 kv_off: (h / group) * hd,
-                first: p.window.map_or(0, |w| (pos + 1).saturating_sub(w)),
+                first: p.first_key(pos),
                 pos,
                 scale: p.scale,
             };
@@ -406,7 +388,7 @@ mod tests {
                     v: &v,
                     kv_dim,
                     kv_off: h / (n_head / n_head_kv) * hd,
-                    first: window.map_or(0, |w| (pos + 1).saturating_sub(w)),
+                    first: p.first_key(pos),
                     pos,
                     scale: 0.2,
                 };

@@ -13,7 +13,7 @@
 //!
 //! [`Order::Gemm`]: super::attention::Order::Gemm
 
-use super::attention::LANES;
+use super::attention::{AttnParams, LANES};
 use super::attention_x86::{lanes, softmax};
 use half::f16;
 use std::arch::x86_64::*;
@@ -23,30 +23,25 @@ const QT: usize = 4;
 
 /// One head's queries `t0..t1` of a prefill chunk.
 pub(super) struct HeadBlock<'a> {
-    /// All queries, `[n_tokens, q_stride]`, f16-exact; this head's start at `q_off`.
+    pub p: &'a AttnParams,
+    /// All queries, `[n_tokens, n_head * head_dim]`, f16-exact.
     pub q: &'a [f32],
-    pub q_stride: usize,
-    pub q_off: usize,
     /// Output rows, laid out as `q`.
     pub out: *mut f32,
-    pub hd: usize,
-    /// Keys and values of position `j` start at `j * kv_dim + kv_off`.
+    /// One layer of the cache, `[n_ctx, n_head_kv * head_dim]`.
     pub k: &'a [f16],
     pub v: &'a [f16],
-    pub kv_dim: usize,
+    pub head: usize,
+    /// This head's KV head's offset in a cache row.
     pub kv_off: usize,
-    pub pos0: usize,
     pub t0: usize,
     pub t1: usize,
-    pub window: Option<usize>,
-    pub scale: f32,
 }
 
 impl HeadBlock<'_> {
     /// First key token `t` sees.
     fn first(&self, t: usize) -> usize {
-        let pos = self.pos0 + t;
-        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+        self.p.first_key(self.p.pos0 + t)
     }
 }
 
@@ -79,21 +74,23 @@ fn reduce4(a: &[__m512; 4]) -> __m128 {
 /// [`super::attention::Order::Gemm`] computes each of them.
 ///
 /// # Safety
-/// The CPU must have AVX-512F/DQ, FMA and F16C; `b.hd` is a multiple of 16; `b.q` holds the
-/// rows of tokens `t0..t1`; the keys and values of every position up to `pos0 + t1 - 1` lie
-/// inside `b.k` and `b.v`; `b.out` has the rows of tokens `t0..t1` for this caller only;
-/// `scratch` holds [`scratch_floats`]`(pos0 + t1, hd)` floats.
+/// The CPU must have AVX-512F/DQ/VL, FMA and F16C; the head size is a multiple of 16; `b.q`
+/// holds the rows of tokens `t0..t1`; the keys and values of every position up to
+/// `pos0 + t1 - 1` lie inside `b.k` and `b.v`; `b.out` has the rows of tokens `t0..t1` for this
+/// caller only; `scratch` holds [`scratch_floats`]`(pos0 + t1, head_dim)` floats.
 #[target_feature(enable = "avx512f,avx512dq,avx512vl,fma,f16c")]
 pub(super) unsafe fn head_block(b: &HeadBlock<'_>, scratch: &mut [f32]) {
-    let hd = b.hd;
+    let hd = b.p.head_dim;
+    let (q_stride, q_off, kv_dim) = (b.p.n_head * hd, b.head * hd, b.p.n_head_kv * hd);
+    let (pos0, scale) = (b.p.pos0, b.p.scale);
     let nc = hd / LANES;
-    let (first_lo, pos_hi) = (b.first(b.t0), b.pos0 + b.t1 - 1);
+    let (first_lo, pos_hi) = (b.first(b.t0), pos0 + b.t1 - 1);
     // Keys base0..base0 + l: whole 16-key blocks (aligned to key 0) around first_lo..=pos_hi.
     let base0 = first_lo / LANES * LANES;
     let l = (pos_hi + 1 - base0).next_multiple_of(LANES);
     assert!(hd.is_multiple_of(LANES) && b.t0 < b.t1 && scratch.len() >= scratch_floats(pos_hi + 1, hd));
-    assert!(b.k.len() >= pos_hi * b.kv_dim + b.kv_off + hd && b.v.len() >= pos_hi * b.kv_dim + b.kv_off + hd);
-    assert!(b.q.len() >= (b.t1 - 1) * b.q_stride + b.q_off + hd);
+    assert!(b.k.len() >= pos_hi * kv_dim + b.kv_off + hd && b.v.len() >= pos_hi * kv_dim + b.kv_off + hd);
+    assert!(b.q.len() >= (b.t1 - 1) * q_stride + q_off + hd);
     let (rows, rest) = scratch.split_at_mut(QT * l);
     // SAFETY: `rest` holds at least hd * l / 2 floats (scratch_floats), i.e. hd * l f16.
     let vt = unsafe { std::slice::from_raw_parts_mut(rest.as_mut_ptr() as *mut f16, hd * l) };
@@ -104,7 +101,7 @@ pub(super) unsafe fn head_block(b: &HeadBlock<'_>, scratch: &mut [f32]) {
     for jb in (0..l).step_by(LANES) {
         let key_row = |i: usize| {
             let j = base0 + jb + i;
-            (first_lo..=pos_hi).contains(&j).then(|| &b.v[j * b.kv_dim + b.kv_off..j * b.kv_dim + b.kv_off + hd])
+            (first_lo..=pos_hi).contains(&j).then(|| &b.v[j * kv_dim + b.kv_off..j * kv_dim + b.kv_off + hd])
         };
         let key_rows: [Option<&[f16]>; LANES] = std::array::from_fn(key_row);
         for d in 0..hd {
@@ -125,9 +122,9 @@ pub(super) unsafe fn head_block(b: &HeadBlock<'_>, scratch: &mut [f32]) {
             let tq: [usize; QT] = std::array::from_fn(|i| (t + i).min(b.t1 - 1));
             let n_q = (b.t1 - t).min(QT);
             let firsts: [usize; QT] = tq.map(|t| b.first(t));
-            let poss: [usize; QT] = tq.map(|t| b.pos0 + t);
+            let poss: [usize; QT] = tq.map(|t| pos0 + t);
             let (ks, ke) = (firsts[0], poss[QT - 1]);
-            let qp: [*const f32; QT] = tq.map(|t| b.q.as_ptr().add(t * b.q_stride + b.q_off));
+            let qp: [*const f32; QT] = tq.map(|t| b.q.as_ptr().add(t * q_stride + q_off));
             // row(i).wrapping_add(j): query i's score or weight of key j (j in base0..base0 + l).
             let row = |i: usize| rows_p.add(i * l).wrapping_sub(base0);
 
@@ -139,8 +136,7 @@ pub(super) unsafe fn head_block(b: &HeadBlock<'_>, scratch: &mut [f32]) {
                 for c in 0..nc {
                     let q: [__m512; QT] = qp.map(|p| _mm512_loadu_ps(p.add(c * LANES)));
                     for (k, &jk) in kj.iter().enumerate() {
-                        let kv =
-                            _mm512_cvtph_ps(_mm256_loadu_si256(kp.add(jk * b.kv_dim + c * LANES) as *const __m256i));
+                        let kv = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add(jk * kv_dim + c * LANES) as *const __m256i));
                         for (a, &q) in acc.iter_mut().zip(&q) {
                             a[k] = _mm512_fmadd_ps(q, kv, a[k]);
                         }
@@ -148,7 +144,7 @@ pub(super) unsafe fn head_block(b: &HeadBlock<'_>, scratch: &mut [f32]) {
                 }
                 let n_k = (ke + 1 - j).min(4);
                 for (i, a) in acc.iter().enumerate() {
-                    let s = _mm_mul_ps(reduce4(a), _mm_set1_ps(b.scale));
+                    let s = _mm_mul_ps(reduce4(a), _mm_set1_ps(scale));
                     _mm_mask_storeu_ps(row(i).wrapping_add(j), ((1u32 << n_k) - 1) as __mmask8, s);
                 }
                 j += 4;
@@ -188,7 +184,7 @@ pub(super) unsafe fn head_block(b: &HeadBlock<'_>, scratch: &mut [f32]) {
                     blk += LANES;
                 }
                 for (i, a) in acc.iter().enumerate().take(n_q) {
-                    _mm_storeu_ps(b.out.add(tq[i] * b.q_stride + b.q_off + d0), reduce4(a));
+                    _mm_storeu_ps(b.out.add(tq[i] * q_stride + q_off + d0), reduce4(a));
                 }
             }
             t += QT;

@@ -23,7 +23,8 @@ pub(super) fn reduce16(v: __m512) -> f32 {
 /// written.
 ///
 /// # Safety
-/// `sp.wrapping_add(j)` must be valid for `j` in `first..=pos` (`sp` itself need not be), and the CPU must have AVX-512F/DQ, FMA and F16C.
+/// `sp.wrapping_add(j)` must be valid for `j` in `first..=pos` (`sp` itself need not be), and
+/// the CPU must have AVX-512F/DQ, FMA and F16C.
 #[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
 pub(super) unsafe fn softmax(sp: *mut f32, first: usize, pos: usize, max: f32) {
     // SAFETY: masked loads and stores touch only keys first..=pos.

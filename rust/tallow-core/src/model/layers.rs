@@ -86,15 +86,19 @@ crate::simd::simd_fn! {
     }
 }
 
-/// Whether the AVX-512 element-wise kernels may run (`TALLOW_KERNELS=scalar` turns them off).
+/// Whether the AVX-512 kernels of the model layers (`layers_x86.rs`, `attention_x86.rs`,
+/// `attention_gemm_x86.rs`) may run: AVX-512 F/DQ/VL, FMA and F16C (`TALLOW_KERNELS=scalar`
+/// turns them off).
 #[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
+pub(super) fn avx512() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
         crate::quant::kernels().name() != "scalar"
             && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     })
 }
 

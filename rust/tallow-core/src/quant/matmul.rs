@@ -362,16 +362,7 @@ fn run(
     for (ty, table) in OFFSET_TYPES.iter().zip(scratch.offsets.iter_mut()) {
         table.clear();
         if products.iter().flatten().any(|(w, ..)| w.qtype == *ty && w.interleave() == x16::ROWS) {
-            for blk in acts[0].chunks_exact(34) {
-                let y = |k: usize| blk[2 + 4 * k..6 + 4 * k].iter().map(|&q| q as i8 as i32).sum::<i32>();
-                match ty {
-                    // Σ (u - 8) · y: the block's one accumulator starts at -8 · Σ y.
-                    QType::Q4_0 => table.push(-8 * (0..8).map(y).sum::<i32>()),
-                    // Lane k (elements 4k..4k + 4) starts at -bias · Σ of its activations.
-                    QType::Q5_0 => table.extend((0..8).map(|k| -16 * y(k))),
-                    _ => table.extend((0..8).map(|k| -128 * y(k))),
-                }
-            }
+            fill_offsets(table, *ty, acts[0], n_tokens, pool);
         }
     }
     let offsets = &scratch.offsets;
@@ -391,6 +382,36 @@ fn run(
 
 /// Signed weight types whose x16 tiles take their accumulator starts from a table.
 const OFFSET_TYPES: [QType; 3] = [QType::Q4_0, QType::Q5_0, QType::Q8_0];
+
+/// The offset table of `qtype` (one of [`OFFSET_TYPES`]) for `n_tokens` rows of Q8_0 blocks
+/// `q8`, in parallel over tokens when there are several.
+fn fill_offsets(table: &mut Vec<i32>, qtype: QType, q8: &[u8], n_tokens: usize, pool: &ThreadPool) {
+    let per_block = offsets_per_block(qtype);
+    table.resize(q8.len() / 34 * per_block, 0);
+    let fill = |blocks: &[u8], out: &mut [i32]| {
+        for (blk, out) in blocks.chunks_exact(34).zip(out.chunks_exact_mut(per_block)) {
+            let y = |k: usize| blk[2 + 4 * k..6 + 4 * k].iter().map(|&q| q as i8 as i32).sum::<i32>();
+            match qtype {
+                // Σ (u - 8) · y: the block's one accumulator starts at -8 · Σ y.
+                QType::Q4_0 => out[0] = -8 * (0..8).map(y).sum::<i32>(),
+                // Lane k (elements 4k..4k + 4) starts at -bias · Σ of its activations.
+                QType::Q5_0 => out.iter_mut().enumerate().for_each(|(k, o)| *o = -16 * y(k)),
+                _ => out.iter_mut().enumerate().for_each(|(k, o)| *o = -128 * y(k)),
+            }
+        }
+    };
+    if n_tokens == 1 {
+        return fill(q8, table);
+    }
+    let (row, out_row) = (q8.len() / n_tokens, table.len() / n_tokens);
+    let out = SyncPtr(table.as_mut_ptr());
+    pool.run(&|i, n| {
+        let (out, tokens) = (&out, split_range(n_tokens, i, n));
+        // SAFETY: each worker writes the table rows of its own tokens, inside the table.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(tokens.start * out_row), tokens.len() * out_row) };
+        fill(&q8[tokens.start * row..tokens.end * row], dst);
+    });
+}
 
 /// Entries of a type's offset table per activation block.
 fn offsets_per_block(qtype: QType) -> usize {

@@ -98,9 +98,9 @@ impl QTensor {
     /// [`INTERLEAVE`] rows (block `i` of rows `4g..4g + 4`, then block `i + 1` of the same rows).
     /// Types without tiles, and tensors without whole groups, are returned as they are.
     ///
-    /// The copy lives in huge-page memory (`arena.rs`), written by one thread per core (first touches of
-    /// fresh pages dominate, and they run in parallel), and the file's pages it came from are
-    /// released as it goes, so memory does not double.
+    /// The copy lives in huge-page memory (`arena.rs`), written by one thread per core (first
+    /// touches of fresh pages dominate, and they run in parallel), and the file's pages it came
+    /// from are released as it goes, so memory does not double.
     pub fn interleaved(self) -> QTensor {
         let g = super::matmul::layout_rows(self.qtype);
         if g == 1 || self.interleave != 1 || !self.rows.is_multiple_of(g) || self.rows == 0 {
