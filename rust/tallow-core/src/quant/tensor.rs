@@ -98,7 +98,7 @@ impl QTensor {
     /// [`INTERLEAVE`] rows (block `i` of rows `4g..4g + 4`, then block `i + 1` of the same rows).
     /// Types without tiles, and tensors without whole groups, are returned as they are.
     ///
-    /// The copy lives in huge-page memory (`arena.rs`), written by one thread per core (first
+    /// The copy lives in the repack arena (`arena.rs`), written by one thread per core (first
     /// touches of fresh pages dominate, and they run in parallel), and the file's pages it came
     /// from are released as it goes, so memory does not double.
     pub fn interleaved(self) -> QTensor {
