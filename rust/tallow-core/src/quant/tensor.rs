@@ -20,7 +20,7 @@ enum Bytes {
         buf: Arc<[u64]>,
         len: usize,
     },
-    /// Repacked weights, in huge-page memory shared with the model's other repacked tensors.
+    /// Repacked weights in the repack arena (`arena.rs`): small tensors share huge-page chunks.
     Arena(Arc<Region>),
 }
 
