@@ -18,7 +18,16 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CATALOG", "CatalogEntry", "list_models", "models_dir", "pull", "resolve_model"]
+__all__ = [
+    "CATALOG",
+    "CatalogEntry",
+    "home_dir",
+    "list_models",
+    "models_dir",
+    "pull",
+    "repack_dir",
+    "resolve_model",
+]
 
 
 @dataclass(frozen=True)
@@ -62,11 +71,20 @@ CATALOG: dict[str, CatalogEntry] = {
 }
 
 
+def home_dir() -> Path:
+    """tallow's cache directory: ``$TALLOW_HOME`` or ``~/.cache/tallow``."""
+    home = os.environ.get("TALLOW_HOME")
+    return Path(home) if home else Path.home() / ".cache" / "tallow"
+
+
 def models_dir() -> Path:
     """Where downloaded models live: ``$TALLOW_HOME/models`` or ``~/.cache/tallow/models``."""
-    home = os.environ.get("TALLOW_HOME")
-    base = Path(home) if home else Path.home() / ".cache" / "tallow"
-    return base / "models"
+    return home_dir() / "models"
+
+
+def repack_dir() -> Path:
+    """Where repacked weights are cached: ``$TALLOW_HOME/repack`` or ``~/.cache/tallow/repack``."""
+    return home_dir() / "repack"
 
 
 def list_models() -> list[tuple[CatalogEntry, Path | None]]:

@@ -9,10 +9,10 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from . import _tallow
-from .catalog import resolve_model
+from .catalog import repack_dir, resolve_model
 from .sampling import SamplingOptions, build_options
 
 if sys.version_info >= (3, 11):
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from .chat import Chat
 
 __all__ = ["Model", "ModelInfo"]
+
+#: Values of ``TALLOW_REPACK_CACHE`` that turn the repack cache off.
+_OFF = frozenset({"0", "off", "false", "no"})
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,10 @@ class ModelInfo:
     chat_template: str | None
     n_ctx: int
     n_threads: int
+    #: What the repack cache did for this load: ``"hit"`` (the repacked weights were mapped from
+    #: the cache), ``"written"`` (repacked now, cached for the next load), ``"skipped"`` (nothing
+    #: large to repack, or the cache directory could not be written) or ``"off"``.
+    repack_cache: Literal["hit", "written", "skipped", "off"]
 
 
 class Model:
@@ -47,6 +54,13 @@ class Model:
     ``model`` is a path to a ``.gguf`` file or a catalog name (see ``tallow models``), which is
     downloaded on first use. One ``Model`` may be shared by many threads and asyncio tasks:
     requests queue on its engine thread, and the GIL is released while it computes.
+
+    Weights are repacked at load into the layout this CPU's kernels read fastest. The repacked
+    copies of the large tensors are kept in ``$TALLOW_HOME/repack`` (``~/.cache/tallow/repack``),
+    so later loads of the same file map them instead of repacking: ``repack_cache=False`` (or
+    ``TALLOW_REPACK_CACHE=0`` in the environment) turns that off. The cache holds at most 32 GiB
+    (``TALLOW_REPACK_CACHE_MAX_GB``), least recently used first out, and drops the copies of
+    files that were changed or deleted.
 
     >>> model = tallow.Model("smollm2-135m")                      # doctest: +SKIP
     >>> model.generate("The capital of France is", max_tokens=8, temperature=0)  # doctest: +SKIP
@@ -59,14 +73,20 @@ class Model:
         n_threads: int | None = None,
         n_ctx: int | None = None,
         allow_download: bool = True,
+        repack_cache: bool | None = None,
     ) -> None:
+        if repack_cache is not None and not isinstance(repack_cache, bool):
+            raise TypeError(f"repack_cache must be a bool or None, not {type(repack_cache).__name__}")
         for name, value in (("n_threads", n_threads), ("n_ctx", n_ctx)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
             if value is not None and value < 1:
                 raise ValueError(f"invalid value for '{name}': must be >= 1, got {value}")
         self.path: Path = resolve_model(model, allow_download=allow_download)
-        self._model = _tallow.Model(str(self.path), n_threads=n_threads, n_ctx=n_ctx)
+        if repack_cache is None:
+            repack_cache = os.environ.get("TALLOW_REPACK_CACHE", "1").strip().lower() not in _OFF
+        cache = str(repack_dir()) if repack_cache else None
+        self._model = _tallow.Model(str(self.path), n_threads=n_threads, n_ctx=n_ctx, repack_cache=cache)
         self.info: ModelInfo = ModelInfo(**self._model.info())
 
     def __repr__(self) -> str:

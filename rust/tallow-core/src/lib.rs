@@ -19,4 +19,4 @@ pub mod tokenizer;
 
 pub use error::{Error, GgufError, Result};
 pub use info::build_info;
-pub use load::{load, LoadedModel};
+pub use load::{load, LoadOptions, LoadedModel};

@@ -5,9 +5,10 @@ use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::info::ModelInfo;
-use crate::model::load_model;
+use crate::model::load_model_with;
+use crate::quant::{RepackCache, RepackCacheStatus};
 use crate::tokenizer::Tokenizer;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Context length used when the caller gives none: the model's own, capped to keep the
@@ -27,15 +28,31 @@ const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% set ns = namespace(system='') %}
 {% if m['role'] == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}{{ m['content'] | trim }}<end_of_turn>\n\
 {% endif %}{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
 
+/// How to load a model; `Default` is the model's own context (capped), every core, no repack
+/// cache.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Compute threads (default: the machine's available parallelism).
+    pub n_threads: Option<usize>,
+    /// Context length (default: the model's, capped at [`DEFAULT_N_CTX_CAP`]).
+    pub n_ctx: Option<usize>,
+    /// Directory of the repack cache (`quant/repack_cache.rs`); `None` repacks into memory on
+    /// every load.
+    pub repack_cache: Option<PathBuf>,
+}
+
 pub struct LoadedModel {
     pub engine: Engine,
     pub info: ModelInfo,
+    /// What the repack cache did for this load.
+    pub repack_cache: RepackCacheStatus,
     /// The chat template, or why there is none usable. Rendering is deferred to `chat()`: a
     /// broken template must not stop the model from loading.
     pub template: std::result::Result<ChatTemplate, String>,
 }
 
-pub fn load(path: &Path, n_threads: Option<usize>, n_ctx: Option<usize>) -> Result<LoadedModel> {
+pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
+    let LoadOptions { n_threads, n_ctx, repack_cache } = options.clone();
     if n_threads == Some(0) {
         return Err(Error::invalid("n_threads", "must be at least 1"));
     }
@@ -44,7 +61,13 @@ pub fn load(path: &Path, n_threads: Option<usize>, n_ctx: Option<usize>) -> Resu
     }
     let file = Arc::new(GgufFile::open(path)?);
     let tokenizer = Arc::new(Tokenizer::from_gguf(&file)?);
-    let model = load_model(file.clone())?;
+    let cache = repack_cache.as_deref().and_then(|dir| RepackCache::open(dir, path, &file));
+    let model = load_model_with(file.clone(), cache.as_ref())?;
+    let repack_cache = match (repack_cache, cache) {
+        (None, _) => RepackCacheStatus::Off,
+        (Some(_), None) => RepackCacheStatus::Skipped,
+        (Some(_), Some(cache)) => cache.finish(),
+    };
     let info = ModelInfo::new(&file, model.config())?;
     if tokenizer.n_vocab() != model.config().n_vocab {
         return Err(Error::gguf(
@@ -73,5 +96,5 @@ pub fn load(path: &Path, n_threads: Option<usize>, n_ctx: Option<usize>) -> Resu
     let n_ctx = n_ctx.unwrap_or_else(|| n_ctx_train.clamp(1, DEFAULT_N_CTX_CAP));
     let n_threads = n_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let engine = Engine::new(model, tokenizer, EngineConfig { n_threads, n_ctx, n_batch: DEFAULT_N_BATCH })?;
-    Ok(LoadedModel { engine, info, template })
+    Ok(LoadedModel { engine, info, repack_cache, template })
 }

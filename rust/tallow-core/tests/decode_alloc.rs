@@ -190,7 +190,8 @@ impl EventSink for Recorder {
 /// `STEPS` tokens, the allocations since the previous token's event and whether its event
 /// carried text.
 fn engine_steps(file: &str, params: SamplingParams, stop: &[&str]) -> [(usize, bool); STEPS] {
-    let loaded = tallow_core::load(&model_path(file), Some(N_THREADS), Some(N_CTX)).expect("load model");
+    let options = tallow_core::LoadOptions { n_threads: Some(N_THREADS), n_ctx: Some(N_CTX), repack_cache: None };
+    let loaded = tallow_core::load(&model_path(file), &options).expect("load model");
     let engine = &loaded.engine;
     let prompt = engine.prepare_prompt(&Prompt::Text { text: PROMPT.into(), add_bos: true, special: false }).unwrap();
     let n_tokens = WARMUP + STEPS + 1;

@@ -74,17 +74,25 @@ impl ChatSession {
 pub struct Model {
     engine: Engine,
     info: ModelInfo,
+    repack_cache: &'static str,
     template: std::result::Result<ChatTemplate, String>,
 }
 
 #[pymethods]
 impl Model {
     #[new]
-    #[pyo3(signature = (path, n_threads = None, n_ctx = None))]
-    fn new(py: Python<'_>, path: std::path::PathBuf, n_threads: Option<usize>, n_ctx: Option<usize>) -> PyResult<Self> {
+    #[pyo3(signature = (path, n_threads = None, n_ctx = None, repack_cache = None))]
+    fn new(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        n_threads: Option<usize>,
+        n_ctx: Option<usize>,
+        repack_cache: Option<std::path::PathBuf>,
+    ) -> PyResult<Self> {
         guard_detached(py, move || {
-            let loaded = tallow_core::load(&path, n_threads, n_ctx)?;
-            Ok(Model { engine: loaded.engine, info: loaded.info, template: loaded.template })
+            let loaded = tallow_core::load(&path, &tallow_core::LoadOptions { n_threads, n_ctx, repack_cache })?;
+            let repack_cache = loaded.repack_cache.as_str();
+            Ok(Model { engine: loaded.engine, info: loaded.info, repack_cache, template: loaded.template })
         })
     }
 
@@ -101,6 +109,7 @@ impl Model {
         d.set_item("chat_template", &i.chat_template)?;
         d.set_item("n_ctx", self.engine.config().n_ctx)?;
         d.set_item("n_threads", self.engine.config().n_threads)?;
+        d.set_item("repack_cache", self.repack_cache)?;
         Ok(d)
     }
 

@@ -11,13 +11,11 @@
 
 use super::attention::{attention, AttnParams};
 use super::layers::{add_assign, gelu_mul, rms_norm, rms_norm_into};
-use super::{norm, tensor, CommonWeights, ForwardScratch, Layers, ModelConfig};
+use super::{CommonWeights, ForwardScratch, Layers, ModelConfig, Weights};
 use crate::error::Result;
-use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
 use crate::quant::{matmul, matmul_fused, QTensor};
 use crate::threadpool::ThreadPool;
-use std::sync::Arc;
 
 /// One decoder block's weights. Matrices are `[rows, cols]` = `[out, in]`.
 struct Block {
@@ -56,26 +54,26 @@ pub(crate) struct Gemma3 {
 }
 
 impl Gemma3 {
-    pub(crate) fn load(file: &Arc<GgufFile>, cfg: ModelConfig) -> Result<Gemma3> {
+    pub(crate) fn load(w: &Weights, cfg: ModelConfig) -> Result<Gemma3> {
         // llama.cpp rounds sqrt(n_embd) in f32.
-        let common = CommonWeights::load(file, &cfg, (cfg.n_embd as f32).sqrt())?;
+        let common = CommonWeights::load(w, &cfg, (cfg.n_embd as f32).sqrt())?;
         let blocks = (0..cfg.n_layer)
             .map(|il| {
                 let n = |s: &str| format!("blk.{il}.{s}.weight");
                 Ok(Block {
-                    attn_norm: norm(file, &n("attn_norm"))?,
-                    attn_q: tensor(file, &n("attn_q"))?,
-                    attn_k: tensor(file, &n("attn_k"))?,
-                    attn_v: tensor(file, &n("attn_v"))?,
-                    attn_q_norm: norm(file, &n("attn_q_norm"))?,
-                    attn_k_norm: norm(file, &n("attn_k_norm"))?,
-                    attn_output: tensor(file, &n("attn_output"))?,
-                    post_attention_norm: norm(file, &n("post_attention_norm"))?,
-                    ffn_norm: norm(file, &n("ffn_norm"))?,
-                    ffn_gate: tensor(file, &n("ffn_gate"))?,
-                    ffn_up: tensor(file, &n("ffn_up"))?,
-                    ffn_down: tensor(file, &n("ffn_down"))?,
-                    post_ffw_norm: norm(file, &n("post_ffw_norm"))?,
+                    attn_norm: w.norm(&n("attn_norm"))?,
+                    attn_q: w.tensor(&n("attn_q"))?,
+                    attn_k: w.tensor(&n("attn_k"))?,
+                    attn_v: w.tensor(&n("attn_v"))?,
+                    attn_q_norm: w.norm(&n("attn_q_norm"))?,
+                    attn_k_norm: w.norm(&n("attn_k_norm"))?,
+                    attn_output: w.tensor(&n("attn_output"))?,
+                    post_attention_norm: w.norm(&n("post_attention_norm"))?,
+                    ffn_norm: w.norm(&n("ffn_norm"))?,
+                    ffn_gate: w.tensor(&n("ffn_gate"))?,
+                    ffn_up: w.tensor(&n("ffn_up"))?,
+                    ffn_down: w.tensor(&n("ffn_down"))?,
+                    post_ffw_norm: w.norm(&n("post_ffw_norm"))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

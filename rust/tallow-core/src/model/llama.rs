@@ -3,13 +3,11 @@
 
 use super::attention::{attention, AttnParams};
 use super::layers::{add_assign, rms_norm_into, silu_mul};
-use super::{norm, tensor, CommonWeights, ForwardScratch, Layers, ModelConfig};
+use super::{CommonWeights, ForwardScratch, Layers, ModelConfig, Weights};
 use crate::error::Result;
-use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
 use crate::quant::{matmul, matmul_fused, QTensor};
 use crate::threadpool::ThreadPool;
-use std::sync::Arc;
 
 /// One decoder block's weights. Matrices are `[rows, cols]` = `[out, in]`.
 struct Block {
@@ -42,22 +40,22 @@ pub(crate) struct Llama {
 }
 
 impl Llama {
-    pub(crate) fn load(file: &Arc<GgufFile>, cfg: ModelConfig) -> Result<Llama> {
-        let common = CommonWeights::load(file, &cfg, 1.0)?;
-        let rope_freqs = if cfg.has_rope_freqs { Some(norm(file, "rope_freqs.weight")?) } else { None };
+    pub(crate) fn load(w: &Weights, cfg: ModelConfig) -> Result<Llama> {
+        let common = CommonWeights::load(w, &cfg, 1.0)?;
+        let rope_freqs = if cfg.has_rope_freqs { Some(w.norm("rope_freqs.weight")?) } else { None };
         let blocks = (0..cfg.n_layer)
             .map(|il| {
                 let n = |s: &str| format!("blk.{il}.{s}.weight");
                 Ok(Block {
-                    attn_norm: norm(file, &n("attn_norm"))?,
-                    attn_q: tensor(file, &n("attn_q"))?,
-                    attn_k: tensor(file, &n("attn_k"))?,
-                    attn_v: tensor(file, &n("attn_v"))?,
-                    attn_output: tensor(file, &n("attn_output"))?,
-                    ffn_norm: norm(file, &n("ffn_norm"))?,
-                    ffn_gate: tensor(file, &n("ffn_gate"))?,
-                    ffn_up: tensor(file, &n("ffn_up"))?,
-                    ffn_down: tensor(file, &n("ffn_down"))?,
+                    attn_norm: w.norm(&n("attn_norm"))?,
+                    attn_q: w.tensor(&n("attn_q"))?,
+                    attn_k: w.tensor(&n("attn_k"))?,
+                    attn_v: w.tensor(&n("attn_v"))?,
+                    attn_output: w.tensor(&n("attn_output"))?,
+                    ffn_norm: w.norm(&n("ffn_norm"))?,
+                    ffn_gate: w.tensor(&n("ffn_gate"))?,
+                    ffn_up: w.tensor(&n("ffn_up"))?,
+                    ffn_down: w.tensor(&n("ffn_down"))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

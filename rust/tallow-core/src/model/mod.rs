@@ -17,16 +17,18 @@ mod layers;
 mod layers_x86;
 mod llama;
 mod scratch;
+mod weights;
 
 pub(crate) use attention::kernel_name as attention_kernel;
 pub use attention::{attention, scratch_per_thread, AttnParams};
 pub use config::{Arch, ModelConfig, RopeStyle};
 pub use scratch::{ForwardScratch, MAX_BATCH_LIMIT};
+pub(crate) use weights::Weights;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
-use crate::quant::{dequantize_row, matmul, QTensor};
+use crate::quant::{matmul, QTensor, RepackCache};
 use crate::threadpool::ThreadPool;
 use std::sync::Arc;
 
@@ -71,10 +73,17 @@ pub trait Model: Send + Sync {
 
 /// Loads the model of `file`, dispatching on `general.architecture`.
 pub fn load_model(file: Arc<GgufFile>) -> Result<Arc<dyn Model>> {
+    load_model_with(file, None)
+}
+
+/// [`load_model`] with a repack cache that holds, or receives, the repacked copies of the
+/// large weights.
+pub fn load_model_with(file: Arc<GgufFile>, cache: Option<&RepackCache>) -> Result<Arc<dyn Model>> {
     let cfg = ModelConfig::from_gguf(&file)?;
+    let w = Weights { file: &file, cache };
     Ok(match cfg.arch {
-        Arch::Llama => Arc::new(llama::Llama::load(&file, cfg)?),
-        Arch::Gemma3 => Arc::new(gemma3::Gemma3::load(&file, cfg)?),
+        Arch::Llama => Arc::new(llama::Llama::load(&w, cfg)?),
+        Arch::Gemma3 => Arc::new(gemma3::Gemma3::load(&w, cfg)?),
     })
 }
 
@@ -96,10 +105,10 @@ pub(crate) struct CommonWeights {
 }
 
 impl CommonWeights {
-    fn load(file: &Arc<GgufFile>, cfg: &ModelConfig, embd_scale: f32) -> Result<CommonWeights> {
-        let token_embd = tensor(file, "token_embd.weight")?;
-        let output = if cfg.tied_embeddings { token_embd.clone() } else { tensor(file, "output.weight")? };
-        Ok(CommonWeights { token_embd, output_norm: norm(file, "output_norm.weight")?, output, embd_scale })
+    fn load(w: &Weights, cfg: &ModelConfig, embd_scale: f32) -> Result<CommonWeights> {
+        let token_embd = w.tensor("token_embd.weight")?;
+        let output = if cfg.tied_embeddings { token_embd.clone() } else { w.tensor("output.weight")? };
+        Ok(CommonWeights { token_embd, output_norm: w.norm("output_norm.weight")?, output, embd_scale })
     }
 }
 
@@ -205,21 +214,4 @@ pub(crate) fn run_forward<'s, L: Layers>(
         }
     }
     Ok(&s.logits[..n_logits])
-}
-
-/// A 2-D weight of `file` (already shape-checked by `ModelConfig::from_gguf`), in the layout
-/// `matmul` reads fastest on this CPU.
-fn tensor(file: &Arc<GgufFile>, name: &str) -> Result<QTensor> {
-    let info =
-        file.tensor(name).ok_or_else(|| Error::gguf(0, format!("tensor[{name:?}]"), "required tensor is missing"))?;
-    let t = QTensor::from_gguf(file, info)?;
-    Ok(if t.rows > 1 && crate::quant::tiles_for(t.qtype) { t.interleaved() } else { t })
-}
-
-/// A 1-D weight (norm, rope factors) as f32.
-fn norm(file: &Arc<GgufFile>, name: &str) -> Result<Vec<f32>> {
-    let t = tensor(file, name)?;
-    let mut out = vec![0.0; t.cols];
-    dequantize_row(t.qtype, t.data(), &mut out);
-    Ok(out)
 }

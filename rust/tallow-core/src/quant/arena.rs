@@ -16,13 +16,14 @@ use std::sync::{Arc, Mutex};
 const CHUNK: usize = 64 << 20;
 
 /// Transparent huge page size (x86-64 and most aarch64 kernels); chunks start on this boundary.
-const HUGE_PAGE: usize = 2 << 20;
+pub(crate) const HUGE_PAGE: usize = 2 << 20;
 
 /// Regions start on a cache line.
 const ALIGN: usize = 64;
 
-/// `len` bytes of anonymous memory, zero until written. Written once, by
-/// `QTensor::interleaved`, before the tensor is shared; read-only afterwards.
+/// `len` bytes of a mapping: anonymous memory, zero until written, or a repack cache file
+/// (`repack_cache.rs`). Written once, by `QTensor::interleaved`, before the tensor is shared;
+/// read-only afterwards.
 pub(crate) struct Region {
     map: Arc<memmap2::MmapRaw>,
     start: usize,
@@ -55,6 +56,13 @@ impl Region {
         let start = used.next_multiple_of(ALIGN);
         *used = start + len;
         Some(Region { map: map.clone(), start, len })
+    }
+
+    /// `len` bytes at `start` of `map` (a repack cache file). Writing them needs a map made
+    /// for writing.
+    pub(crate) fn in_map(map: Arc<memmap2::MmapRaw>, start: usize, len: usize) -> Region {
+        assert!(start.checked_add(len).is_some_and(|end| end <= map.len()), "region past the end of its map");
+        Region { map, start, len }
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {

@@ -14,6 +14,7 @@ mod legacy_dot;
 mod matmul;
 mod qtype;
 mod reference;
+mod repack_cache;
 mod scalar;
 mod tensor;
 mod x16;
@@ -36,6 +37,7 @@ pub(crate) use matmul::layout_rows;
 pub use matmul::{matmul, matmul_fused, matmul_with, tiles_for, MatmulScratch};
 pub use qtype::QType;
 pub use reference::{dequantize_row, matmul_candle};
+pub use repack_cache::{RepackCache, RepackCacheStatus};
 pub use tensor::{QTensor, INTERLEAVE};
 
 use crate::error::{Error, Result};

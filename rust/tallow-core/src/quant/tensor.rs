@@ -20,7 +20,8 @@ enum Bytes {
         buf: Arc<[u64]>,
         len: usize,
     },
-    /// Repacked weights in the repack arena (`arena.rs`): small tensors share huge-page chunks.
+    /// Repacked weights in the repack arena (`arena.rs`), where small tensors share huge-page
+    /// chunks, or in a repack cache file (`repack_cache.rs`).
     Arena(Arc<Region>),
 }
 
@@ -102,14 +103,27 @@ impl QTensor {
     /// touches of fresh pages dominate, and they run in parallel), and the file's pages it came
     /// from are released as it goes, so memory does not double.
     pub fn interleaved(self) -> QTensor {
-        let g = super::matmul::layout_rows(self.qtype);
-        if g == 1 || self.interleave != 1 || !self.rows.is_multiple_of(g) || self.rows == 0 {
-            return self;
+        let Some(g) = self.repack_rows() else { return self };
+        match Region::alloc(self.data().len()) {
+            Some(region) => self.interleaved_into(g, region),
+            None => self,
         }
+    }
+
+    /// Rows per group of the layout [`QTensor::interleaved`] would repack this tensor into, or
+    /// `None` when it stays as it is.
+    pub(crate) fn repack_rows(&self) -> Option<usize> {
+        let g = super::matmul::layout_rows(self.qtype);
+        (g > 1 && self.interleave == 1 && self.rows > 0 && self.rows.is_multiple_of(g)).then_some(g)
+    }
+
+    /// [`QTensor::interleaved`] into `region` (fresh, as long as the data) with groups of `g`
+    /// rows.
+    pub(crate) fn interleaved_into(self, g: usize, mut region: Region) -> QTensor {
         let src = self.data();
-        let Some(mut region) = Region::alloc(src.len()) else { return self };
         // SAFETY: the region is new, and this is its only borrow.
         let map = unsafe { region.bytes_mut() };
+        assert_eq!(map.len(), src.len(), "{self:?}: region of the wrong size");
         let group = g * self.row_bytes();
         let n_groups = self.rows / g;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).min(n_groups);
@@ -123,6 +137,12 @@ impl QTensor {
         if let Bytes::Mapped { file, start, len } = &self.bytes {
             file.release(*start, *len); // the pages straddling the chunk boundaries too
         }
+        self.with_layout(g, region)
+    }
+
+    /// This tensor's metadata over `region`, which already holds its data in groups of `g`
+    /// rows (a repack cache file).
+    pub(crate) fn with_layout(self, g: usize, region: Region) -> QTensor {
         QTensor { bytes: Bytes::Arena(Arc::new(region)), interleave: g, ..self }
     }
 

@@ -1,0 +1,555 @@
+//! The repack cache: the repacked copies of a model's large weights kept in a file, so that
+//! later loads map them instead of repacking again.
+//!
+//! Repacking (`QTensor::interleaved`) writes a copy of every tiled weight into fresh memory.
+//! On a VM the first touch of fresh memory is slow and erratic (faulting in 1.8 GB took 0.5 to
+//! 2.9 s on our CI machines), while pages the page cache already holds map in a fraction of
+//! that, which is how llama.cpp loads a GGUF. So the first load of a model writes its large
+//! repacked tensors into a cache file, `<dir>/<key>.repack`, and later loads of the same file
+//! by the same tallow build on a CPU with the same layouts map it read-only. Tensors smaller
+//! than a huge page stay in the huge-page arena (`arena.rs`): they decode faster from huge
+//! pages and cost little to repack.
+//!
+//! File: each tensor's bytes at a page-aligned offset, then the index (the identity, then one
+//! entry per tensor), then `index offset: u64, index length: u64, MAGIC`, little-endian. A new
+//! file is written under a temporary name and renamed into place only after `fsync`, in the
+//! background, so a published file is complete even after a power cut; a file that does not
+//! parse or whose identity differs is a miss. Nothing here fails a load: when the cache cannot
+//! be read or written, the weights are repacked into memory as without it.
+
+use super::arena::Region;
+use super::{layout_rows, QTensor, QType};
+use crate::gguf::GgufFile;
+use memmap2::{MmapOptions, MmapRaw};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Last bytes of every cache file.
+const MAGIC: &[u8; 8] = b"TLWRPK01";
+/// Version of the file format; part of the identity.
+const FORMAT: u32 = 1;
+/// Tensors are cached from this size up; smaller ones go to the huge-page arena.
+pub(crate) const MIN_BYTES: usize = super::arena::HUGE_PAGE;
+/// Tensor data start on page boundaries, so each can be mapped on its own.
+const PAGE: u64 = 4096;
+/// The cache is kept under this many bytes (least recently used files go first) unless
+/// `TALLOW_REPACK_CACHE_MAX_GB` says otherwise.
+const DEFAULT_MAX_BYTES: u64 = 32 << 30;
+/// Free space a new cache file must leave on its file system.
+const MIN_FREE_BYTES: u64 = 1 << 30;
+/// Temporary files older than this are an earlier process's unfinished writes.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// What the repack cache did for one load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepackCacheStatus {
+    /// The caller turned the cache off.
+    Off,
+    /// Large weights were mapped from an existing cache file.
+    Hit,
+    /// Large weights were repacked into a new cache file, published in the background.
+    Written,
+    /// Not used: nothing large to repack, or the cache directory could not be written.
+    Skipped,
+}
+
+impl RepackCacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepackCacheStatus::Off => "off",
+            RepackCacheStatus::Hit => "hit",
+            RepackCacheStatus::Written => "written",
+            RepackCacheStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// What makes a cache file valid for a load: this build's layouts and the source file as it is
+/// now. Any difference is a miss.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Identity {
+    /// Crate version, kernel set and a fingerprint of the packed layouts.
+    build: String,
+    /// Canonical path of the GGUF file.
+    source: PathBuf,
+    size: u64,
+    mtime_ns: i128,
+    inode: u64,
+    device: u64,
+    /// Where the GGUF starts in the file (`GgufFile::open_at`).
+    start: u64,
+}
+
+/// One cached tensor: where its bytes are and what they must be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    name: String,
+    qtype: u32,
+    rows: u64,
+    cols: u64,
+    interleave: u32,
+    offset: u64,
+    len: u64,
+}
+
+impl Entry {
+    /// Whether this entry holds tensor `t` (row-after-row, as read from the GGUF) in the
+    /// layout this CPU wants.
+    fn holds(&self, t: &QTensor, g: usize) -> bool {
+        self.qtype == t.qtype as u32
+            && self.rows == t.rows as u64
+            && self.cols == t.cols as u64
+            && self.interleave as usize == g
+            && self.len == t.data().len() as u64
+    }
+}
+
+/// The repack cache of one load: a file to read tensors from, or one being written.
+pub struct RepackCache {
+    state: Mutex<State>,
+}
+
+enum State {
+    Reading { map: Arc<MmapRaw>, entries: HashMap<String, Entry>, used: usize },
+    Writing(Writer),
+    /// Nothing to do (a failed write, or a file that held none of the tensors asked for).
+    Idle,
+}
+
+impl RepackCache {
+    /// The cache in `dir` for the GGUF at `path`: an existing file when one matches, otherwise
+    /// a new one to fill. `None` when the source cannot be identified or the directory cannot
+    /// be used.
+    pub fn open(dir: &Path, path: &Path, file: &GgufFile) -> Option<RepackCache> {
+        let id = Identity::of(path, file)?;
+        let key = id.key();
+        let final_path = dir.join(format!("{key}.repack"));
+        let state = match read_index(&final_path) {
+            Some((map, read_id, entries)) if read_id == id => {
+                touch(&final_path);
+                let entries = entries.into_iter().map(|e| (e.name.clone(), e)).collect();
+                State::Reading { map, entries, used: 0 }
+            }
+            _ => {
+                if !has_room(dir, file) {
+                    return None;
+                }
+                State::Writing(Writer::create(dir, &key, final_path, id)?)
+            }
+        };
+        Some(RepackCache { state: Mutex::new(state) })
+    }
+
+    /// `t` in the layout this CPU's tiles read: from the cache file, into it, or `None` when
+    /// the cache does not take it (too small, not tiled, or the file has no room for it).
+    pub(crate) fn repacked(&self, t: &QTensor) -> Option<QTensor> {
+        let g = t.repack_rows()?;
+        let len = t.data().len();
+        if len < MIN_BYTES {
+            return None;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *state {
+            State::Reading { map, entries, used } => {
+                let e = entries.get(&t.name).filter(|e| e.holds(t, g))?;
+                *used += 1;
+                let region = Region::in_map(map.clone(), e.offset as usize, len);
+                Some(t.clone().with_layout(g, region))
+            }
+            State::Writing(w) => {
+                let Some((region, offset)) = w.alloc(len) else {
+                    // No room after all: drop the file; tensors repacked into it stay valid,
+                    // mapped from the unlinked file until the model is dropped.
+                    *state = State::Idle;
+                    return None;
+                };
+                let out = t.clone().interleaved_into(g, region);
+                w.entries.push(Entry {
+                    name: t.name.clone(),
+                    qtype: t.qtype as u32,
+                    rows: t.rows as u64,
+                    cols: t.cols as u64,
+                    interleave: g as u32,
+                    offset,
+                    len: len as u64,
+                });
+                Some(out)
+            }
+            State::Idle => None,
+        }
+    }
+
+    /// Ends the load: publishes a newly written file (in the background) and says what the
+    /// cache did.
+    pub fn finish(self) -> RepackCacheStatus {
+        match self.state.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            State::Reading { used, .. } if used > 0 => RepackCacheStatus::Hit,
+            State::Writing(w) if !w.entries.is_empty() => match w.publish() {
+                true => RepackCacheStatus::Written,
+                false => RepackCacheStatus::Skipped,
+            },
+            _ => RepackCacheStatus::Skipped,
+        }
+    }
+}
+
+/// A cache file being written under its temporary name.
+struct Writer {
+    dir: PathBuf,
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    file: File,
+    id: Identity,
+    /// End of the data written so far.
+    end: u64,
+    entries: Vec<Entry>,
+    /// Set once the file is renamed into place (or handed to the thread that does it), so
+    /// `Drop` leaves it alone.
+    published: bool,
+}
+
+impl Writer {
+    fn create(dir: &Path, key: &str, final_path: PathBuf, id: Identity) -> Option<Writer> {
+        std::fs::create_dir_all(dir).ok()?;
+        remove_stale_tmp(dir);
+        let tmp_path = dir.join(format!("{key}.{}.tmp", std::process::id()));
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp_path).ok()?;
+        let dir = dir.to_path_buf();
+        Some(Writer { dir, tmp_path, final_path, file, id, end: 0, entries: Vec::new(), published: false })
+    }
+
+    /// `len` bytes of the file, allocated on disk (so writing them through the map cannot
+    /// fault for want of space) and mapped for writing, and their offset in the file.
+    fn alloc(&mut self, len: usize) -> Option<(Region, u64)> {
+        let offset = self.end.next_multiple_of(PAGE);
+        allocate(&self.file, offset, len as u64)?;
+        // The file is this process's own temporary file, allocated on disk: nothing truncates it
+        // under the map, and writes through it cannot fail for want of space.
+        let map = MmapOptions::new().offset(offset).len(len).map_raw(&self.file).ok()?;
+        self.end = offset + len as u64;
+        Some((Region::in_map(Arc::new(map), 0, len), offset))
+    }
+
+    /// Writes the index and hands the file to a thread that syncs it and renames it into
+    /// place. False when the index cannot be written.
+    fn publish(mut self) -> bool {
+        use std::io::{Seek, SeekFrom, Write};
+        let index = encode_index(&self.id, &self.entries);
+        let at = self.end;
+        let mut tail = index;
+        let index_len = tail.len() as u64;
+        tail.extend_from_slice(&at.to_le_bytes());
+        tail.extend_from_slice(&index_len.to_le_bytes());
+        tail.extend_from_slice(MAGIC);
+        if self.file.seek(SeekFrom::Start(at)).and_then(|_| self.file.write_all(&tail)).is_err() {
+            return false;
+        }
+        self.published = true;
+        let (file, tmp, dst, dir) = (self.file.try_clone(), self.tmp_path.clone(), self.final_path.clone(), self.dir.clone());
+        let Ok(file) = file else {
+            self.published = false;
+            return false;
+        };
+        let spawned = std::thread::Builder::new().name("tallow-repack-cache".into()).spawn(move || {
+            // The data pages were written through the maps; sync_all flushes them with the
+            // index, so the renamed file is whole on disk.
+            if file.sync_all().is_ok() && std::fs::rename(&tmp, &dst).is_ok() {
+                evict(&dir, &dst, max_bytes());
+            } else {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        });
+        if spawned.is_err() {
+            self.published = false;
+            return false;
+        }
+        true
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+impl Identity {
+    fn of(path: &Path, file: &GgufFile) -> Option<Identity> {
+        let source = std::fs::canonicalize(path).ok()?;
+        source.to_str()?; // the index stores paths as UTF-8
+        Identity::stat(source, build_identity().to_string(), file.start())
+    }
+
+    /// The identity of `source` as it is now.
+    fn stat(source: PathBuf, build: String, start: u64) -> Option<Identity> {
+        let m = std::fs::metadata(&source).ok()?;
+        #[cfg(unix)]
+        let (mtime_ns, inode, device) = {
+            use std::os::unix::fs::MetadataExt;
+            (m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128, m.ino(), m.dev())
+        };
+        #[cfg(not(unix))]
+        let (mtime_ns, inode, device) = {
+            let t = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+            (t.as_nanos() as i128, 0, 0)
+        };
+        Some(Identity { build, source, size: m.len(), mtime_ns, inode, device, start })
+    }
+
+    /// The cache file's name: a hash of the identity (the identity itself is checked in full).
+    fn key(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut bytes = Vec::new();
+        encode_identity(self, &mut bytes);
+        let mut h = std::hash::DefaultHasher::new();
+        bytes.hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+
+    /// Whether the source file is still what this identity describes.
+    fn source_unchanged(&self) -> bool {
+        Identity::stat(self.source.clone(), self.build.clone(), self.start).as_ref() == Some(self)
+    }
+}
+
+/// Crate version, kernel set and a hash of how each tiled type is packed on this CPU: a change
+/// to a layout (`x16.rs`) changes the fingerprint, so old files are never read with it.
+fn build_identity() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        for q in QType::ALL {
+            let g = layout_rows(q);
+            if g == 1 {
+                continue;
+            }
+            let cols = 2 * q.block_size();
+            let n = g * q.row_bytes(cols as u64).unwrap_or(0) as usize;
+            let bytes: Vec<u8> = (0..n).map(|i| (i.wrapping_mul(131) ^ (i >> 7)) as u8).collect();
+            let Ok(t) = QTensor::from_bytes("fingerprint", q, g, cols, &bytes) else { continue };
+            (q as u32, g, t.interleaved().data()).hash(&mut h);
+        }
+        let kernels = super::kernels().name();
+        format!("tallow {} format {FORMAT} kernels {kernels} layout {:016x}", env!("CARGO_PKG_VERSION"), h.finish())
+    })
+}
+
+fn encode_identity(id: &Identity, out: &mut Vec<u8>) {
+    put_bytes(out, id.build.as_bytes());
+    put_bytes(out, id.source.to_str().unwrap_or("").as_bytes());
+    for v in [id.size, id.inode, id.device, id.start] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&id.mtime_ns.to_le_bytes());
+}
+
+fn encode_index(id: &Identity, entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_identity(id, &mut out);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        put_bytes(&mut out, e.name.as_bytes());
+        out.extend_from_slice(&e.qtype.to_le_bytes());
+        out.extend_from_slice(&e.interleave.to_le_bytes());
+        for v in [e.rows, e.cols, e.offset, e.len] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// Reads little-endian fields from the index; every read is bounds-checked.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+fn decode_index(index: &[u8], data_end: u64) -> Option<(Identity, Vec<Entry>)> {
+    let mut r = Reader(index);
+    let build = String::from_utf8(r.bytes()?.to_vec()).ok()?;
+    let source = PathBuf::from(std::str::from_utf8(r.bytes()?).ok()?);
+    let (size, inode, device, start) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+    let mtime_ns = i128::from_le_bytes(r.take(16)?.try_into().ok()?);
+    let id = Identity { build, source, size, mtime_ns, inode, device, start };
+    let n = r.u32()?;
+    let mut entries = Vec::with_capacity((n as usize).min(index.len() / 40));
+    for _ in 0..n {
+        let name = String::from_utf8(r.bytes()?.to_vec()).ok()?;
+        let (qtype, interleave) = (r.u32()?, r.u32()?);
+        let (rows, cols, offset, len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+        if !offset.is_multiple_of(PAGE) || offset.checked_add(len)? > data_end {
+            return None;
+        }
+        entries.push(Entry { name, qtype, rows, cols, interleave, offset, len });
+    }
+    r.0.is_empty().then_some((id, entries))
+}
+
+/// The index of the cache file at `path` and the file mapped read-only, or `None` when there is
+/// no such file or it does not parse.
+fn read_index(path: &Path) -> Option<(Arc<MmapRaw>, Identity, Vec<Entry>)> {
+    let file = File::open(path).ok()?;
+    let (id, entries) = read_footer(&file)?;
+    // Cache files are only ever created whole and renamed into place, never written or
+    // truncated afterwards; they are removed by unlinking, which leaves maps intact. Populated
+    // now, like llama.cpp's map of a GGUF, rather than faulted in by the first forward pass.
+    let map = MmapOptions::new().populate().map_raw_read_only(&file).ok()?;
+    (map.len() as u64 == file.metadata().ok()?.len()).then_some((Arc::new(map), id, entries))
+}
+
+/// The identity and entries from the footer of an open cache file.
+fn read_footer(mut file: &File) -> Option<(Identity, Vec<Entry>)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata().ok()?.len();
+    let mut tail = [0u8; 24];
+    file.seek(SeekFrom::Start(len.checked_sub(24)?)).ok()?;
+    file.read_exact(&mut tail).ok()?;
+    if &tail[16..] != MAGIC {
+        return None;
+    }
+    let at = u64::from_le_bytes(tail[..8].try_into().ok()?);
+    let n = u64::from_le_bytes(tail[8..16].try_into().ok()?);
+    if at.checked_add(n)? != len - 24 || n > 64 << 20 {
+        return None;
+    }
+    let mut index = vec![0u8; n as usize];
+    file.seek(SeekFrom::Start(at)).ok()?;
+    file.read_exact(&mut index).ok()?;
+    decode_index(&index, at)
+}
+
+/// Reserves `len` bytes at `offset` on disk, growing the file.
+#[cfg(target_os = "linux")]
+fn allocate(file: &File, offset: u64, len: u64) -> Option<()> {
+    use std::os::fd::AsRawFd;
+    let (off, n) = (i64::try_from(offset).ok()?, i64::try_from(len).ok()?);
+    // SAFETY: a plain system call on an open descriptor.
+    (unsafe { libc::fallocate(file.as_raw_fd(), 0, off, n) } == 0).then_some(())
+}
+
+/// Without `fallocate`, writing a sparse file through a map could fault when the disk fills, so
+/// there is no cache.
+#[cfg(not(target_os = "linux"))]
+fn allocate(_file: &File, _offset: u64, _len: u64) -> Option<()> {
+    None
+}
+
+/// Whether the file system of `dir` has room for `file`'s large weights and some to spare.
+fn has_room(dir: &Path, file: &GgufFile) -> bool {
+    let want: u64 = file.tensors().iter().map(|t| t.n_bytes).filter(|&n| n >= MIN_BYTES as u64).sum();
+    let _ = std::fs::create_dir_all(dir);
+    free_bytes(dir).is_some_and(|free| free >= want.saturating_add(MIN_FREE_BYTES))
+}
+
+#[cfg(unix)]
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c` is a valid C string and `s` a plain struct the call fills.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(c.as_ptr(), &mut s) } == 0).then(|| s.f_bavail as u64 * s.f_frsize as u64)
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_dir: &Path) -> Option<u64> {
+    None
+}
+
+fn max_bytes() -> u64 {
+    std::env::var("TALLOW_REPACK_CACHE_MAX_GB")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map_or(DEFAULT_MAX_BYTES, |gb| (gb * (1u64 << 30) as f64) as u64)
+}
+
+/// Marks a cache file as just used (eviction removes the least recently used first).
+fn touch(path: &Path) {
+    if let Ok(f) = OpenOptions::new().write(true).open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Removes cache files whose source file is gone or changed, then the least recently used
+/// ones until the directory holds at most `max` bytes; `keep` (just written) stays.
+fn evict(dir: &Path, keep: &Path, max: u64) {
+    let Ok(list) = std::fs::read_dir(dir) else { return };
+    let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = Vec::new();
+    for entry in list.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "repack") {
+            continue;
+        }
+        let Ok(m) = entry.metadata() else { continue };
+        let stale = File::open(&path).ok().and_then(|f| read_footer(&f)).is_none_or(|(id, _)| !id.source_unchanged());
+        if stale && path != keep {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        files.push((m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len(), path));
+    }
+    files.sort();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    for (_, len, path) in files {
+        if total <= max {
+            break;
+        }
+        if path != keep && std::fs::remove_file(&path).is_ok() {
+            total -= len;
+        }
+    }
+}
+
+/// Removes temporary files that earlier processes left unfinished.
+fn remove_stale_tmp(dir: &Path) {
+    let Ok(list) = std::fs::read_dir(dir) else { return };
+    for entry in list.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "tmp") {
+            continue;
+        }
+        let pid = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.rsplit('.').next()?.parse::<i32>().ok());
+        let dead = pid.is_some_and(process_gone);
+        let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a > STALE_TMP);
+        if dead || old {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+#[cfg(unix)]
+fn process_gone(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks whether the process exists.
+    let failed = unsafe { libc::kill(pid, 0) } != 0;
+    failed && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+#[cfg(not(unix))]
+fn process_gone(_pid: i32) -> bool {
+    false
+}
