@@ -4,7 +4,11 @@
         --json compare.json
 
 Each repetition runs each engine in a fresh process (so load time and peak RSS are its own),
-alternating which goes first; the table shows medians. Both are driven from Python as a user
+alternating which goes first; the table shows medians. One unmeasured run of each engine comes
+first, so both start from the file in the page cache, and tallow from its repack cache (the
+repacked copies of the large weights that its first load of a file writes, see
+``tallow.Model``); that run's load times are printed as the first load. ``--repack-cache off``
+measures tallow repacking on every load instead. Both are driven from Python as a user
 would (``tallow.Model.stream`` / ``llama_cpp.Llama.generate``, token by token), greedy,
 through the same harness (``python/tallow/bench.py``): prefill rate (512-token prompt), time to
 first token (32-token prompt), decode rate (128 tokens), load time, peak RSS.
@@ -51,15 +55,16 @@ def _bench_module() -> Any:
     return module
 
 
-def worker(side: str, model: str, threads: int, n_ctx: int, args: argparse.Namespace) -> dict[str, float]:
+def worker(side: str, model: str, threads: int, n_ctx: int, args: argparse.Namespace) -> dict[str, Any]:
     """One engine in this process: load, measure once, report peak RSS."""
     bench = _bench_module()
     t0 = time.perf_counter()
     if side == "tallow":
         import tallow  # type: ignore[import-not-found]
 
-        tm = tallow.Model(model, n_threads=threads, n_ctx=n_ctx)
+        tm = tallow.Model(model, n_threads=threads, n_ctx=n_ctx, repack_cache=args.repack_cache == "on")
         load_s = time.perf_counter() - t0
+        repack_cache = tm.info.repack_cache
 
         def stream(prompt: str, max_tokens: int) -> Any:
             return tm.stream(prompt, max_tokens=max_tokens, temperature=0.0)
@@ -69,6 +74,8 @@ def worker(side: str, model: str, threads: int, n_ctx: int, args: argparse.Names
 
     else:
         import llama_cpp
+
+        repack_cache = "n/a"
 
         llm = llama_cpp.Llama(
             model_path=model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
@@ -95,9 +102,10 @@ def worker(side: str, model: str, threads: int, n_ctx: int, args: argparse.Names
     m = bench.measure(
         stream, count, prompt_tokens=args.prompt_tokens, ttft_tokens=32, gen_tokens=args.gen_tokens
     )
-    out: dict[str, float] = m.as_dict()
+    out: dict[str, Any] = m.as_dict()
     out["load_s"] = load_s
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["repack_cache"] = repack_cache
     return out
 
 
@@ -131,14 +139,14 @@ def bytes_per_token(model: str) -> int:
     return total
 
 
-def run_side(side: str, args: argparse.Namespace) -> dict[str, float]:
+def run_side(side: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", side, "--model", str(args.model)]
-    cmd += ["--threads", str(args.threads), "--n-ctx", str(args.n_ctx)]
+    cmd += ["--threads", str(args.threads), "--n-ctx", str(args.n_ctx), "--repack-cache", args.repack_cache]
     cmd += ["--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{side} worker failed:\n{done.stderr}")
-    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
@@ -151,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--json", type=Path, help="write the raw runs and medians here")
+    ap.add_argument(
+        "--repack-cache",
+        choices=("on", "off"),
+        default="on",
+        help="tallow's repack cache (default on, as for users)",
+    )
     ap.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -158,13 +172,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args.worker, str(args.model), args.threads, args.n_ctx, args)))
         return 0
 
-    runs: dict[str, list[dict[str, float]]] = {s: [] for s in SIDES}
+    first = {side: run_side(side, args) for side in SIDES}
+    print(f"first runs (not measured): {first}", file=sys.stderr)
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
     for rep in range(args.reps):
         order = SIDES if rep % 2 == 0 else SIDES[::-1]
         for side in order:
             runs[side].append(run_side(side, args))
             print(f"rep {rep + 1}/{args.reps} {side}: {runs[side][-1]}", file=sys.stderr)
-    med = {s: {k: statistics.median(r[k] for r in runs[s]) for k in runs[s][0]} for s in SIDES}
+    keys = [m[0] for m in METRICS]
+    med = {s: {k: statistics.median(r[k] for r in runs[s]) for k in keys} for s in SIDES}
+    statuses = sorted({r["repack_cache"] for r in runs["tallow"]})
 
     gbps = read_bandwidth(args.threads)
     bpt = bytes_per_token(str(args.model))
@@ -182,10 +200,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{bound:.0f} tok/s (tallow at {100 * med['tallow']['decode_tok_s'] / bound:.0f}%, "
         f"llama.cpp at {100 * med['llama.cpp']['decode_tok_s'] / bound:.0f}%)"
     )
+    t_first, l_first = (1000 * first[s]["load_s"] for s in SIDES)
+    first_status = first["tallow"]["repack_cache"]
+    print(
+        f"first, unmeasured run: load tallow {t_first:.0f} ms (repack cache {first_status}), "
+        f"llama.cpp {l_first:.0f} ms; tallow's repack cache in the measured runs: {', '.join(statuses)}"
+    )
     if args.json:
         report = {
             "model": str(args.model),
             "threads": args.threads,
+            "first_runs": first,
             "runs": runs,
             "medians": med,
             "read_bandwidth_gbps": gbps,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,10 @@ MODELS = Path(__file__).parent / ".models"
 SMOLLM2 = MODELS / "smollm2-135m-q4_1.gguf"
 GEMMA3 = MODELS / "gemma-3-270m-q4_k_m.gguf"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+# The tests' downloads and repack cache go to a directory of their own, never the user's
+# ~/.cache/tallow; subprocesses inherit it.
+os.environ["TALLOW_HOME"] = tempfile.mkdtemp(prefix="tallow-test-home-")
 
 
 def _need(path: Path) -> Path:

@@ -152,7 +152,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     info = build_info()
     print(
         f"{model.info.name} ({model.info.quantization}), {args.threads or info['n_cpus']} threads, "
-        f"kernels {info['kernels']}; load {load_s:.2f} s"
+        f"kernels {info['kernels']}; load {load_s:.2f} s (repack cache: {model.info.repack_cache})"
     )
     runs = []
     for i in range(args.reps):

@@ -66,7 +66,8 @@ fn wait_published(dir: &Path, n: usize) -> Vec<PathBuf> {
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|e| e == "repack"))
             .collect();
-        let pending = std::fs::read_dir(dir).unwrap().flatten().any(|e| e.path().extension().is_some_and(|e| e == "tmp"));
+        let pending =
+            std::fs::read_dir(dir).unwrap().flatten().any(|e| e.path().extension().is_some_and(|e| e == "tmp"));
         if files.len() >= n && !pending {
             files.sort();
             return files;
@@ -150,12 +151,23 @@ fn a_changed_source_or_a_damaged_cache_file_is_a_miss() {
     let mut bad_magic = good.clone();
     bad_magic[n - 1] ^= 1;
     let mut bad_offset = good.clone();
-    bad_offset[n - 24..n - 16].copy_from_slice(&(n as u64 * 2).to_le_bytes());
+    bad_offset[n - 48..n - 40].copy_from_slice(&(n as u64 * 2).to_le_bytes());
     let truncated = good[..n / 2].to_vec();
     let mut bad_index = good.clone();
-    let index_at = u64::from_le_bytes(good[n - 24..n - 16].try_into().unwrap()) as usize;
+    let index_at = u64::from_le_bytes(good[n - 48..n - 40].try_into().unwrap()) as usize;
     bad_index[index_at + 2] ^= 0x55; // inside the identity's length
-    for (what, bytes) in [("magic", bad_magic), ("offset", bad_offset), ("truncated", truncated), ("index", bad_index)] {
+                                     // Renamed into place before it was synced, in another boot: pages may be missing.
+    let mut unsynced_elsewhere = good.clone();
+    unsynced_elsewhere[n - 16..n - 8].copy_from_slice(&0u64.to_le_bytes());
+    unsynced_elsewhere[n - 32..n - 16].copy_from_slice(&0x1234u128.to_le_bytes());
+    let damaged = [
+        ("magic", bad_magic),
+        ("offset", bad_offset),
+        ("truncated", truncated),
+        ("index", bad_index),
+        ("unsynced in another boot", unsynced_elsewhere),
+    ];
+    for (what, bytes) in damaged {
         std::fs::write(&current, &bytes).unwrap();
         let (model, status) = load_cached(&path, &dir.0);
         assert_eq!(status, RepackCacheStatus::Written, "{what}");
@@ -163,6 +175,22 @@ fn a_changed_source_or_a_damaged_cache_file_is_a_miss() {
         wait_published(&dir.0, 1);
         assert_eq!(load_cached(&path, &dir.0).1, RepackCacheStatus::Hit, "{what}: rewritten");
     }
+
+    // Not synced yet, but written in this boot (its writer exited before the background sync):
+    // the page cache holds it whole, so it is used, and the reader marks it durable.
+    let durable = |what: &str| {
+        let t0 = Instant::now();
+        while std::fs::read(&current).unwrap()[n - 16] != 1 {
+            assert!(t0.elapsed() < Duration::from_secs(120), "{what}: never marked durable");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    durable("published file"); // by the writer's background sync
+    let mut unsynced_here = std::fs::read(&current).unwrap();
+    unsynced_here[n - 16] = 0;
+    std::fs::write(&current, &unsynced_here).unwrap();
+    assert_eq!(load_cached(&path, &dir.0).1, RepackCacheStatus::Hit);
+    durable("file read before it was synced"); // by the reader's
 }
 
 #[test]
