@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::quant::{dequantize_row, tiles_for, QTensor, RepackCache};
+use crate::quant::{dequantize_row, QTensor, RepackCache};
 use std::sync::Arc;
 
 /// The source of a model's weights: its file and, when the caller gave one, the repack cache
@@ -20,10 +20,8 @@ impl Weights<'_> {
             .file
             .tensor(name)
             .ok_or_else(|| Error::gguf(0, format!("tensor[{name:?}]"), "required tensor is missing"))?;
+        // Tensors without tiles (1-D, float, ...) come back from both unchanged.
         let t = QTensor::from_gguf(self.file, info)?;
-        if t.rows <= 1 || !tiles_for(t.qtype) {
-            return Ok(t);
-        }
         Ok(match self.cache.and_then(|c| c.repacked(&t)) {
             Some(repacked) => repacked,
             None => t.interleaved(),

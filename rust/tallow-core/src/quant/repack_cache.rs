@@ -33,7 +33,7 @@ const MAGIC: &[u8; 8] = b"TLWRPK01";
 /// Version of the file format; part of the identity.
 const FORMAT: u32 = 1;
 /// Tensors are cached from this size up; smaller ones go to the huge-page arena.
-pub(crate) const MIN_BYTES: usize = super::arena::HUGE_PAGE;
+const MIN_BYTES: usize = super::arena::HUGE_PAGE;
 /// Tensor data start on page boundaries, so each can be mapped on its own.
 const PAGE: u64 = 4096;
 /// The cache is kept under this many bytes (least recently used files go first) unless
@@ -51,7 +51,8 @@ pub enum RepackCacheStatus {
     Off,
     /// Large weights were mapped from an existing cache file.
     Hit,
-    /// Large weights were repacked into a new cache file, published in the background.
+    /// Large weights were repacked into a new cache file, renamed into place at the end of the
+    /// load and synced to disk in the background.
     Written,
     /// Not used: nothing large to repack, or the cache directory could not be written.
     Skipped,
@@ -132,13 +133,14 @@ impl RepackCache {
         let id = Identity::of(path, file)?;
         let key = id.key();
         let final_path = dir.join(format!("{key}.repack"));
-        let state = match read_index(&final_path) {
-            Some((map, read_id, entries)) if read_id == id => {
+        let state = match read_index(&final_path, &id) {
+            Some((map, entries)) => {
                 touch(&final_path);
                 let entries = entries.into_iter().map(|e| (e.name.clone(), e)).collect();
                 State::Reading { map, entries, used: 0 }
             }
-            _ => {
+            None => {
+                std::fs::create_dir_all(dir).ok()?;
                 if !has_room(dir, file) {
                     return None;
                 }
@@ -221,7 +223,6 @@ struct Writer {
 
 impl Writer {
     fn create(dir: &Path, key: &str, final_path: PathBuf, id: Identity) -> Option<Writer> {
-        std::fs::create_dir_all(dir).ok()?;
         remove_stale_tmp(dir);
         let tmp_path = dir.join(format!("{key}.{}.tmp", std::process::id()));
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp_path).ok()?;
@@ -475,12 +476,13 @@ fn decode_index(index: &[u8], data_end: u64) -> Option<(Identity, Vec<Entry>)> {
     r.0.is_empty().then_some((id, entries))
 }
 
-/// The index of the cache file at `path` and the file mapped read-only, or `None` when there is
-/// no such file, it does not parse, or it cannot be trusted (`Trailer::usable`).
-fn read_index(path: &Path) -> Option<(Arc<MmapRaw>, Identity, Vec<Entry>)> {
+/// The cache file at `path` mapped read-only, and its entries; `None` when there is no such
+/// file, it does not parse, it was made for another identity than `want`, or it cannot be
+/// trusted (`Trailer::usable`).
+fn read_index(path: &Path, want: &Identity) -> Option<(Arc<MmapRaw>, Vec<Entry>)> {
     let file = File::open(path).ok()?;
     let (trailer, id, entries) = read_footer(&file)?;
-    if !trailer.usable() {
+    if id != *want || !trailer.usable() {
         return None;
     }
     if !trailer.durable {
@@ -495,7 +497,7 @@ fn read_index(path: &Path) -> Option<(Arc<MmapRaw>, Identity, Vec<Entry>)> {
     // intact. Populated now, like llama.cpp's map of a GGUF, rather than faulted in by the
     // first forward pass.
     let map = MmapOptions::new().populate().map_raw_read_only(&file).ok()?;
-    (map.len() as u64 == file.metadata().ok()?.len()).then_some((Arc::new(map), id, entries))
+    (map.len() as u64 == file.metadata().ok()?.len()).then_some((Arc::new(map), entries))
 }
 
 /// The trailer, identity and entries at the end of an open cache file.
@@ -545,10 +547,9 @@ fn reserve(_file: &File, _offset: u64, _len: u64) -> Option<()> {
     None
 }
 
-/// Whether the file system of `dir` has room for `file`'s large weights and some to spare.
+/// Whether the file system of `dir` (which exists) has room for `file`'s large weights and some to spare.
 fn has_room(dir: &Path, file: &GgufFile) -> bool {
     let want: u64 = file.tensors().iter().map(|t| t.n_bytes).filter(|&n| n >= MIN_BYTES as u64).sum();
-    let _ = std::fs::create_dir_all(dir);
     free_bytes(dir).is_some_and(|free| free >= want.saturating_add(MIN_FREE_BYTES))
 }
 
