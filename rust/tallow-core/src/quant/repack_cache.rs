@@ -10,7 +10,7 @@
 //! than a huge page stay in the huge-page arena (`arena.rs`): they decode faster from huge
 //! pages and cost little to repack.
 //!
-//! File: each tensor's bytes at a page-aligned offset, then the index (the identity, then one
+//! File: each tensor's bytes at a huge-page-aligned offset (`ALIGN`), then the index (the identity, then one
 //! entry per tensor), then the `Trailer`, little-endian. A new file is written under a
 //! temporary name and renamed into place once whole, at the end of the load; a thread then
 //! syncs it to disk and marks it durable. A file that is not yet durable is only trusted in the
@@ -31,11 +31,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// Last bytes of every cache file.
 const MAGIC: &[u8; 8] = b"TLWRPK01";
 /// Version of the file format; part of the identity.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 /// Tensors are cached from this size up; smaller ones go to the huge-page arena.
 const MIN_BYTES: usize = super::arena::HUGE_PAGE;
-/// Tensor data start on page boundaries, so each can be mapped on its own.
-const PAGE: u64 = 4096;
+/// Tensor data start on huge page boundaries: the page cache then holds them in 2 MiB folios
+/// (ext4 and XFS on recent kernels), which a map of the file maps with 2 MiB pages. From
+/// 4 KiB pages, a decode step that streams every weight takes a TLB miss every 4 KiB (1.7B
+/// Q4_0 decoded ~10% slower from a 4 KiB-aligned file than from memory). The gaps are holes.
+const ALIGN: u64 = super::arena::HUGE_PAGE as u64;
 /// The cache is kept under this many bytes (least recently used files go first) unless
 /// `TALLOW_REPACK_CACHE_MAX_GB` says otherwise.
 const DEFAULT_MAX_BYTES: u64 = 32 << 30;
@@ -232,10 +235,14 @@ impl Writer {
 
     /// `len` bytes more of the file (`reserve`), mapped for writing, and their offset in it.
     fn alloc(&mut self, len: usize) -> Option<(Region, u64)> {
-        let offset = self.end.next_multiple_of(PAGE);
+        let offset = self.end.next_multiple_of(ALIGN);
         reserve(&self.file, offset, len as u64)?;
         // The file is this process's own temporary file: nothing truncates it under the map.
         let map = MmapOptions::new().offset(offset).len(len).map_raw(&self.file).ok()?;
+        // Asks the page cache for 2 MiB folios as the writes fault the pages in (see `ALIGN`);
+        // optional.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
         self.end = offset + len as u64;
         Some((Region::in_map(Arc::new(map), 0, len), offset))
     }
@@ -468,7 +475,7 @@ fn decode_index(index: &[u8], data_end: u64) -> Option<(Identity, Vec<Entry>)> {
         let name = String::from_utf8(r.bytes()?.to_vec()).ok()?;
         let (qtype, interleave) = (r.u32()?, r.u32()?);
         let (rows, cols, offset, len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
-        if !offset.is_multiple_of(PAGE) || offset.checked_add(len)? > data_end {
+        if !offset.is_multiple_of(ALIGN) || offset.checked_add(len)? > data_end {
             return None;
         }
         entries.push(Entry { name, qtype, rows, cols, interleave, offset, len });
@@ -494,10 +501,21 @@ fn read_index(path: &Path, want: &Identity) -> Option<(Arc<MmapRaw>, Vec<Entry>)
     }
     // Cache files are only ever created whole and renamed into place; afterwards only the
     // trailer's `durable` flag is written. They are removed by unlinking, which leaves maps
-    // intact. Populated now, like llama.cpp's map of a GGUF, rather than faulted in by the
-    // first forward pass.
-    let map = MmapOptions::new().populate().map_raw_read_only(&file).ok()?;
-    (map.len() as u64 == file.metadata().ok()?.len()).then_some((Arc::new(map), entries))
+    // intact.
+    let map = MmapOptions::new().map_raw_read_only(&file).ok()?;
+    if map.len() as u64 != file.metadata().ok()?.len() {
+        return None;
+    }
+    // Populated now, like llama.cpp's map of a GGUF, rather than faulted in by the first
+    // forward pass; tensor by tensor, as the holes between them would read as pages of zeros.
+    #[cfg(target_os = "linux")]
+    for e in &entries {
+        let (at, len) = (e.offset as usize, e.len as usize);
+        if map.advise_range(memmap2::Advice::PopulateRead, at, len).is_err() {
+            let _ = map.advise_range(memmap2::Advice::WillNeed, at, len); // before Linux 5.14
+        }
+    }
+    Some((Arc::new(map), entries))
 }
 
 /// The trailer, identity and entries at the end of an open cache file.
@@ -599,7 +617,7 @@ fn evict(dir: &Path, keep: &Path, max: u64) {
             let _ = std::fs::remove_file(&path);
             continue;
         }
-        files.push((m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len(), path));
+        files.push((m.modified().unwrap_or(std::time::UNIX_EPOCH), disk_bytes(&m), path));
     }
     files.sort();
     let mut total: u64 = files.iter().map(|f| f.1).sum();
@@ -611,6 +629,14 @@ fn evict(dir: &Path, keep: &Path, max: u64) {
             total -= len;
         }
     }
+}
+
+/// Bytes a file takes on disk: cache files have holes between tensors (`ALIGN`).
+fn disk_bytes(m: &std::fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    return std::os::unix::fs::MetadataExt::blocks(m) * 512;
+    #[cfg(not(unix))]
+    return m.len();
 }
 
 /// Removes temporary files that earlier processes left unfinished.
