@@ -10,8 +10,8 @@
 //! than a huge page stay in the huge-page arena (`arena.rs`): they decode faster from huge
 //! pages and cost little to repack.
 //!
-//! File: each tensor's bytes at a huge-page-aligned offset (`ALIGN`), then the index (the identity, then one
-//! entry per tensor), then the `Trailer`, little-endian. A new file is written under a
+//! File: each tensor's bytes at a huge-page-aligned offset (`ALIGN`), then the index (the
+//! identity, then one entry per tensor), then the `Trailer`, little-endian. A new file is written under a
 //! temporary name and renamed into place once whole, at the end of the load; a thread then
 //! syncs it to disk and marks it durable. A file that is not yet durable is only trusted in the
 //! boot that wrote it (the page cache holds it whole; after a crash, pages may be missing), so a
