@@ -10,8 +10,16 @@
 //! than a huge page stay in the huge-page arena (`arena.rs`): they decode faster from huge
 //! pages and cost little to repack.
 //!
-//! File: each tensor's bytes at a huge-page-aligned offset (`ALIGN`), then the index (the
-//! identity, then one entry per tensor), then the `Trailer`, little-endian. A new file is written under a
+//! File: each tensor's bytes at a page-aligned offset (`ALIGN`), then the index (the identity,
+//! then one entry per tensor), then the `Trailer`, little-endian.
+//!
+//! Pages: the file is written through one map, and read through one, both advised for huge
+//! pages, so the page cache holds it in 2 MiB folios (ext4 and XFS on recent kernels) that the
+//! reading map maps with 2 MiB pages. From 4 KiB pages, a decode step that streams every weight
+//! takes a TLB miss every 4 KiB (1.7B Q4_0 decode from the cache, compare.py medians: 21.0 tok/s
+//! from format 1's files, written through one 4 KiB-paged map per tensor; 31.4 from 2 MiB
+//! pages). Tensor boundaries need no alignment for this: a folio may hold the end of one tensor
+//! and the start of the next. A new file is written under a
 //! temporary name and renamed into place once whole, at the end of the load; a thread then
 //! syncs it to disk and marks it durable. A file that is not yet durable is only trusted in the
 //! boot that wrote it (the page cache holds it whole; after a crash, pages may be missing), so a
@@ -34,12 +42,8 @@ const MAGIC: &[u8; 8] = b"TLWRPK01";
 const FORMAT: u32 = 2;
 /// Tensors are cached from this size up; smaller ones go to the huge-page arena.
 const MIN_BYTES: usize = super::arena::HUGE_PAGE;
-/// Tensor data start on huge page boundaries: the page cache then holds them in 2 MiB folios
-/// (ext4 and XFS on recent kernels), which a map of the file maps with 2 MiB pages. From
-/// 4 KiB pages, a decode step that streams every weight takes a TLB miss every 4 KiB (1.7B
-/// Q4_0 decode from the cache, compare.py medians: 21.0 tok/s from the 4 KiB-aligned files of
-/// format 1, 31.4 from 2 MiB folios). The gaps are holes.
-const ALIGN: u64 = super::arena::HUGE_PAGE as u64;
+/// Tensor data start on page boundaries, so each could be mapped on its own.
+const ALIGN: u64 = 4096;
 /// The cache is kept under this many bytes (least recently used files go first) unless
 /// `TALLOW_REPACK_CACHE_MAX_GB` says otherwise.
 const DEFAULT_MAX_BYTES: u64 = 32 << 30;
@@ -145,10 +149,11 @@ impl RepackCache {
             }
             None => {
                 std::fs::create_dir_all(dir).ok()?;
-                if !has_room(dir, file) {
+                let capacity = capacity(file);
+                if capacity == 0 || !has_room(dir, capacity) {
                     return None;
                 }
-                State::Writing(Writer::create(dir, &key, final_path, id)?)
+                State::Writing(Writer::create(dir, &key, final_path, id, capacity)?)
             }
         };
         Some(RepackCache { state: Mutex::new(state) })
@@ -217,6 +222,8 @@ struct Writer {
     tmp_path: PathBuf,
     final_path: PathBuf,
     file: File,
+    /// The whole file as reserved (`capacity`), mapped for writing.
+    map: Arc<MmapRaw>,
     id: Identity,
     /// End of the data written so far.
     end: u64,
@@ -226,26 +233,35 @@ struct Writer {
 }
 
 impl Writer {
-    fn create(dir: &Path, key: &str, final_path: PathBuf, id: Identity) -> Option<Writer> {
+    /// A temporary file of `capacity` bytes (`reserve`d), mapped for writing.
+    fn create(dir: &Path, key: &str, final_path: PathBuf, id: Identity, capacity: u64) -> Option<Writer> {
         remove_stale_tmp(dir);
         let tmp_path = dir.join(format!("{key}.{}.tmp", std::process::id()));
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp_path).ok()?;
-        let dir = dir.to_path_buf();
-        Some(Writer { dir, tmp_path, final_path, file, id, end: 0, entries: Vec::new(), published: false })
+        // The file is this process's own temporary file: nothing truncates it under the map
+        // but `publish`, past the last tensor. One map for the whole file, so that the page
+        // cache can form 2 MiB folios anywhere in it (see the module comment).
+        let len = usize::try_from(capacity).ok();
+        let map = len.and_then(|len| {
+            reserve(&file, 0, capacity)?;
+            MmapOptions::new().len(len).map_raw(&file).ok()
+        });
+        let Some(map) = map else {
+            let _ = std::fs::remove_file(&tmp_path);
+            return None;
+        };
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage); // optional
+        let (dir, map) = (dir.to_path_buf(), Arc::new(map));
+        Some(Writer { dir, tmp_path, final_path, file, map, id, end: 0, entries: Vec::new(), published: false })
     }
 
-    /// `len` bytes more of the file (`reserve`), mapped for writing, and their offset in it.
+    /// The next `len` bytes of the file, and their offset in it; `None` past the reservation.
     fn alloc(&mut self, len: usize) -> Option<(Region, u64)> {
         let offset = self.end.next_multiple_of(ALIGN);
-        reserve(&self.file, offset, len as u64)?;
-        // The file is this process's own temporary file: nothing truncates it under the map.
-        let map = MmapOptions::new().offset(offset).len(len).map_raw(&self.file).ok()?;
-        // Asks the page cache for 2 MiB folios as the writes fault the pages in (see `ALIGN`);
-        // optional.
-        #[cfg(target_os = "linux")]
-        let _ = map.advise(memmap2::Advice::HugePage);
-        self.end = offset + len as u64;
-        Some((Region::in_map(Arc::new(map), 0, len), offset))
+        let end = offset.checked_add(len as u64).filter(|&e| e <= self.map.len() as u64)?;
+        self.end = end;
+        Some((Region::in_map(self.map.clone(), offset as usize, len), offset))
     }
 
     /// Writes the index and trailer, renames the file into place and hands it to a thread
@@ -256,7 +272,10 @@ impl Writer {
         let index_len = tail.len() as u64;
         let trailer = Trailer { index_at: self.end, index_len, boot: boot_id(), durable: false };
         tail.extend_from_slice(&trailer.encode());
+        // The index goes right after the last tensor; the rest of the reservation (tensors that
+        // were not tiled after all) is cut off, under no region.
         let written = self.file.seek(SeekFrom::Start(self.end)).and_then(|_| self.file.write_all(&tail));
+        let written = written.and_then(|_| self.file.set_len(self.end + tail.len() as u64));
         // Every byte is in the page cache now (the maps write to it), so other processes read
         // the file whole from the moment it is renamed; `Trailer::usable` covers a crash before
         // it reaches the disk.
@@ -508,7 +527,10 @@ fn read_index(path: &Path, want: &Identity) -> Option<(Arc<MmapRaw>, Vec<Entry>)
         return None;
     }
     // Populated now, like llama.cpp's map of a GGUF, rather than faulted in by the first
-    // forward pass; tensor by tensor, as the holes between them would read as pages of zeros.
+    // forward pass; the tensors' bytes only. Pages read back from disk (after the page cache
+    // dropped them) come in 2 MiB folios when the map asks for huge pages.
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
     #[cfg(target_os = "linux")]
     for e in &entries {
         let (at, len) = (e.offset as usize, e.len as usize);
@@ -566,9 +588,14 @@ fn reserve(_file: &File, _offset: u64, _len: u64) -> Option<()> {
     None
 }
 
-/// Whether the file system of `dir` (which exists) has room for `file`'s large weights and some to spare.
-fn has_room(dir: &Path, file: &GgufFile) -> bool {
-    let want: u64 = file.tensors().iter().map(|t| t.n_bytes).filter(|&n| n >= MIN_BYTES as u64).sum();
+/// Bytes of a cache file for `file` at most: every tensor the cache could take, page-aligned.
+fn capacity(file: &GgufFile) -> u64 {
+    let large = file.tensors().iter().map(|t| t.n_bytes).filter(|&n| n >= MIN_BYTES as u64);
+    large.map(|n| n.next_multiple_of(ALIGN)).sum()
+}
+
+/// Whether the file system of `dir` (which exists) has room for `want` bytes and some to spare.
+fn has_room(dir: &Path, want: u64) -> bool {
     free_bytes(dir).is_some_and(|free| free >= want.saturating_add(MIN_FREE_BYTES))
 }
 
@@ -632,7 +659,7 @@ fn evict(dir: &Path, keep: &Path, max: u64) {
     }
 }
 
-/// Bytes a file takes on disk: cache files have holes between tensors (`ALIGN`).
+/// Bytes a file takes on disk, which the size cap counts (a file could have holes).
 fn disk_bytes(m: &std::fs::Metadata) -> u64 {
     #[cfg(unix)]
     return std::os::unix::fs::MetadataExt::blocks(m) * 512;
