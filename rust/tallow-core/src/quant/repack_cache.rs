@@ -19,13 +19,15 @@
 //! takes a TLB miss every 4 KiB (1.7B Q4_0 decode from the cache, compare.py medians: 21.0 tok/s
 //! from format 1's files, written through one 4 KiB-paged map per tensor; 31.4 from 2 MiB
 //! pages). Tensor boundaries need no alignment for this: a folio may hold the end of one tensor
-//! and the start of the next. A new file is written under a
-//! temporary name and renamed into place once whole, at the end of the load; a thread then
-//! syncs it to disk and marks it durable. A file that is not yet durable is only trusted in the
-//! boot that wrote it (the page cache holds it whole; after a crash, pages may be missing), so a
-//! short-lived process (`tallow run`) still leaves a usable file behind. A file that does not
-//! parse or whose identity differs is a miss. Nothing here fails a load: when the cache cannot
-//! be read or written, the weights are repacked into memory as without it.
+//! and the start of the next.
+//!
+//! A new file is written under a temporary name and renamed into place once whole, at the end
+//! of the load; a thread then syncs it to disk and marks it durable. A file that is not yet
+//! durable is only trusted in the boot that wrote it (the page cache holds it whole; after a
+//! crash, pages may be missing), so a short-lived process (`tallow run`) still leaves a usable
+//! file behind. A file that does not parse or whose identity differs is a miss. Nothing here
+//! fails a load: when the cache cannot be read or written, the weights are repacked into memory
+//! as without it.
 
 use super::arena::Region;
 use super::{layout_rows, QTensor, QType};
@@ -527,15 +529,13 @@ fn read_index(path: &Path, want: &Identity) -> Option<(Arc<MmapRaw>, Vec<Entry>)
         return None;
     }
     // Populated now, like llama.cpp's map of a GGUF, rather than faulted in by the first
-    // forward pass; the tensors' bytes only. Pages read back from disk (after the page cache
-    // dropped them) come in 2 MiB folios when the map asks for huge pages.
+    // forward pass; after the advice, not by `MmapOptions::populate` before it, so that pages
+    // read back from disk (after the page cache dropped them) come in 2 MiB folios too.
     #[cfg(target_os = "linux")]
-    let _ = map.advise(memmap2::Advice::HugePage);
-    #[cfg(target_os = "linux")]
-    for e in &entries {
-        let (at, len) = (e.offset as usize, e.len as usize);
-        if map.advise_range(memmap2::Advice::PopulateRead, at, len).is_err() {
-            let _ = map.advise_range(memmap2::Advice::WillNeed, at, len); // before Linux 5.14
+    {
+        let _ = map.advise(memmap2::Advice::HugePage);
+        if map.advise(memmap2::Advice::PopulateRead).is_err() {
+            let _ = map.advise(memmap2::Advice::WillNeed); // before Linux 5.14
         }
     }
     Some((Arc::new(map), entries))
@@ -645,7 +645,7 @@ fn evict(dir: &Path, keep: &Path, max: u64) {
             let _ = std::fs::remove_file(&path);
             continue;
         }
-        files.push((m.modified().unwrap_or(std::time::UNIX_EPOCH), disk_bytes(&m), path));
+        files.push((m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len(), path));
     }
     files.sort();
     let mut total: u64 = files.iter().map(|f| f.1).sum();
@@ -657,14 +657,6 @@ fn evict(dir: &Path, keep: &Path, max: u64) {
             total -= len;
         }
     }
-}
-
-/// Bytes a file takes on disk, which the size cap counts (a file could have holes).
-fn disk_bytes(m: &std::fs::Metadata) -> u64 {
-    #[cfg(unix)]
-    return std::os::unix::fs::MetadataExt::blocks(m) * 512;
-    #[cfg(not(unix))]
-    return m.len();
 }
 
 /// Removes temporary files that earlier processes left unfinished.
