@@ -203,14 +203,28 @@ def greedy_id(row: npt.NDArray[np.float32]) -> int:
     return int(np.argmax(row))  # first maximum: lowest id wins a tie
 
 
-def run_prompt(llm: llama_cpp.Llama, p: Prompt) -> dict[str, Any]:
+def open_llama(path: Path, n_ctx: int = N_CTX) -> llama_cpp.Llama:
+    """`path` in llama.cpp with the fixtures' settings: every position's logits kept."""
+    return llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_threads=N_THREADS,
+        n_threads_batch=N_THREADS,
+        logits_all=True,
+        seed=SEED,
+        verbose=False,
+    )
+
+
+def run_prompt(llm: llama_cpp.Llama, p: Prompt, gen_tokens: int = GEN_TOKENS) -> dict[str, Any]:
+    """The fixture record of prompt `p`, evaluated fresh, with up to `gen_tokens` greedy ones."""
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     tokens = llm.tokenize(p.text.encode(), add_bos=p.add_bos, special=p.special)
     # llama.cpp adds BOS only if the vocab asks for it; see whether it did.
     bare = llm.tokenize(p.text.encode(), add_bos=False, special=p.special)
     if not tokens:
         raise ValueError(f"prompt {p.name} tokenizes to nothing")
-    if len(tokens) + GEN_TOKENS > N_CTX:
+    if len(tokens) + gen_tokens > llm.n_ctx():
         raise ValueError(f"prompt {p.name} too long: {len(tokens)} tokens")
     llm.reset()
     llm.eval(tokens)
@@ -229,7 +243,7 @@ def run_prompt(llm: llama_cpp.Llama, p: Prompt) -> dict[str, Any]:
     gen_logits: list[list[float]] = []
     eog = False
     row = scores[len(tokens) - 1]
-    for _ in range(GEN_TOKENS):
+    for _ in range(gen_tokens):
         tok = greedy_id(row)
         ids, logits = top_k(row)
         gen.append(tok)
@@ -256,7 +270,7 @@ def run_prompt(llm: llama_cpp.Llama, p: Prompt) -> dict[str, Any]:
         "top5_logits": top5_logits,
         "gen_tokens": gen,
         "gen_eog": eog,
-        # A continuation cut at GEN_TOKENS can end inside a UTF-8 sequence: U+FFFD then.
+        # A continuation cut at gen_tokens can end inside a UTF-8 sequence: U+FFFD then.
         "gen_text": text_bytes.decode("utf-8", errors="replace"),
         "gen_text_utf8": _is_utf8(text_bytes),
         "gen_top5_ids": gen_ids,
@@ -285,15 +299,7 @@ def sha256_file(path: Path) -> str:
 
 
 def build_fixture(model: str, path: Path) -> dict[str, Any]:
-    llm = llama_cpp.Llama(
-        model_path=str(path),
-        n_ctx=N_CTX,
-        n_threads=N_THREADS,
-        n_threads_batch=N_THREADS,
-        logits_all=True,
-        seed=SEED,
-        verbose=False,
-    )
+    llm = open_llama(path)
     prompts, template_source = model_prompts(model, llm)
     names = [p.name for p in prompts]
     if len(set(names)) != len(names):

@@ -49,7 +49,17 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
-from reference import PARAGRAPH, SHARED_PROMPTS, Prompt, _is_utf8, greedy_id, sha256_file, top_k
+from reference import (
+    LOGIT_DECIMALS,
+    N_THREADS,
+    PARAGRAPH,
+    SEED,
+    SHARED_PROMPTS,
+    Prompt,
+    open_llama,
+    run_prompt,
+    sha256_file,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNTH = ROOT / "benches" / "synth.py"
@@ -58,9 +68,6 @@ VOCAB_FROM = "tests/.models/smollm2-135m-q4_1.gguf"  # relative to ROOT
 
 GEN_TOKENS = 16
 N_CTX = 512
-N_THREADS = 2
-SEED = 1234
-LOGIT_DECIMALS = 4  # as top_k in benches/reference.py rounds them
 
 VOCAB_SIZE = 2048
 # The tokenizer source: a tiny model carrying SmolLM2's tokenizer (VOCAB_FROM) cut to
@@ -130,76 +137,13 @@ def write_all(work: Path) -> tuple[Path, dict[str, Path]]:
     return vocab, paths
 
 
-def run_prompt(llm: llama_cpp.Llama, p: Prompt) -> dict[str, Any]:
-    vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    tokens = llm.tokenize(p.text.encode(), add_bos=p.add_bos, special=p.special)
-    bare = llm.tokenize(p.text.encode(), add_bos=False, special=p.special)
-    if len(tokens) + GEN_TOKENS > N_CTX:
-        raise ValueError(f"prompt {p.name} too long: {len(tokens)} tokens")
-    llm.reset()
-    llm.eval(tokens)
-    scores = llm.scores[: len(tokens)]
-    argmax: list[int] = []
-    top5_ids: list[list[int]] = []
-    top5_logits: list[list[float]] = []
-    for i in range(len(tokens)):
-        ids, logits = top_k(scores[i])
-        argmax.append(greedy_id(scores[i]))
-        top5_ids.append(ids)
-        top5_logits.append(logits)
-
-    gen: list[int] = []
-    gen_ids: list[list[int]] = []
-    gen_logits: list[list[float]] = []
-    eog = False
-    row = scores[len(tokens) - 1]
-    for _ in range(GEN_TOKENS):
-        tok = greedy_id(row)
-        ids, logits = top_k(row)
-        gen.append(tok)
-        gen_ids.append(ids)
-        gen_logits.append(logits)
-        if llama_cpp.llama_vocab_is_eog(vocab, tok):
-            eog = True
-            break
-        llm.eval([tok])
-        row = llm.scores[llm.n_tokens - 1]
-    text_bytes = llm.detokenize(gen, special=False)
-    return {
-        "name": p.name,
-        "text": p.text,
-        "add_bos": p.add_bos,
-        "special": p.special,
-        "bos_added": tokens != bare,
-        "n_tokens": len(tokens),
-        "tokens": tokens,
-        "argmax": argmax,
-        "top5_ids": top5_ids,
-        "top5_logits": top5_logits,
-        "gen_tokens": gen,
-        "gen_eog": eog,
-        "gen_text": text_bytes.decode("utf-8", errors="replace"),
-        "gen_text_utf8": _is_utf8(text_bytes),
-        "gen_top5_ids": gen_ids,
-        "gen_top5_logits": gen_logits,
-    }
-
-
 def model_record(name: str, path: Path) -> dict[str, Any]:
-    llm = llama_cpp.Llama(
-        model_path=str(path),
-        n_ctx=N_CTX,
-        n_threads=N_THREADS,
-        n_threads_batch=N_THREADS,
-        logits_all=True,
-        seed=SEED,
-        verbose=False,
-    )
+    llm = open_llama(path, N_CTX)
     firsts = set()
     records = []
     for p in PROMPTS:
         print(f"  {name}/{p.name}", file=sys.stderr, flush=True)
-        rec = run_prompt(llm, p)
+        rec = run_prompt(llm, p, GEN_TOKENS)
         firsts.add(rec["tokens"][0])
         records.append(rec)
     if len(firsts) != len(records):
