@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import tallow
+from _greedy import check_greedy
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -44,14 +45,6 @@ def _fresh_model(request: pytest.FixtureRequest, name: str) -> tallow.Model:
     return tallow.Model(path, n_threads=2, n_ctx=1024)
 
 
-def _greedy_ids(model: tallow.Model, prompt: dict[str, Any], n: int) -> tuple[list[int], str | None]:
-    stream = model._start(
-        prompt["text"], n, {"temperature": 0.0}, add_bos=prompt["add_bos"], special=prompt["special"]
-    )
-    ids = [tok for _text, tok in stream if tok is not None]
-    return ids, stream.finish_reason
-
-
 CASES = [("smollm2-135m", p) for p in SMOLLM2_PROMPTS] + [("gemma3-270m", p) for p in GEMMA3_PROMPTS]
 IDS = [f"{m}-{p['name']}" for m, p in CASES]
 
@@ -71,22 +64,4 @@ def test_tokenization_matches_llama_cpp(
 def test_greedy_generation_matches_llama_cpp(
     request: pytest.FixtureRequest, model_name: str, prompt: dict[str, Any]
 ) -> None:
-    model = _fresh_model(request, model_name)
-    expected = list(prompt["gen_tokens"])
-    if prompt["gen_eog"]:
-        expected = expected[:-1]  # tallow stops at the end-of-generation token without emitting it
-    ids, finish = _greedy_ids(model, prompt, 32)
-    assert ids == expected, _first_difference(ids, expected, prompt)
-    assert finish == ("stop" if prompt["gen_eog"] else "length")
-
-
-def _first_difference(ids: list[int], expected: list[int], prompt: dict[str, Any]) -> str:
-    n = 0
-    while n < min(len(ids), len(expected)) and ids[n] == expected[n]:
-        n += 1
-    if n >= len(ids) or n >= len(expected):
-        return f"lengths differ after a common prefix: {ids} vs {expected}"
-    return (
-        f"step {n}: tallow chose {ids[n]}, llama.cpp {expected[n]} "
-        f"(its top-5 {prompt['gen_top5_ids'][n]}: {prompt['gen_top5_logits'][n]})"
-    )
+    check_greedy(_fresh_model(request, model_name), prompt, 32)

@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 import tallow
+from _greedy import check_greedy
 from gguf import GGUFReader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,35 +108,6 @@ def _load(path: Path, **kw: Any) -> tallow.Model:
     return tallow.Model(path, n_threads=2, n_ctx=N_CTX, **kw)
 
 
-def _greedy_ids(model: tallow.Model, prompt: dict[str, Any]) -> tuple[list[int], str | None]:
-    stream = model._start(
-        prompt["text"], MAX_GEN, {"temperature": 0.0}, add_bos=prompt["add_bos"], special=prompt["special"]
-    )
-    ids = [tok for _text, tok in stream if tok is not None]
-    return ids, stream.finish_reason
-
-
-def _check_greedy(model: tallow.Model, name: str, prompt: dict[str, Any]) -> None:
-    expected = list(prompt["gen_tokens"])
-    if prompt["gen_eog"]:
-        expected = expected[:-1]  # tallow stops at the end-of-generation token without emitting it
-    ids, finish = _greedy_ids(model, prompt)
-    assert ids == expected, f"{name}/{prompt['name']}: " + _first_difference(ids, expected, prompt)
-    assert finish == ("stop" if prompt["gen_eog"] else "length")
-
-
-def _first_difference(ids: list[int], expected: list[int], prompt: dict[str, Any]) -> str:
-    n = 0
-    while n < min(len(ids), len(expected)) and ids[n] == expected[n]:
-        n += 1
-    if n >= len(ids) or n >= len(expected):
-        return f"lengths differ after a common prefix: {ids} vs {expected}"
-    return (
-        f"step {n}: tallow chose {ids[n]}, llama.cpp {expected[n]} "
-        f"(its top-5 {prompt['gen_top5_ids'][n]}: {prompt['gen_top5_logits'][n]})"
-    )
-
-
 CASES = [(name, p) for name, m in MODELS.items() for p in m["prompts"]]
 IDS = [f"{name}-{p['name']}" for name, p in CASES]
 
@@ -174,7 +146,7 @@ def test_greedy_generation_matches_llama_cpp(
 ) -> None:
     model = _load(_path(synth_files, name))
     assert model.info.vocab_size == MODELS[name]["n_vocab"]
-    _check_greedy(model, name, prompt)
+    check_greedy(model, prompt, MAX_GEN, f"{name}/{prompt['name']}: ")
 
 
 def _published(repack: Path, timeout: float = 120.0) -> None:
@@ -204,17 +176,17 @@ def test_repack_cache_off_written_hit_match_llama_cpp(
     monkeypatch.setenv("TALLOW_HOME", str(tmp_path))  # an empty cache of this test's own
     off = _load(path, repack_cache=False)
     assert off.info.repack_cache == "off"
-    _check_greedy(off, name, prompt)
+    check_greedy(off, prompt, MAX_GEN, f"{name}/{prompt['name']}: ")
     del off
 
     first = _load(path, repack_cache=True)
     if not _cached_tensors(path):
         assert first.info.repack_cache == "skipped"  # e.g. Q5_K: no tiled kernel, nothing repacked
-        _check_greedy(first, name, prompt)
+        check_greedy(first, prompt, MAX_GEN, f"{name}/{prompt['name']}: ")
         return
     assert first.info.repack_cache == "written"
-    _check_greedy(first, name, prompt)
+    check_greedy(first, prompt, MAX_GEN, f"{name}/{prompt['name']}: ")
     _published(tmp_path / "repack")
     second = _load(path)  # the default: on
     assert second.info.repack_cache == "hit"
-    _check_greedy(second, name, prompt)
+    check_greedy(second, prompt, MAX_GEN, f"{name}/{prompt['name']}: ")
