@@ -136,6 +136,7 @@ impl RowKernel {
     }
 
     /// Granularity of the row split of `w`: a worker's rows start at a multiple of this.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // the tiles are x86's
     fn row_group(self, w: &QTensor, n_tokens: usize) -> usize {
         match self {
             _ if w.interleave() == x16::ROWS => x16::ROWS,
@@ -148,6 +149,7 @@ impl RowKernel {
     /// `out[t * w.rows + r]` for `r` in `rows` and every token. `xq` holds `n_tokens` rows of
     /// `act_row` bytes; `out` points at `[n_tokens, w.rows]` floats no other worker writes in
     /// `rows`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // the tiles are x86's
     fn rows(
         self,
         w: &QTensor,

@@ -44,12 +44,14 @@ fn fields(qtype: QType) -> &'static [usize] {
 }
 
 /// Whether `qtype` has a 16-row layout.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 tiles
 pub fn repacks(qtype: QType) -> bool {
     use QType::*;
     matches!(qtype, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q6_K)
 }
 
 /// Bytes of one group block of `qtype`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 tiles
 pub fn group_block(qtype: QType) -> usize {
     ROWS * qtype.type_size()
 }
