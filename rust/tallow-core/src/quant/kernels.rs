@@ -127,7 +127,8 @@ impl Kernels {
     }
 
     /// aarch64: candle's NEON dot products (NEON is baseline there, so candle compiles them in).
-    /// tallow's own `aarch64_neon.rs` is not written yet.
+    /// `matmul` itself takes tallow's `aarch64_neon.rs` row products for the 32-element formats
+    /// (llama.cpp's order) where the CPU has dotprod; this table serves `matmul_with`.
     #[cfg(target_arch = "aarch64")]
     pub fn neon() -> Option<Kernels> {
         {

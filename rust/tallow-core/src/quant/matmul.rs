@@ -123,6 +123,10 @@ impl RowKernel {
         if let Some(legacy) = LegacyTiles::for_weight(qtype, rows, k.name() == "avx512vnni").filter(|_| simd) {
             return Some(RowKernel::Tiles { legacy, x16 });
         }
+        #[cfg(target_arch = "aarch64")]
+        if let Some(neon) = super::aarch64_neon::row_dot_for(qtype, rows).filter(|_| simd) {
+            return Some(RowKernel::Exact(neon));
+        }
         if let Some(exact) = super::legacy_dot::row_dot_for(qtype, rows) {
             return Some(RowKernel::Exact(exact));
         }

@@ -5,6 +5,8 @@
 //! llama.cpp does, then takes integer dot products row by row. candle-core's block types and
 //! routines are the reference implementation (`reference.rs`).
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64_neon;
 pub mod activation;
 mod arena;
 pub mod blocks;
@@ -31,6 +33,8 @@ mod x86_x16_kquant;
 #[cfg(target_arch = "x86_64")]
 mod x86_x16_legacy;
 
+#[cfg(target_arch = "aarch64")]
+pub use aarch64_neon::{detected as neon_dotprod_detected, row_dot_for as neon_row_dot_for};
 pub use kernels::{kernels, Kernels, VecDotFn};
 pub use legacy_dot::{row_dot, row_dot_for, RowDot};
 pub(crate) use matmul::layout_rows;
