@@ -80,9 +80,10 @@ fn checked<const K: u8, const BLOCKS: bool>(w: &[u8], b_stride: usize, x: &[u8])
     unsafe { dot::<K, BLOCKS>(n, w.as_ptr(), b_stride, x.as_ptr()) }
 }
 
+/// The little-endian f16 at `p`, which must point at 2 readable bytes.
 #[inline(always)]
-fn f16_at(p: *const u8) -> f32 {
-    // SAFETY: the callers pass pointers to 2 readable bytes.
+unsafe fn f16_at(p: *const u8) -> f32 {
+    // SAFETY: the caller's guarantee.
     f16::from_le_bytes(unsafe { [*p, *p.add(1)] }).to_f32()
 }
 
