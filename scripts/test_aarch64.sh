@@ -3,7 +3,7 @@
 # portable llama.cpp-order products), cross-compiled for aarch64 on an x86-64 Debian machine and
 # run under qemu-user. Uses Debian's rustc-web (1.96, whose arm64 standard library Debian
 # packages; rustup's targets need a download from static.rust-lang.org) and a cross linker.
-# Needs root for apt. A cold build takes about 10 minutes on 2 cores.
+# Needs root for apt. A cold build and run take about 7 minutes on 2 cores.
 #
 # Only harness-free tests run here: on our x86 build VMs (kernel 6.18), qemu-aarch64 7.2 and 10.0
 # both spin forever in glibc's pthread_create, and libtest runs each test on a new thread.
