@@ -4,8 +4,11 @@
 //! this is a `main` that panics on the first difference.
 
 #[cfg(target_arch = "aarch64")]
+mod legacy_inputs;
+
+#[cfg(target_arch = "aarch64")]
 fn main() {
-    use half::f16;
+    use legacy_inputs::{Inputs, LEGACY};
     use tallow_core::quant::{neon_dotprod_detected, neon_row_dot_for, row_dot_for, QType};
 
     if !neon_dotprod_detected() {
@@ -13,34 +16,18 @@ fn main() {
         println!("neon_row_dot: this CPU has no dotprod; the portable products are used");
         return;
     }
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut bytes = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    };
-    let set_f16 = |b: &mut [u8], at: usize, v: f32| b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+    let mut inputs = Inputs(0x9e37_79b9_7f4a_7c15);
     let mut checked = 0;
-    for qtype in [QType::Q4_0, QType::Q4_1, QType::Q5_0, QType::Q5_1, QType::Q8_0] {
-        let with_min = matches!(qtype, QType::Q4_1 | QType::Q5_1);
-        let (ts, xs) = (qtype.type_size(), if with_min { 36 } else { 34 });
+    for qtype in LEGACY {
+        let ts = qtype.type_size();
         for n in [1usize, 2, 3, 7, 64, 130] {
+            let plain = inputs.weights(qtype, 32 * n);
+            let x = inputs.activations(qtype, 32 * n);
             // Interleaved layouts put other rows' blocks between a row's: a stride of 4 blocks.
             for stride in [ts, 4 * ts] {
-                let mut w = bytes((n - 1) * stride + ts);
-                let mut x = bytes(n * xs);
-                for i in 0..n {
-                    set_f16(&mut w, i * stride, 0.01 + 0.003 * (i % 17) as f32);
-                    set_f16(&mut x, i * xs, 0.02 - 0.001 * (i % 11) as f32);
-                    if with_min {
-                        set_f16(&mut w, i * stride + 2, -0.05 * (i % 5) as f32);
-                        set_f16(&mut x, i * xs + 2, 1.5 - 0.25 * (i % 7) as f32);
-                    }
+                let mut w: Vec<u8> = (0..(n - 1) * stride + ts).map(|_| inputs.next() as u8).collect();
+                for (i, blk) in plain.chunks_exact(ts).enumerate() {
+                    w[i * stride..i * stride + ts].copy_from_slice(blk);
                 }
                 // 1 row: the 8-lane order; 8 rows: Q4_0's repacked order (the others ignore it).
                 for rows in [1, 8] {

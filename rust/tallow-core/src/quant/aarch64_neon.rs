@@ -72,12 +72,21 @@ fn checked<const K: u8, const BLOCKS: bool>(w: &[u8], b_stride: usize, x: &[u8])
         let portable = if BLOCKS { legacy_dot::row_dot_for(qtype, 8) } else { legacy_dot::row_dot(qtype) };
         return portable.expect("a 32-element format")(w, b_stride, x);
     }
-    let w_bytes = qtype.type_size();
-    let x_bytes = if matches!(K, Q4_1 | Q5_1) { 36 } else { 34 };
+    let (w_bytes, (x_bytes, _)) = (qtype.type_size(), act_layout::<K>());
     let n_w = if w.len() >= w_bytes { (w.len() - w_bytes) / b_stride.max(1) + 1 } else { 0 };
     let n = n_w.min(x.len() / x_bytes);
     // SAFETY: the CPU has dotprod (checked above); `n` blocks lie inside both slices.
     unsafe { dot::<K, BLOCKS>(n, w.as_ptr(), b_stride, x.as_ptr()) }
+}
+
+/// Bytes of one activation block of type `K`'s partner and where its quants start: Q8_1
+/// (`d`, `s`, 32 × i8) for Q4_1/Q5_1, Q8_0 (`d`, 32 × i8) for the others.
+const fn act_layout<const K: u8>() -> (usize, usize) {
+    if matches!(K, Q4_1 | Q5_1) {
+        (36, 4)
+    } else {
+        (34, 2)
+    }
 }
 
 /// The little-endian f16 at `p`, which must point at 2 readable bytes.
@@ -144,7 +153,7 @@ unsafe fn sdot(a: int8x16_t, b: int8x16_t) -> int32x4_t {
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn dot<const K: u8, const BLOCKS: bool>(n: usize, w: *const u8, b_stride: usize, x: *const u8) -> f32 {
     let with_min = matches!(K, Q4_1 | Q5_1);
-    let (x_bytes, x_qs) = if with_min { (36, 4) } else { (34, 2) };
+    let (x_bytes, x_qs) = act_layout::<K>();
     // SAFETY (whole body): `n` blocks at `w` and `x` (the caller's guarantee).
     unsafe {
         let (mut acc_lo, mut acc_hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
