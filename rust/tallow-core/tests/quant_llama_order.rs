@@ -70,6 +70,7 @@ fn tiles_equal_single_dots_bit_for_bit() {
                         out: out.as_mut_ptr(),
                         out_stride: 4,
                         a_offsets: std::ptr::null(),
+                        a_scales: std::ptr::null(),
                     };
                     // SAFETY: the tiles came from for_type, which checked the CPU; 4 rows and 4
                     // tokens of n values lie at the strides, and out is [4 tokens, 4 rows].

@@ -70,6 +70,53 @@ fn reduce4(a: &[__m512; 4]) -> __m128 {
     _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), r))
 }
 
+/// The transpose of a 16 × 16 block of 16-bit values, one row per register: 8 × 8 blocks in
+/// each 128-bit half through three rounds of unpacks (pairs of 16, then 32, then 64 bits), then
+/// the halves of rows 0..8 and 8..16 swapped.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn transpose16(rows: &[__m256i; 16]) -> [__m256i; 16] {
+    // Half-transposes of rows 0..8 and 8..16: out[c] holds column c of those rows in its low
+    // half and column c + 8 in its high half.
+    let eight = |r: &[__m256i]| -> [__m256i; 8] {
+        let p: [__m256i; 8] = std::array::from_fn(|i| {
+            let (a, b) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_epi16(a, b)
+            } else {
+                _mm256_unpackhi_epi16(a, b)
+            }
+        });
+        // p[2k + h]: rows 2k, 2k + 1 interleaved, columns 0..4 (h = 0) or 4..8 (h = 1).
+        let q: [__m256i; 8] = std::array::from_fn(|i| {
+            let (g, h, hi) = (i / 4, i / 2 % 2, i % 2 == 1);
+            let (a, b) = (p[4 * g + h], p[4 * g + 2 + h]);
+            if hi {
+                _mm256_unpackhi_epi32(a, b)
+            } else {
+                _mm256_unpacklo_epi32(a, b)
+            }
+        });
+        // q[4g + 2h + e]: rows 4g..4g + 4, columns 4h + 2e and 4h + 2e + 1.
+        std::array::from_fn(|c| {
+            let (a, b) = (q[c / 2], q[4 + c / 2]);
+            if c % 2 == 0 {
+                _mm256_unpacklo_epi64(a, b)
+            } else {
+                _mm256_unpackhi_epi64(a, b)
+            }
+        })
+    };
+    let (lo, hi) = (eight(&rows[..8]), eight(&rows[8..]));
+    std::array::from_fn(|c| {
+        if c < 8 {
+            _mm256_permute2x128_si256::<0x20>(lo[c], hi[c])
+        } else {
+            _mm256_permute2x128_si256::<0x31>(lo[c - 8], hi[c - 8])
+        }
+    })
+}
+
 /// Attention of queries `b.t0..b.t1` of one head, bit for bit as `attention_x86::item` with
 /// [`super::attention::Order::Gemm`] computes each of them.
 ///
@@ -95,18 +142,26 @@ pub(super) unsafe fn head_block(b: &HeadBlock<'_>, scratch: &mut [f32]) {
     // SAFETY: `rest` holds at least hd * l / 2 floats (scratch_floats), i.e. hd * l f16.
     let vt = unsafe { std::slice::from_raw_parts_mut(rest.as_mut_ptr() as *mut f16, hd * l) };
 
-    // vt[d * l + (j - base0)] = v[j][d], zero outside first_lo..=pos_hi: 16 keys at a time,
-    // so each store is one run of 16 values (a store per value, 2 * l bytes apart, would
-    // miss the L1 cache every time at larger head sizes).
+    // vt[d * l + (j - base0)] = v[j][d], zero outside first_lo..=pos_hi: blocks of 16 keys ×
+    // 16 dimensions transposed in registers, so each store is one run of 16 values (a store
+    // per value, 2 * l bytes apart, would miss the L1 cache every time at larger head sizes).
     for jb in (0..l).step_by(LANES) {
         let key_row = |i: usize| {
             let j = base0 + jb + i;
             (first_lo..=pos_hi).contains(&j).then(|| &b.v[j * kv_dim + b.kv_off..j * kv_dim + b.kv_off + hd])
         };
         let key_rows: [Option<&[f16]>; LANES] = std::array::from_fn(key_row);
-        for d in 0..hd {
-            let run: [f16; LANES] = std::array::from_fn(|i| key_rows[i].map_or(f16::ZERO, |r| r[d]));
-            vt[d * l + jb..d * l + jb + LANES].copy_from_slice(&run);
+        for d0 in (0..hd).step_by(LANES) {
+            // SAFETY: each row holds hd values (d0 + 16 <= hd); vt holds hd * l values.
+            unsafe {
+                let rows: [__m256i; LANES] = std::array::from_fn(|i| {
+                    key_rows[i]
+                        .map_or(_mm256_setzero_si256(), |r| _mm256_loadu_si256(r.as_ptr().add(d0) as *const __m256i))
+                });
+                for (d, col) in transpose16(&rows).iter().enumerate() {
+                    _mm256_storeu_si256(vt.as_mut_ptr().add((d0 + d) * l + jb) as *mut __m256i, *col);
+                }
+            }
         }
     }
 

@@ -31,6 +31,9 @@ pub struct MatmulScratch {
     /// table per entry of [`OFFSET_TYPES`] (`TileArgs::a_offsets`): computed from the Q8_0
     /// activations once per product, not once per row group.
     offsets: [Vec<i32>; 3],
+    /// The f16 scales of the Q8_0 and Q8_1 activation blocks as f32, for the x16 tiles of the
+    /// 32-element formats (`TileArgs::a_scales`).
+    scales: [Vec<f32>; 2],
 }
 
 impl MatmulScratch {
@@ -43,6 +46,7 @@ impl MatmulScratch {
     pub fn capacity_bytes(&self) -> usize {
         self.bufs.iter().map(|b| b.capacity() * 8).sum::<usize>()
             + self.offsets.iter().map(|o| o.capacity() * 4).sum::<usize>()
+            + self.scales.iter().map(|s| s.capacity() * 4).sum::<usize>()
     }
 }
 
@@ -154,16 +158,8 @@ impl RowKernel {
     /// `act_row` bytes; `out` points at `[n_tokens, w.rows]` floats no other worker writes in
     /// `rows`.
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // the tiles are x86's
-    fn rows(
-        self,
-        w: &QTensor,
-        rows: std::ops::Range<usize>,
-        xq: &[u8],
-        act_row: usize,
-        offsets: &[i32],
-        n_tokens: usize,
-        out: *mut f32,
-    ) {
+    fn rows(self, w: &QTensor, rows: std::ops::Range<usize>, act: &Acts<'_>, n_tokens: usize, out: *mut f32) {
+        let Acts { xq, act_row, offsets, scales } = *act;
         let data = w.data();
         let row_bytes = w.qtype.row_bytes(w.cols as u64).expect("QTensor has whole blocks") as usize;
         assert!(rows.end <= w.rows && data.len() >= w.rows * row_bytes && xq.len() >= n_tokens * act_row);
@@ -182,6 +178,8 @@ impl RowKernel {
             RowKernel::Tiles { x16: Some(tiles), .. } | RowKernel::KQuant { x16: Some(tiles), .. }
                 if g == x16::ROWS =>
             {
+                // The 32-element formats read every token's activation scales.
+                assert!(w.qtype.block_size() != 32 || scales.len() >= n_tokens * (cols / 32));
                 for r in rows.step_by(g) {
                     let mut t = 0;
                     while t < n_tokens {
@@ -203,6 +201,7 @@ impl RowKernel {
                                     a_offsets: offsets
                                         .as_ptr()
                                         .wrapping_add(t * (cols / 32) * offsets_per_block(w.qtype)),
+                                    a_scales: scales.as_ptr().wrapping_add(t * scales.len() / n_tokens),
                                 },
                             )
                         };
@@ -234,6 +233,7 @@ impl RowKernel {
                                     out: out.add(t * w.rows + r),
                                     out_stride: w.rows,
                                     a_offsets: std::ptr::null(),
+                                    a_scales: std::ptr::null(),
                                 },
                             )
                         };
@@ -371,19 +371,59 @@ fn run(
             fill_offsets(table, *ty, acts[0], n_tokens, pool);
         }
     }
-    let offsets = &scratch.offsets;
+    // f32 scales of the Q8_0 and Q8_1 blocks, for the x16 tiles of the 32-element formats.
+    for ((act, table), xq) in ACT_TYPES.iter().zip(scratch.scales.iter_mut()).zip(acts) {
+        table.clear();
+        let x16_legacy = |w: &QTensor| w.interleave() == x16::ROWS && super::act_type(w.qtype) == Some(*act);
+        if products.iter().flatten().any(|(w, ..)| x16_legacy(w)) {
+            fill_scales(table, *act, xq, n_tokens, pool);
+        }
+    }
+    let (offsets, scales) = (&scratch.offsets, &scratch.scales);
     pool.run(&|i, n| {
         for (w, out, kernel) in products.iter().flatten() {
             let act = super::act_type(w.qtype).expect("quantized weight");
-            let xq = acts[ACT_TYPES.iter().position(|a| *a == act).expect("activation type")];
-            let act_row = xq.len() / n_tokens;
+            let a = ACT_TYPES.iter().position(|t| *t == act).expect("activation type");
+            let xq = acts[a];
+            let acts = Acts {
+                xq,
+                act_row: xq.len() / n_tokens,
+                offsets: OFFSET_TYPES.iter().position(|t| *t == w.qtype).map_or(&[][..], |i| &offsets[i][..]),
+                scales: scales.get(a).map_or(&[][..], |s| &s[..]),
+            };
             let group = kernel.row_group(w, n_tokens);
             let groups = split_range(w.rows.div_ceil(group), i, n);
             let rows = (groups.start * group).min(w.rows)..(groups.end * group).min(w.rows);
-            let table = OFFSET_TYPES.iter().position(|t| *t == w.qtype).map_or(&[][..], |i| &offsets[i][..]);
-            kernel.rows(w, rows, xq, act_row, table, n_tokens, out.0);
+            kernel.rows(w, rows, &acts, n_tokens, out.0);
         }
     });
+}
+
+/// One product's quantized activations and the tables computed from them once per call.
+#[derive(Clone, Copy)]
+struct Acts<'a> {
+    /// `n_tokens` rows of `act_row` bytes.
+    xq: &'a [u8],
+    act_row: usize,
+    /// `TileArgs::a_offsets` of every token (empty where the product takes none).
+    offsets: &'a [i32],
+    /// `TileArgs::a_scales` of every token (empty where the product takes none).
+    scales: &'a [f32],
+}
+
+/// The f16 scales of `n_tokens` rows of `act` blocks (Q8_0: `d`; Q8_1: `d, s`) as f32, in
+/// parallel over tokens when there are several.
+fn fill_scales(table: &mut Vec<f32>, act: QType, xq: &[u8], n_tokens: usize, pool: &ThreadPool) {
+    let (block, per_block) = if act == QType::Q8_1 { (36, 2) } else { (34, 1) };
+    table.resize(xq.len() / block * per_block, 0.0);
+    let fill = |blocks: &[u8], out: &mut [f32]| {
+        for (blk, out) in blocks.chunks_exact(block).zip(out.chunks_exact_mut(per_block)) {
+            for (k, o) in out.iter_mut().enumerate() {
+                *o = half::f16::from_le_bytes([blk[2 * k], blk[2 * k + 1]]).to_f32();
+            }
+        }
+    };
+    per_token(table, xq, n_tokens, pool, &fill);
 }
 
 /// Signed weight types whose x16 tiles take their accumulator starts from a table.
@@ -406,16 +446,28 @@ fn fill_offsets(table: &mut Vec<i32>, qtype: QType, q8: &[u8], n_tokens: usize, 
             }
         }
     };
+    per_token(table, q8, n_tokens, pool, &fill);
+}
+
+/// `fill(tokens' activation rows, their rows of table)` over all `n_tokens` rows of `xq` and
+/// `table`, in parallel over tokens when there are several.
+fn per_token<T: Send>(
+    table: &mut [T],
+    xq: &[u8],
+    n_tokens: usize,
+    pool: &ThreadPool,
+    fill: &(dyn Fn(&[u8], &mut [T]) + Sync),
+) {
     if n_tokens == 1 {
-        return fill(q8, table);
+        return fill(xq, table);
     }
-    let (row, out_row) = (q8.len() / n_tokens, table.len() / n_tokens);
+    let (row, out_row) = (xq.len() / n_tokens, table.len() / n_tokens);
     let out = SyncPtr(table.as_mut_ptr());
     pool.run(&|i, n| {
         let (out, tokens) = (&out, split_range(n_tokens, i, n));
         // SAFETY: each worker writes the table rows of its own tokens, inside the table.
         let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(tokens.start * out_row), tokens.len() * out_row) };
-        fill(&q8[tokens.start * row..tokens.end * row], dst);
+        fill(&xq[tokens.start * row..tokens.end * row], dst);
     });
 }
 

@@ -34,6 +34,11 @@ pub struct TileArgs {
     /// `-bias · Σ y`), `nb` blocks per token. Read by the x16 tiles of those types; null for
     /// the others.
     pub a_offsets: *const i32,
+    /// The activation blocks' f16 scales as f32, from `a`'s first token, `nb` blocks per token:
+    /// `d` per Q8_0 block, `d, s` per Q8_1 block. Read by the x16 tiles of the 32-element
+    /// formats (a broadcast f32 operand costs a load; converting an f16 per block and token
+    /// cost the tile a tenth of its time); null for the others.
+    pub a_scales: *const f32,
 }
 
 /// Computes one tile, `Σ w[r] · a[t]` over `nb` blocks for each of its rows `r` and tokens `t`.

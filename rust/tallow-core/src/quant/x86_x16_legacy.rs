@@ -14,7 +14,6 @@
 
 #![allow(clippy::missing_safety_doc)]
 
-use super::x86_avx2::load_f16;
 use super::x86_legacy_tile::TileArgs;
 use super::x86_x16::{bcast_i32, load};
 use std::arch::x86_64::*;
@@ -45,12 +44,14 @@ static SPREAD_BIT4: [u32; 16] = spread_bit4();
 
 /// `T` tokens × 16 rows over `nb` blocks of type `K`: `args.w` is a group's first group block,
 /// group blocks are `args.b_stride` bytes apart (`w_stride` is unused); activation rows are
-/// Q8_1 for Q4_1/Q5_1, Q8_0 for the others; Q5_0 and Q8_0 require `args.a_offsets`.
+/// Q8_1 for Q4_1/Q5_1, Q8_0 for the others, with their scales in `args.a_scales`; Q5_0 and
+/// Q8_0 require `args.a_offsets`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn legacy<const K: u8, const T: usize>(nb: usize, args: &TileArgs) {
-    let TileArgs { w, b_stride, a, a_stride, out, out_stride, a_offsets, .. } = *args;
+    let TileArgs { w, b_stride, a, a_stride, out, out_stride, a_offsets, a_scales, .. } = *args;
     let with_min = matches!(K, Q4_1 | Q5_1);
-    let (a_bytes, a_qs) = if with_min { (36, 4) } else { (34, 2) };
+    // Bytes of an activation block, offset of its quants, f32 scales per block in a_scales.
+    let (a_bytes, a_qs, n_scales) = if with_min { (36, 4, 2) } else { (34, 2, 1) };
     // Group block fields (x16.rs): d at 0, then m, qh and qs where the type has them.
     let (qh_at, qs_at) = match K {
         Q4_1 => (0, 64),
@@ -92,12 +93,12 @@ pub(super) unsafe fn legacy<const K: u8, const T: usize>(nb: usize, args: &TileA
             };
             let mw = if with_min { _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32) as *const __m256i)) } else { dw };
             for t in 0..T {
-                let ap = a.add(t * a_stride + i * a_bytes);
-                let y = ap.add(a_qs);
-                let d = _mm512_mul_ps(dw, _mm512_set1_ps(load_f16(ap))); // as llama.cpp's d0 · d1
+                let y = a.add(t * a_stride + i * a_bytes + a_qs);
+                let scales = a_scales.add((t * nb + i) * n_scales);
+                let d = _mm512_mul_ps(dw, _mm512_set1_ps(*scales)); // as llama.cpp's d0 · d1
                 if with_min {
                     // GCC contracts llama.cpp's `summs += m * s` into an fma.
-                    summs[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(load_f16(ap.add(2))), summs[t]);
+                    summs[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*scales.add(1)), summs[t]);
                 }
                 // Each lane's accumulator starts at -bias · Σ of its 4 activations (from the table
                 // computed once per product; zero for the unsigned types).
@@ -123,7 +124,7 @@ pub(super) unsafe fn legacy<const K: u8, const T: usize>(nb: usize, args: &TileA
 /// plus `a_offsets`, which this tile requires).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn q4_0_blocks<const T: usize>(nb: usize, args: &TileArgs) {
-    let TileArgs { w, b_stride, a, a_stride, out, out_stride, a_offsets, .. } = *args;
+    let TileArgs { w, b_stride, a, a_stride, out, out_stride, a_offsets, a_scales, .. } = *args;
     // SAFETY (whole body): as for `legacy`.
     unsafe {
         let m4 = _mm512_set1_epi8(0x0f);
@@ -141,8 +142,7 @@ pub(super) unsafe fn q4_0_blocks<const T: usize>(nb: usize, args: &TileArgs) {
                 }
             });
             for (t, acc) in acc.iter_mut().enumerate() {
-                let ap = a.add(t * a_stride + i * 34);
-                let y = ap.add(2);
+                let y = a.add(t * a_stride + i * 34 + 2);
                 // Σ (u - 8) · y = Σ u · y - 8 · Σ y: the accumulators start at -8 · Σ y (from
                 // the table computed once per product).
                 let mut isum = [_mm512_set1_epi32(*a_offsets.add(t * nb + i)), _mm512_setzero_si512()];
@@ -150,7 +150,7 @@ pub(super) unsafe fn q4_0_blocks<const T: usize>(nb: usize, args: &TileArgs) {
                     isum[k % 2] = _mm512_dpbusd_epi32(isum[k % 2], *q, bcast_i32(y.add(4 * k)));
                 }
                 let isum = _mm512_add_epi32(isum[0], isum[1]);
-                let d = _mm512_mul_ps(dw, _mm512_set1_ps(load_f16(ap))); // d_w · d_y
+                let d = _mm512_mul_ps(dw, _mm512_set1_ps(*a_scales.add(t * nb + i))); // d_w · d_y
                 *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, *acc);
             }
         }
