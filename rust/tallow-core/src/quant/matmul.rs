@@ -27,10 +27,10 @@ const ACT_TYPES: [QType; 3] = [QType::Q8_0, QType::Q8_1, QType::Q8_K];
 pub struct MatmulScratch {
     /// One per entry of [`ACT_TYPES`], so fused products of mixed types keep every input.
     bufs: [Vec<u64>; 3],
-    /// Accumulator starts of the x16 tiles that offset signed weights to unsigned ones, one
-    /// table per entry of [`OFFSET_TYPES`] (`TileArgs::a_offsets`): computed from the Q8_0
-    /// activations once per product, not once per row group.
-    offsets: [Vec<i32>; 3],
+    /// Accumulator starts of the x16 tiles that offset signed weights to unsigned ones (and
+    /// Q4_K's sub-block sums), one table per entry of [`OFFSET_TYPES`] (`TileArgs::a_offsets`):
+    /// computed from the activations once per product, not once per row group.
+    offsets: [Vec<i32>; 4],
     /// The f16 scales of the Q8_0 and Q8_1 activation blocks as f32, for the x16 tiles of the
     /// 32-element formats (`TileArgs::a_scales`).
     scales: [Vec<f32>; 2],
@@ -200,7 +200,7 @@ impl RowKernel {
                                     out_stride: w.rows,
                                     a_offsets: offsets
                                         .as_ptr()
-                                        .wrapping_add(t * (cols / 32) * offsets_per_block(w.qtype)),
+                                        .wrapping_add(t * (cols / w.qtype.block_size()) * offsets_per_block(w.qtype)),
                                     a_scales: scales.as_ptr().wrapping_add(t * scales.len() / n_tokens),
                                 },
                             )
@@ -364,11 +364,18 @@ fn run(
             };
         }
     }
-    // Accumulator starts of the x16 tiles of signed types, from the Q8_0 activations.
+    // Accumulator starts of the x16 tiles of signed types, Q4_K's sub-block sums.
     for (ty, table) in OFFSET_TYPES.iter().zip(scratch.offsets.iter_mut()) {
         table.clear();
         if products.iter().flatten().any(|(w, ..)| w.qtype == *ty && w.interleave() == x16::ROWS) {
-            fill_offsets(table, *ty, acts[0], n_tokens, pool);
+            let act = super::act_type(*ty).expect("a quantized type");
+            fill_offsets(
+                table,
+                *ty,
+                acts[ACT_TYPES.iter().position(|a| *a == act).expect("activation type")],
+                n_tokens,
+                pool,
+            );
         }
     }
     // f32 scales of the Q8_0 and Q8_1 blocks, for the x16 tiles of the 32-element formats.
@@ -426,18 +433,29 @@ fn fill_scales(table: &mut Vec<f32>, act: QType, xq: &[u8], n_tokens: usize, poo
     per_token(table, xq, n_tokens, pool, &fill);
 }
 
-/// Signed weight types whose x16 tiles take their accumulator starts from a table.
-const OFFSET_TYPES: [QType; 3] = [QType::Q4_0, QType::Q5_0, QType::Q8_0];
+/// Weight types whose x16 tiles read a table computed from the activations: the signed ones
+/// take their accumulator starts from it, Q4_K the sums its minimums multiply.
+const OFFSET_TYPES: [QType; 4] = [QType::Q4_0, QType::Q5_0, QType::Q8_0, QType::Q4_K];
 
-/// The offset table of `qtype` (one of [`OFFSET_TYPES`]) for `n_tokens` rows of Q8_0 blocks
-/// `q8`, in parallel over tokens when there are several.
-fn fill_offsets(table: &mut Vec<i32>, qtype: QType, q8: &[u8], n_tokens: usize, pool: &ThreadPool) {
+/// The offset table of `qtype` (one of [`OFFSET_TYPES`]) for `n_tokens` rows of its
+/// activation blocks `xq` (Q8_0, or Q8_K for Q4_K), in parallel over tokens when there are
+/// several.
+fn fill_offsets(table: &mut Vec<i32>, qtype: QType, xq: &[u8], n_tokens: usize, pool: &ThreadPool) {
     let per_block = offsets_per_block(qtype);
-    table.resize(q8.len() / 34 * per_block, 0);
+    let block = if qtype == QType::Q4_K { std::mem::size_of::<BlockQ8K>() } else { 34 };
+    table.resize(xq.len() / block * per_block, 0);
     let fill = |blocks: &[u8], out: &mut [i32]| {
-        for (blk, out) in blocks.chunks_exact(34).zip(out.chunks_exact_mut(per_block)) {
+        for (blk, out) in blocks.chunks_exact(block).zip(out.chunks_exact_mut(per_block)) {
             let y = |k: usize| blk[2 + 4 * k..6 + 4 * k].iter().map(|&q| q as i8 as i32).sum::<i32>();
             match qtype {
+                // Word j: the sums of sub-blocks 2j and 2j + 1 (32 activations each, from the
+                // block's 16-element `bsums`) as the low and high i16, the pair `vpmaddwd`
+                // multiplies with the pair of minimums (|sum| <= 32 · 128 fits).
+                QType::Q4_K => {
+                    let bsum = |g: usize| i16::from_le_bytes([blk[260 + 2 * g], blk[261 + 2 * g]]) as i32;
+                    let sub = |s: usize| (bsum(2 * s) + bsum(2 * s + 1)) as u16 as u32;
+                    out.iter_mut().enumerate().for_each(|(j, o)| *o = (sub(2 * j) | sub(2 * j + 1) << 16) as i32);
+                }
                 // Σ (u - 8) · y: the block's one accumulator starts at -8 · Σ y.
                 QType::Q4_0 => out[0] = -8 * (0..8).map(y).sum::<i32>(),
                 // Lane k (elements 4k..4k + 4) starts at -bias · Σ of its activations.
@@ -446,7 +464,7 @@ fn fill_offsets(table: &mut Vec<i32>, qtype: QType, q8: &[u8], n_tokens: usize, 
             }
         }
     };
-    per_token(table, q8, n_tokens, pool, &fill);
+    per_token(table, xq, n_tokens, pool, &fill);
 }
 
 /// `fill(tokens' activation rows, their rows of table)` over all `n_tokens` rows of `xq` and
@@ -473,10 +491,10 @@ fn per_token<T: Send>(
 
 /// Entries of a type's offset table per activation block.
 fn offsets_per_block(qtype: QType) -> usize {
-    if qtype == QType::Q4_0 {
-        1
-    } else {
-        8
+    match qtype {
+        QType::Q4_0 => 1,
+        QType::Q4_K => 4,
+        _ => 8,
     }
 }
 

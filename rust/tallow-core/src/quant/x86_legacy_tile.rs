@@ -31,8 +31,9 @@ pub struct TileArgs {
     pub out_stride: usize,
     /// Accumulator starts that undo the offset of signed weights, from `a`'s first token: per
     /// activation block one (Q4_0: `-8 · Σ y`) or one per 4-element lane (Q5_0, Q8_0:
-    /// `-bias · Σ y`), `nb` blocks per token. Read by the x16 tiles of those types; null for
-    /// the others.
+    /// `-bias · Σ y`), `nb` blocks per token; for Q4_K, four words per Q8_K block, each the
+    /// sums of two 32-element sub-blocks as a pair of i16. Read by the x16 tiles of those
+    /// types; null for the others.
     pub a_offsets: *const i32,
     /// The activation blocks' f16 scales as f32, from `a`'s first token, `nb` blocks per token:
     /// `d` per Q8_0 block, `d, s` per Q8_1 block. Read by the x16 tiles of the 32-element

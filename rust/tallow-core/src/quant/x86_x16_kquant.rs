@@ -29,8 +29,6 @@ const Z: u8 = 0x80;
 
 /// Bytes `2p` and `2p + 1` of the lane, zero-extended into its two halves.
 static BYTE_PAIR: [[u8; 64]; 2] = [pick([0, Z, 1, Z]), pick([2, Z, 3, Z])];
-/// Byte `b`, zero-extended into both 16-bit halves (for `vpmaddwd`).
-static BYTE_TWICE: [[u8; 64]; 4] = [pick([0, Z, 0, Z]), pick([1, Z, 1, Z]), pick([2, Z, 2, Z]), pick([3, Z, 3, Z])];
 /// Byte `b` in the top byte (an arithmetic shift right by 24 sign-extends it).
 static BYTE_TOP: [[u8; 64]; 4] = [pick([Z, Z, Z, 0]), pick([Z, Z, Z, 1]), pick([Z, Z, Z, 2]), pick([Z, Z, Z, 3])];
 /// Bytes `2p` and `2p + 1` in the top bytes of the two halves (shifts right by 8 sign-extend).
@@ -39,10 +37,15 @@ static PAIR_TOP: [[u8; 64]; 2] = [pick([Z, 0, Z, 1]), pick([Z, 2, Z, 3])];
 static SPLIT_PAIR_TOP: [[u8; 64]; 2] = [pick([Z, 0, Z, 2]), pick([Z, 1, Z, 3])];
 
 /// Q4_K: `T` tokens × 16 rows over `nb` blocks, in the order of `KOrder::Q4KGemm` (`GEMM`)
-/// or of `KOrder::Q4KGemv` (`kquant_order.rs`).
+/// or of `KOrder::Q4KGemv` (`kquant_order.rs`). `args.a_offsets` holds each activation
+/// block's sub-block sums in pairs (`matmul`'s `fill_offsets`).
+///
+/// `vpdpbusd`, `vpmaddwd` and `vfmadd` share the multiply pipes of AVX-512 CPUs (Zen 4: one
+/// 512-bit operation of the three per cycle), which bound this tile: per token and block 64
+/// `vpdpbusd`, 8 `vpmaddwd` for the scales, 4 for the minimums, 8 fmas and 2 multiplies.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn q4k<const T: usize, const GEMM: bool>(nb: usize, args: &TileArgs) {
-    let TileArgs { w, b_stride, a, a_stride, out, out_stride, .. } = *args;
+    let TileArgs { w, b_stride, a, a_stride, out, out_stride, a_offsets, .. } = *args;
     // SAFETY (whole body): the caller guarantees `nb` group blocks at `w`, T activation rows
     // of `nb` Q8_K blocks, and 16 outputs per token, on a CPU with the enabled features.
     unsafe {
@@ -67,13 +70,9 @@ pub(super) unsafe fn q4k<const T: usize, const GEMM: bool>(nb: usize, args: &Til
             let mut imin_block = [_mm512_setzero_si512(); T];
             for j in 0..4 {
                 // Sub-blocks 2j (low nibbles) and 2j + 1 (high nibbles).
-                let b = 2 * j % 4;
-                // (scale 2j, scale 2j + 1) as a pair of i16 per lane.
-                let sc_pair = _mm512_shuffle_epi8(sc[j / 2], load(BYTE_PAIR[j % 2].as_ptr()));
-                let (mn_lo, mn_hi) = (
-                    _mm512_shuffle_epi8(mn[j / 2], load(BYTE_TWICE[b].as_ptr())),
-                    _mm512_shuffle_epi8(mn[j / 2], load(BYTE_TWICE[b + 1].as_ptr())),
-                );
+                // (scale 2j, scale 2j + 1) and (min 2j, min 2j + 1) as pairs of i16 per lane.
+                let pick = load(BYTE_PAIR[j % 2].as_ptr());
+                let (sc_pair, mn_pair) = (_mm512_shuffle_epi8(sc[j / 2], pick), _mm512_shuffle_epi8(mn[j / 2], pick));
                 // Two accumulators per sub-block and token (even and odd k: shorter dependency
                 // chains), each summing 16 products, which fit in i16 (|Σ| <= 16 · 15 · 128).
                 let mut lo = [[_mm512_setzero_si512(); 2]; T];
@@ -99,12 +98,9 @@ pub(super) unsafe fn q4k<const T: usize, const GEMM: bool>(nb: usize, args: &Til
                         |i: usize| _mm512_mask_blend_epi16(0xaaaa_aaaa, lo[t][i], _mm512_slli_epi32::<16>(hi[t][i]));
                     let isum =
                         _mm512_add_epi32(_mm512_madd_epi16(pair(0), sc_pair), _mm512_madd_epi16(pair(1), sc_pair));
-                    // min · (sum of the sub-block's activations), from the 16-element sums.
-                    let bs = ap(t).add(4 + 256 + 8 * j);
-                    let imin = _mm512_add_epi32(
-                        _mm512_madd_epi16(mn_lo, bcast_i32(bs)),
-                        _mm512_madd_epi16(mn_hi, bcast_i32(bs.add(4))),
-                    );
+                    // min · (sum of the sub-block's activations), both sub-blocks in one multiply.
+                    let sums = _mm512_set1_epi32(*a_offsets.add((t * nb + i) * 4 + j));
+                    let imin = _mm512_madd_epi16(mn_pair, sums);
                     if GEMM {
                         acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d[t], acc[t]);
                         acc_min[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(imin), dmin[t], acc_min[t]);
