@@ -368,14 +368,7 @@ fn run(
     for (ty, table) in OFFSET_TYPES.iter().zip(scratch.offsets.iter_mut()) {
         table.clear();
         if products.iter().flatten().any(|(w, ..)| w.qtype == *ty && w.interleave() == x16::ROWS) {
-            let act = super::act_type(*ty).expect("a quantized type");
-            fill_offsets(
-                table,
-                *ty,
-                acts[ACT_TYPES.iter().position(|a| *a == act).expect("activation type")],
-                n_tokens,
-                pool,
-            );
+            fill_offsets(table, *ty, acts[act_slot(*ty)], n_tokens, pool);
         }
     }
     // f32 scales of the Q8_0 and Q8_1 blocks, for the x16 tiles of the 32-element formats.
@@ -389,8 +382,7 @@ fn run(
     let (offsets, scales) = (&scratch.offsets, &scratch.scales);
     pool.run(&|i, n| {
         for (w, out, kernel) in products.iter().flatten() {
-            let act = super::act_type(w.qtype).expect("quantized weight");
-            let a = ACT_TYPES.iter().position(|t| *t == act).expect("activation type");
+            let a = act_slot(w.qtype);
             let xq = acts[a];
             let acts = Acts {
                 xq,
@@ -404,6 +396,13 @@ fn run(
             kernel.rows(w, rows, &acts, n_tokens, out.0);
         }
     });
+}
+
+/// Index in [`ACT_TYPES`] (and `MatmulScratch::bufs`) of the activations a quantized weight
+/// type multiplies.
+fn act_slot(qtype: QType) -> usize {
+    let act = super::act_type(qtype).expect("a quantized weight type");
+    ACT_TYPES.iter().position(|a| *a == act).expect("an activation type")
 }
 
 /// One product's quantized activations and the tables computed from them once per call.
@@ -421,7 +420,7 @@ struct Acts<'a> {
 /// The f16 scales of `n_tokens` rows of `act` blocks (Q8_0: `d`; Q8_1: `d, s`) as f32, in
 /// parallel over tokens when there are several.
 fn fill_scales(table: &mut Vec<f32>, act: QType, xq: &[u8], n_tokens: usize, pool: &ThreadPool) {
-    let (block, per_block) = if act == QType::Q8_1 { (36, 2) } else { (34, 1) };
+    let (block, per_block) = if act == QType::Q8_1 { (size_of::<BlockQ8_1>(), 2) } else { (size_of::<BlockQ8_0>(), 1) };
     table.resize(xq.len() / block * per_block, 0.0);
     let fill = |blocks: &[u8], out: &mut [f32]| {
         for (blk, out) in blocks.chunks_exact(block).zip(out.chunks_exact_mut(per_block)) {
@@ -442,7 +441,7 @@ const OFFSET_TYPES: [QType; 4] = [QType::Q4_0, QType::Q5_0, QType::Q8_0, QType::
 /// several.
 fn fill_offsets(table: &mut Vec<i32>, qtype: QType, xq: &[u8], n_tokens: usize, pool: &ThreadPool) {
     let per_block = offsets_per_block(qtype);
-    let block = if qtype == QType::Q4_K { std::mem::size_of::<BlockQ8K>() } else { 34 };
+    let block = if qtype == QType::Q4_K { size_of::<BlockQ8K>() } else { size_of::<BlockQ8_0>() };
     table.resize(xq.len() / block * per_block, 0);
     let fill = |blocks: &[u8], out: &mut [i32]| {
         for (blk, out) in blocks.chunks_exact(block).zip(out.chunks_exact_mut(per_block)) {
