@@ -13,8 +13,11 @@ would (``tallow.Model.stream`` / ``llama_cpp.Llama.generate``, token by token), 
 through the same harness (``python/tallow/bench.py``): prefill rate (512-token prompt), time to
 first token (32-token prompt), decode rate (128 tokens), load time, peak RSS.
 
-It also probes streaming read bandwidth (numpy, one reader per thread) and prints the decode
-rate that bandwidth allows: bandwidth / bytes of weights read per token.
+It also probes streaming read bandwidth (numpy, one reader per thread) right before and right
+after every run, and prints the decode rate that bandwidth allows (bandwidth / bytes of weights
+read per token) and each engine's decode as a share of it, run by run: on a shared machine the
+bandwidth moves by a factor of two within minutes (27 to 54 GB/s on our CI host), so a probe taken
+at another moment than the decode says little about it.
 
 Needs tallow, llama-cpp-python, numpy and gguf in one environment.
 """
@@ -109,11 +112,11 @@ def worker(side: str, model: str, threads: int, n_ctx: int, args: argparse.Names
     return out
 
 
-def read_bandwidth(threads: int, mib: int = 1024, reps: int = 5) -> float:
-    """Best streaming read bandwidth in GB/s: ``threads`` readers summing disjoint parts."""
+def read_bandwidth(data: Any, threads: int, reps: int = 3) -> float:
+    """Best streaming read bandwidth of ``reps`` passes in GB/s: ``threads`` numpy readers
+    summing disjoint parts of ``data``."""
     import numpy as np
 
-    data = np.ones(mib * 2**20 // 8, dtype=np.float64)
     parts = np.array_split(data, threads)
     best = 0.0
     for _ in range(reps):
@@ -125,6 +128,36 @@ def read_bandwidth(threads: int, mib: int = 1024, reps: int = 5) -> float:
             t.join()
         best = max(best, data.nbytes / (time.perf_counter() - t0) / 1e9)
     return best
+
+
+def probe_worker(threads: int) -> None:
+    """Answers each line on stdin with a bandwidth probe over 1 GiB allocated once."""
+    import numpy as np
+
+    data = np.ones(2**30 // 8, dtype=np.float64)
+    for _ in sys.stdin:
+        print(read_bandwidth(data, threads), flush=True)
+
+
+class BandwidthProbe:
+    """A process that probes read bandwidth on request. Its own process, because a child
+    inherits its parent's peak RSS (Linux keeps ``ru_maxrss`` across fork and exec): the engines'
+    workers must not be started from a process holding the probe's 1 GiB."""
+
+    def __init__(self, threads: int) -> None:
+        cmd = [sys.executable, __file__, "--worker", "probe", "--model", "-", "--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def best(self) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait()
 
 
 def bytes_per_token(model: str) -> int:
@@ -174,29 +207,41 @@ def main(argv: list[str] | None = None) -> int:
         default="on",
         help="tallow's repack cache (default on, as for users)",
     )
-    ap.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=(*SIDES, "probe"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
+    if args.worker == "probe":
+        probe_worker(args.threads)
+        return 0
     if args.worker:
         print(json.dumps(worker(args.worker, str(args.model), args.threads, args.n_ctx, args)))
         return 0
 
     read_through(args.model)
+    probe = BandwidthProbe(args.threads)
     first = {side: run_side(side, args) for side in SIDES}
     print(f"first runs (not measured): {first}", file=sys.stderr)
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
     for rep in range(args.reps):
         order = SIDES if rep % 2 == 0 else SIDES[::-1]
         for side in order:
-            runs[side].append(run_side(side, args))
-            print(f"rep {rep + 1}/{args.reps} {side}: {runs[side][-1]}", file=sys.stderr)
-    keys = [m[0] for m in METRICS]
+            before = probe.best()
+            run = run_side(side, args)
+            # The higher of the two probes: the larger bound, the smaller share.
+            run["read_bandwidth_gbps"] = max(before, probe.best())
+            runs[side].append(run)
+            print(f"rep {rep + 1}/{args.reps} {side}: {run}", file=sys.stderr)
+    probe.close()
+    # Only now: reading the file's tensor table grows this process's RSS, which the workers
+    # started from it would inherit as their peak.
+    bpt = bytes_per_token(str(args.model))
+    for run in (r for side in SIDES for r in runs[side]):
+        run["decode_bound_tok_s"] = run["read_bandwidth_gbps"] * 1e9 / bpt
+        run["decode_of_bound"] = run["decode_tok_s"] / run["decode_bound_tok_s"]
+    keys = [m[0] for m in METRICS] + ["read_bandwidth_gbps", "decode_bound_tok_s", "decode_of_bound"]
     med = {s: {k: statistics.median(r[k] for r in runs[s]) for k in keys} for s in SIDES}
     statuses = sorted({r["repack_cache"] for r in runs["tallow"]})
-
-    gbps = read_bandwidth(args.threads)
-    bpt = bytes_per_token(str(args.model))
-    bound = gbps * 1e9 / bpt
+    probes = [r["read_bandwidth_gbps"] for s in SIDES for r in runs[s]]
 
     print(f"\n{args.model.name}, {args.threads} threads, medians of {args.reps} runs each\n")
     print("| metric | tallow | llama.cpp | tallow / llama.cpp |")
@@ -206,9 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         a, b = med["tallow"][key] * scale, med["llama.cpp"][key] * scale
         print(f"| {label} ({unit}) | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
     print(
-        f"\nread bandwidth {gbps:.1f} GB/s; {bpt / 2**20:.1f} MiB of weights per token -> decode bound "
-        f"{bound:.0f} tok/s (tallow at {100 * med['tallow']['decode_tok_s'] / bound:.0f}%, "
-        f"llama.cpp at {100 * med['llama.cpp']['decode_tok_s'] / bound:.0f}%)"
+        f"\nread bandwidth probed around each run {min(probes):.1f}-{max(probes):.1f} GB/s; "
+        f"{bpt / 2**20:.1f} MiB of weights per token -> decode bound "
+        f"{min(probes) * 1e9 / bpt:.0f}-{max(probes) * 1e9 / bpt:.0f} tok/s. Decode / the bound "
+        f"probed around the same run, median: tallow {100 * med['tallow']['decode_of_bound']:.0f}%, "
+        f"llama.cpp {100 * med['llama.cpp']['decode_of_bound']:.0f}%"
     )
     t_first, l_first = (1000 * first[s]["load_s"] for s in SIDES)
     first_status = first["tallow"]["repack_cache"]
@@ -223,9 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             "first_runs": first,
             "runs": runs,
             "medians": med,
-            "read_bandwidth_gbps": gbps,
             "bytes_per_token": bpt,
-            "decode_bound_tok_s": bound,
         }
         args.json.write_text(json.dumps(report, indent=1))
     return 0
