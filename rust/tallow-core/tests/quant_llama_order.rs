@@ -173,3 +173,62 @@ fn kquant_tiles_change_no_bit() {
         assert_same_rows_and_products(&w, &wi, &[1, 2, 3, 4, 5, 7, 8, 11, 16], &pool);
     }
 }
+
+/// Fused products of several weights, split over pools of 1 to 4 threads (contiguous shares for
+/// a token or a few, claimed chunks of row groups for more), give the bits of each product
+/// computed alone on one thread: every row is computed once, by the same kernel.
+#[test]
+fn fused_products_on_any_pool_equal_one_thread() {
+    use tallow_core::quant::{matmul, matmul_fused, MatmulScratch, QTensor};
+    use tallow_core::threadpool::ThreadPool;
+    let mut inputs = Inputs(0x5eed_f00d_0000_0005);
+    let cols = 512;
+    let weight = |inputs: &mut Inputs, qtype: QType, rows: usize| {
+        let bytes: Vec<u8> = if qtype == QType::Q4_K {
+            let mut b: Vec<u8> = (0..rows * cols / 256 * qtype.type_size()).map(|_| inputs.next() as u8).collect();
+            for blk in b.chunks_exact_mut(qtype.type_size()) {
+                blk[1] = 0x14; // finite d and dmin
+                blk[3] = 0x10;
+            }
+            b
+        } else {
+            (0..rows).flat_map(|_| inputs.weights(qtype, cols)).collect()
+        };
+        QTensor::from_bytes("w", qtype, rows, cols, &bytes).unwrap().interleaved()
+    };
+    // Row counts that split unevenly into groups and chunks, one not a multiple of 16.
+    let ws = [
+        weight(&mut inputs, QType::Q8_0, 400),
+        weight(&mut inputs, QType::Q4_1, 36),
+        weight(&mut inputs, QType::Q4_K, 64),
+    ];
+    let one = ThreadPool::new(1);
+    for n_tokens in [1, 7, 8, 13, 40] {
+        let x: Vec<f32> = (0..n_tokens * cols).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 97.0).collect();
+        let mut scratch = MatmulScratch::default();
+        let alone: Vec<Vec<f32>> = ws
+            .iter()
+            .map(|w| {
+                let mut y = vec![0.0; n_tokens * w.rows];
+                matmul(w, &x, n_tokens, &mut y, &mut scratch, &one);
+                y
+            })
+            .collect();
+        for threads in 1..=4 {
+            let pool = ThreadPool::new(threads);
+            let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; n_tokens * w.rows]).collect();
+            let [a, b, c] = &mut ys[..] else { unreachable!() };
+            matmul_fused(
+                [(&ws[0], &mut a[..]), (&ws[1], &mut b[..]), (&ws[2], &mut c[..])],
+                &x,
+                n_tokens,
+                &mut scratch,
+                &pool,
+            );
+            for (w, (y, want)) in ws.iter().zip(ys.iter().zip(&alone)) {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(y), bits(want), "{w:?}, {n_tokens} tokens, {threads} threads");
+            }
+        }
+    }
+}

@@ -1,8 +1,9 @@
 //! `matmul`: quantized weights × f32 activations, through the dispatched kernels.
 //!
 //! Activations are quantized once per call into the scratch buffer (Q8_0, Q8_1 or Q8_K, per the
-//! weight type), then each worker takes a contiguous range of weight rows and multiplies every
-//! row with all tokens while it is in L1, so prefill reads each weight once per call.
+//! weight type), then the workers split the weight rows (a contiguous share each for a token or
+//! a few, chunks claimed from a counter for more) and multiply every row with all tokens while
+//! it is in L1, so prefill reads each weight once per call.
 //! [`matmul_fused`] runs several products of the same input (Q, K, V; gate, up) in one pass over
 //! the pool, quantizing the input once per activation type.
 
@@ -297,7 +298,7 @@ pub fn matmul_fused<const N: usize>(
     pool: &ThreadPool,
 ) {
     let k = kernels();
-    let mut quantized: [Option<(&QTensor, SyncPtr<f32>, RowKernel)>; N] = std::array::from_fn(|_| None);
+    let mut quantized: [Option<Product<'_>>; N] = std::array::from_fn(|_| None);
     for (slot, (w, y)) in quantized.iter_mut().zip(products) {
         check_shapes(w, x, n_tokens, y);
         match RowKernel::exact(k, w.qtype, w.rows) {
@@ -332,10 +333,13 @@ pub fn matmul_with(
     run(&[Some((w, SyncPtr(y.as_mut_ptr()), RowKernel::Table(dot)))], x, n_tokens, scratch, pool, Quantizer::Table(k));
 }
 
+/// A weight, where its products go (`[n_tokens, rows]`) and how its rows are computed.
+type Product<'w> = (&'w QTensor, SyncPtr<f32>, RowKernel);
+
 /// Quantizes `x` for every activation type the products need, then computes all products in
 /// one pass over the pool, each worker taking its share of every product's rows.
 fn run(
-    products: &[Option<(&QTensor, SyncPtr<f32>, RowKernel)>],
+    products: &[Option<Product<'_>>],
     x: &[f32],
     n_tokens: usize,
     scratch: &mut MatmulScratch,
@@ -380,23 +384,56 @@ fn run(
         }
     }
     let (offsets, scales) = (&scratch.offsets, &scratch.scales);
-    pool.run(&|i, n| {
-        for (w, out, kernel) in products.iter().flatten() {
-            let a = act_slot(w.qtype);
-            let xq = acts[a];
-            let acts = Acts {
-                xq,
-                act_row: xq.len() / n_tokens,
-                offsets: OFFSET_TYPES.iter().position(|t| *t == w.qtype).map_or(&[][..], |i| &offsets[i][..]),
-                scales: scales.get(a).map_or(&[][..], |s| &s[..]),
-            };
-            let group = kernel.row_group(w, n_tokens);
-            let groups = split_range(w.rows.div_ceil(group), i, n);
-            let rows = (groups.start * group).min(w.rows)..(groups.end * group).min(w.rows);
-            kernel.rows(w, rows, &acts, n_tokens, out.0);
+    let product_rows = |(w, out, kernel): &Product<'_>, groups: std::ops::Range<usize>| {
+        let a = act_slot(w.qtype);
+        let xq = acts[a];
+        let acts = Acts {
+            xq,
+            act_row: xq.len() / n_tokens,
+            offsets: OFFSET_TYPES.iter().position(|t| *t == w.qtype).map_or(&[][..], |i| &offsets[i][..]),
+            scales: scales.get(a).map_or(&[][..], |s| &s[..]),
+        };
+        let group = kernel.row_group(w, n_tokens);
+        let rows = (groups.start * group).min(w.rows)..(groups.end * group).min(w.rows);
+        kernel.rows(w, rows, &acts, n_tokens, out.0);
+    };
+    let n_groups = |(w, _, kernel): &Product<'_>| w.rows.div_ceil(kernel.row_group(w, n_tokens));
+    if n_tokens < CLAIM_MIN_TOKENS || pool.n_threads() == 1 {
+        // Each worker its contiguous share of every product: a decode step's products take
+        // microseconds, and each thread streams one run of weights from memory.
+        return pool.run(&|i, n| {
+            for p in products.iter().flatten() {
+                product_rows(p, split_range(n_groups(p), i, n));
+            }
+        });
+    }
+    // Several tokens: each product takes milliseconds, in chunks of row groups that the
+    // workers claim from a counter, so a thread that falls behind (its core busy with another
+    // process, say) leaves its last chunks to the others instead of keeping them waiting.
+    let per_chunk = |p: &Product<'_>| n_groups(p).div_ceil(pool.n_threads() * CHUNKS_PER_THREAD).max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    pool.run(&|_, _| {
+        let mut claimed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Chunks of earlier products than the current one.
+        let mut before = 0;
+        for p in products.iter().flatten() {
+            let (groups, per) = (n_groups(p), per_chunk(p));
+            let chunks = groups.div_ceil(per);
+            while claimed - before < chunks {
+                let c = claimed - before;
+                product_rows(p, c * per..((c + 1) * per).min(groups));
+                claimed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            before += chunks;
         }
     });
 }
+
+/// Products of at least this many tokens split their rows into claimed chunks.
+const CLAIM_MIN_TOKENS: usize = 8;
+
+/// Chunks per thread and product when rows are claimed.
+const CHUNKS_PER_THREAD: usize = 8;
 
 /// Index in [`ACT_TYPES`] (and `MatmulScratch::bufs`) of the activations a quantized weight
 /// type multiplies.
