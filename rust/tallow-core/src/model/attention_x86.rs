@@ -17,6 +17,34 @@ pub(super) fn reduce16(v: __m512) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<0b01>(t, t)))
 }
 
+/// [`reduce16`] of 16 vectors at once, as one transposed tree with the same additions: lane `k`
+/// holds the sum of `v[k]`. Halves of two vectors per register, then quarters of four, then
+/// `q0 + q2` and `q1 + q3`, then their sum (lane `4m + e` holding key `m + 4e`), then the lanes
+/// put in key order.
+#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
+#[inline]
+pub(super) fn reduce16x16(v: &[__m512; LANES]) -> __m512 {
+    // [h_a | h_b]: lanes i + (i + 8) of v[2p] and v[2p + 1].
+    let h: [__m512; 8] = std::array::from_fn(|p| {
+        let (a, b) = (v[2 * p], v[2 * p + 1]);
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
+    });
+    // Block m of q[r]: lanes i + (i + 4) of key 4r + m.
+    let q: [__m512; 4] = std::array::from_fn(|r| {
+        let (x, y) = (h[2 * r], h[2 * r + 1]);
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(x, y), _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y))
+    });
+    // Block m of t[s]: [q0 + q2, q1 + q3] of keys 8s + m and 8s + 4 + m.
+    let t: [__m512; 2] = std::array::from_fn(|s| {
+        let (x, y) = (q[2 * s], q[2 * s + 1]);
+        _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(x, y), _mm512_shuffle_ps::<0b11_10_11_10>(x, y))
+    });
+    // Lane 4m + e: key m + 4e.
+    let sum =
+        _mm512_add_ps(_mm512_shuffle_ps::<0b10_00_10_00>(t[0], t[1]), _mm512_shuffle_ps::<0b11_01_11_01>(t[0], t[1]));
+    _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), sum)
+}
+
 /// Softmax of the scores `sp[first..=pos]` (indexed by key position) in place, given their
 /// maximum: ggml's vectorized `expf`, the sum of 16-key chunks aligned to key 0 (each reduced
 /// pairwise) in f64, weights rounded to f16. Lanes outside `first..=pos` are neither read nor
@@ -78,39 +106,41 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], out: &mut [f32]) {
 
     // SAFETY (the rest): every pointer offset stays inside the slices, as asserted above.
     unsafe {
-        // Scores: chunk c of the head goes to accumulator c % accs; the accumulators are folded
-        // as (0 + 2) + (1 + 3) before the lane reduction. KEYS keys at a time, each with its
-        // own accumulators: independent chains instead of one waiting on the last fma.
-        const KEYS: usize = 4;
-        let mut max = f32::NEG_INFINITY;
-        let mut j = first;
-        while j <= pos {
-            // Whole groups of KEYS keys, then the rest one by one.
-            let n = if pos + 1 - j >= KEYS { KEYS } else { 1 };
-            let v: [__m512; KEYS] = match it.order {
-                // One accumulator per key: kept in registers (a runtime `c % accs` index would
-                // put them in memory, one store-forwarding wait per fma).
-                Order::Gemm => {
+        let max = match it.order {
+            Order::Gemm => {
+                // Scores: one accumulator over the head's chunks, reduced pairwise. KEYS keys at
+                // a time, each with its own accumulator: independent chains instead of one
+                // waiting on the last fma.
+                const KEYS: usize = 4;
+                let mut max = f32::NEG_INFINITY;
+                let mut j = first;
+                while j <= pos {
+                    // Whole groups of KEYS keys, then the rest one by one.
+                    let n = if pos + 1 - j >= KEYS { KEYS } else { 1 };
                     let mut a = [_mm512_setzero_ps(); KEYS];
-                    if n == KEYS {
-                        for c in 0..nc {
-                            let qc = _mm512_loadu_ps(qp.add(c * LANES));
-                            for (k, a) in a.iter_mut().enumerate() {
-                                *a = _mm512_fmadd_ps(qc, kv_at(it.k.as_ptr(), j + k, c), *a);
-                            }
-                        }
-                    } else {
-                        for c in 0..nc {
-                            a[0] =
-                                _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(c * LANES)), kv_at(it.k.as_ptr(), j, c), a[0]);
+                    for c in 0..nc {
+                        let qc = _mm512_loadu_ps(qp.add(c * LANES));
+                        for (k, a) in a.iter_mut().enumerate().take(n) {
+                            *a = _mm512_fmadd_ps(qc, kv_at(it.k.as_ptr(), j + k, c), *a);
                         }
                     }
-                    a
+                    for (k, &v) in a.iter().enumerate().take(n) {
+                        let s = reduce16(v) * it.scale;
+                        *sp.add(j + k) = s;
+                        max = max.max(s);
+                    }
+                    j += n;
                 }
-                Order::VecDot => {
-                    let mut a = [[_mm512_setzero_ps(); 4]; KEYS];
-                    // Chunk c into accumulator c % 4, with the index a constant (a runtime one
-                    // would keep the accumulators in memory).
+                max
+            }
+            Order::VecDot => {
+                // Scores: chunk c of the head goes to accumulator c % 4 (a constant index once
+                // unrolled: a runtime one would keep the accumulators in memory), folded as
+                // (0 + 2) + (1 + 3); then the lane reductions of 16 keys at once.
+                // Keys j..j + n (n <= 4) interleaved: independent chains instead of one
+                // waiting on the last fma. Lanes past n stay zero.
+                let keys4 = |j: usize, n: usize| {
+                    let mut a = [[_mm512_setzero_ps(); 4]; 4];
                     for c4 in (0..nc).step_by(4) {
                         for (ai, c) in (c4..nc.min(c4 + 4)).enumerate() {
                             let qc = _mm512_loadu_ps(qp.add(c * LANES));
@@ -120,15 +150,25 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], out: &mut [f32]) {
                         }
                     }
                     a.map(|a| _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3])))
+                };
+                let scale = _mm512_set1_ps(it.scale);
+                let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+                let mut j = first;
+                while j <= pos {
+                    let n = (pos + 1 - j).min(LANES);
+                    let mut v = [_mm512_setzero_ps(); LANES];
+                    for (g, v) in v.chunks_exact_mut(4).enumerate().take(n.div_ceil(4)) {
+                        v.copy_from_slice(&keys4(j + 4 * g, (n - 4 * g).min(4)));
+                    }
+                    let (s, m) = (_mm512_mul_ps(reduce16x16(&v), scale), lanes(0, n - 1));
+                    _mm512_mask_storeu_ps(sp.add(j), m, s);
+                    // f32::max's choice: a NaN score leaves the maximum as it is.
+                    max = _mm512_mask_max_ps(max, m, s, max);
+                    j += n;
                 }
-            };
-            for (k, &v) in v.iter().enumerate().take(n) {
-                let s = reduce16(v) * it.scale;
-                *sp.add(j + k) = s;
-                max = max.max(s);
+                _mm512_reduce_max_ps(max)
             }
-            j += n;
-        }
+        };
 
         softmax(sp, first, pos, max);
 
