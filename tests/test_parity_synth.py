@@ -44,7 +44,6 @@ FIXTURE: dict[str, Any] = json.loads((ROOT / "tests" / "fixtures" / "reference_s
 MODELS: dict[str, dict[str, Any]] = {m["name"]: m for m in FIXTURE["models"]}
 N_CTX: int = FIXTURE["settings"]["n_ctx"]
 MAX_GEN: int = FIXTURE["settings"]["max_gen_tokens"]
-HUGE_PAGE = 2 << 20  # tensors from this size up go to the repack cache
 
 REGENERATE = (
     "benches/synth.py (or the gguf/numpy it writes with) now writes a different {what} than the "
@@ -158,11 +157,19 @@ def _published(repack: Path, timeout: float = 120.0) -> None:
 
 
 def _cached_tensors(path: Path) -> list[str]:
-    """The tensors tallow repacks into the cache: a tiled type, 2 MiB or more."""
-    tiles = tallow.build_info()["matmul_tiles"]
-    tiled = set(tiles.split(":", 1)[1].strip().split(",")) if ":" in tiles else set()
-    reader = GGUFReader(path)
-    return [t.name for t in reader.tensors if t.tensor_type.name in tiled and t.n_bytes >= HUGE_PAGE]
+    """The tensors tallow repacks into the cache: those of a tiled type in whole groups of rows
+    (16 for the AVX-512 tiles, 4 for the AVX2 ones)."""
+    group: dict[str, int] = {}  # tiled type -> rows per group
+    for part in tallow.build_info()["matmul_tiles"].split("; "):
+        if ":" in part:
+            label, types = part.split(":", 1)
+            group.update((t, 16 if "x16" in label else 4) for t in types.strip().split(","))
+    cached = []
+    for t in GGUFReader(path).tensors:
+        g = group.get(t.tensor_type.name)
+        if g and len(t.shape) == 2 and int(t.shape[1]) % g == 0:  # shape: [cols, rows]
+            cached.append(t.name)
+    return cached
 
 
 @pytest.mark.parametrize("name", list(MODELS))
