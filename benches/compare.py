@@ -6,8 +6,8 @@
 Each repetition runs each engine in a fresh process (so load time and peak RSS are its own),
 alternating which goes first; the table shows medians. One unmeasured run of each engine comes
 first, after the file has been read once, so both start from the file in the page cache, and
-tallow from its repack cache (the repacked copies of the large weights that its first load of a
-file writes, see ``tallow.Model``); that run's load times are printed as the first load.
+tallow from its repack cache (the repacked copies of the weights that its first load of a file
+writes, see ``tallow.Model``); that run's load times are printed as the first load.
 ``--repack-cache off`` measures tallow repacking on every load instead. Both are driven from Python as a user
 would (``tallow.Model.stream`` / ``llama_cpp.Llama.generate``, token by token), greedy,
 through the same harness (``python/tallow/bench.py``): prefill rate (512-token prompt), time to

@@ -3,7 +3,7 @@
 The two real test models cover Q4_1/Q8_0 (SmolLM2) and the Q4_K_M mix (Gemma 3) at small
 shapes. This script writes synthetic models with ``benches/synth.py`` (random weights, fixed
 seed) in the other quant types, and in those again, at shapes with weight tensors of 2 MiB and
-more (the size from which tallow's repack cache maps tensors from a file), runs llama.cpp on them through
+more (huge-page sized, as in real models), runs llama.cpp on them through
 llama-cpp-python, and writes ``tests/fixtures/reference_synth.json``.
 tests/test_parity_synth.py writes the same files again and compares tallow against it.
 

@@ -56,8 +56,8 @@ class Model:
     requests queue on its engine thread, and the GIL is released while it computes.
 
     Weights are repacked at load into the layout this CPU's kernels read fastest. The repacked
-    copies of the large tensors are kept in ``$TALLOW_HOME/repack`` (``~/.cache/tallow/repack``),
-    so later loads of the same file map them instead of repacking: ``repack_cache=False`` (or
+    copies are kept in ``$TALLOW_HOME/repack`` (``~/.cache/tallow/repack``), so later loads of
+    the same file map them instead of repacking: ``repack_cache=False`` (or
     ``TALLOW_REPACK_CACHE=0`` in the environment) turns that off. The cache holds at most 32 GiB
     (``TALLOW_REPACK_CACHE_MAX_GB``), least recently used first out, and drops the copies of
     files that were changed or deleted.

@@ -77,7 +77,7 @@ pub fn load_model(file: Arc<GgufFile>) -> Result<Arc<dyn Model>> {
 }
 
 /// [`load_model`] with a repack cache that holds, or receives, the repacked copies of the
-/// large weights.
+/// weights.
 pub fn load_model_with(file: Arc<GgufFile>, cache: Option<&RepackCache>) -> Result<Arc<dyn Model>> {
     let cfg = ModelConfig::from_gguf(&file)?;
     let w = Weights { file: &file, cache };

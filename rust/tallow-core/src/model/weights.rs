@@ -6,7 +6,7 @@ use crate::quant::{dequantize_row, QTensor, RepackCache};
 use std::sync::Arc;
 
 /// The source of a model's weights: its file and, when the caller gave one, the repack cache
-/// that holds (or receives) the repacked copies of its large tensors.
+/// that holds (or receives) the repacked copies of its tensors.
 pub(crate) struct Weights<'a> {
     pub file: &'a Arc<GgufFile>,
     pub cache: Option<&'a RepackCache>,
