@@ -14,7 +14,7 @@
 //! [`Order::Gemm`]: super::attention::Order::Gemm
 
 use super::attention::{AttnParams, LANES};
-use super::attention_x86::{lanes, softmax};
+use super::attention_x86::{fold_halves, fold_quarters, lanes, softmax};
 use half::f16;
 use std::arch::x86_64::*;
 
@@ -57,13 +57,8 @@ pub(super) fn scratch_floats(n_kv: usize, hd: usize) -> usize {
 #[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
 #[inline]
 fn reduce4(a: &[__m512; 4]) -> __m128 {
-    // Lanes i + (i + 8) of two vectors: [h_a | h_b].
-    let h = |x: __m512, y: __m512| {
-        _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(x, y), _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y))
-    };
-    let (ab, cd) = (h(a[0], a[1]), h(a[2], a[3]));
-    // Lanes i + (i + 4) of each half: one 128-bit block [q0 q1 q2 q3] per vector.
-    let q = _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(ab, cd), _mm512_shuffle_f32x4::<0b11_01_11_01>(ab, cd));
+    // One 128-bit block [q0 q1 q2 q3] per vector.
+    let q = fold_quarters(fold_halves(a[0], a[1]), fold_halves(a[2], a[3]));
     // [q0 + q2, q1 + q3, ..], then their sum in lane 0 of each block.
     let t = _mm512_add_ps(q, _mm512_permute_ps::<0b01_00_11_10>(q));
     let r = _mm512_add_ps(t, _mm512_permute_ps::<0b10_11_00_01>(t));

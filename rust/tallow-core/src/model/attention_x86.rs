@@ -17,6 +17,22 @@ pub(super) fn reduce16(v: __m512) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<0b01>(t, t)))
 }
 
+/// The first level of [`reduce16`]'s tree for two vectors: `[h_a | h_b]`, lanes `i + (i + 8)`
+/// of `a` in the low half and of `b` in the high half.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn fold_halves(a: __m512, b: __m512) -> __m512 {
+    _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
+}
+
+/// The second level for two [`fold_halves`] results `x = [h_a | h_b]`, `y = [h_c | h_d]`: one
+/// 128-bit block per vector, lanes `i + (i + 4)` of `h_a`, `h_b`, `h_c`, `h_d` in turn.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn fold_quarters(x: __m512, y: __m512) -> __m512 {
+    _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(x, y), _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y))
+}
+
 /// [`reduce16`] of 16 vectors at once, as one transposed tree with the same additions: lane `k`
 /// holds the sum of `v[k]`. Halves of two vectors per register, then quarters of four, then
 /// `q0 + q2` and `q1 + q3`, then their sum (lane `4m + e` holding key `m + 4e`), then the lanes
@@ -24,16 +40,9 @@ pub(super) fn reduce16(v: __m512) -> f32 {
 #[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
 #[inline]
 pub(super) fn reduce16x16(v: &[__m512; LANES]) -> __m512 {
-    // [h_a | h_b]: lanes i + (i + 8) of v[2p] and v[2p + 1].
-    let h: [__m512; 8] = std::array::from_fn(|p| {
-        let (a, b) = (v[2 * p], v[2 * p + 1]);
-        _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
-    });
+    let h: [__m512; 8] = std::array::from_fn(|p| fold_halves(v[2 * p], v[2 * p + 1]));
     // Block m of q[r]: lanes i + (i + 4) of key 4r + m.
-    let q: [__m512; 4] = std::array::from_fn(|r| {
-        let (x, y) = (h[2 * r], h[2 * r + 1]);
-        _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(x, y), _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y))
-    });
+    let q: [__m512; 4] = std::array::from_fn(|r| fold_quarters(h[2 * r], h[2 * r + 1]));
     // Block m of t[s]: [q0 + q2, q1 + q3] of keys 8s + m and 8s + 4 + m.
     let t: [__m512; 2] = std::array::from_fn(|s| {
         let (x, y) = (q[2 * s], q[2 * s + 1]);
@@ -136,9 +145,9 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], out: &mut [f32]) {
             Order::VecDot => {
                 // Scores: chunk c of the head goes to accumulator c % 4 (a constant index once
                 // unrolled: a runtime one would keep the accumulators in memory), folded as
-                // (0 + 2) + (1 + 3); then the lane reductions of 16 keys at once.
-                // Keys j..j + n (n <= 4) interleaved: independent chains instead of one
-                // waiting on the last fma. Lanes past n stay zero.
+                // (0 + 2) + (1 + 3); then the lane reductions of 16 keys at once. `keys4` takes
+                // keys j..j + n (n <= 4) interleaved, independent chains instead of one waiting
+                // on the last fma.
                 let keys4 = |j: usize, n: usize| {
                     let mut a = [[_mm512_setzero_ps(); 4]; 4];
                     for c4 in (0..nc).step_by(4) {

@@ -410,14 +410,14 @@ fn run(
     // Several tokens: each product takes milliseconds, in chunks of row groups that the
     // workers claim from a counter, so a thread that falls behind (its core busy with another
     // process, say) leaves its last chunks to the others instead of keeping them waiting.
-    let per_chunk = |p: &Product<'_>| n_groups(p).div_ceil(pool.n_threads() * CHUNKS_PER_THREAD).max(1);
     let next = std::sync::atomic::AtomicUsize::new(0);
     pool.run(&|_, _| {
         let mut claimed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Chunks of earlier products than the current one.
         let mut before = 0;
         for p in products.iter().flatten() {
-            let (groups, per) = (n_groups(p), per_chunk(p));
+            let groups = n_groups(p);
+            let per = groups.div_ceil(pool.n_threads() * CHUNKS_PER_THREAD).max(1); // groups per chunk
             let chunks = groups.div_ceil(per);
             while claimed - before < chunks {
                 let c = claimed - before;
