@@ -11,6 +11,7 @@ use super::blocks::{ActBlock, BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::kernels::{kernels, Kernels, VecDotFn};
 use super::kquant_order::{self, k_order, IntKernels};
 use super::legacy_dot::RowDot;
+use super::shares::Shares;
 use super::{reference, x16, QTensor, QType};
 #[cfg(target_arch = "x86_64")]
 use super::{
@@ -35,6 +36,8 @@ pub struct MatmulScratch {
     /// The f16 scales of the Q8_0 and Q8_1 activation blocks as f32, for the x16 tiles of the
     /// 32-element formats (`TileArgs::a_scales`).
     scales: [Vec<f32>; 2],
+    /// Row-group shares of decode products (`shares.rs`).
+    shares: Shares,
 }
 
 impl MatmulScratch {
@@ -398,12 +401,28 @@ fn run(
         kernel.rows(w, rows, &acts, n_tokens, out.0);
     };
     let n_groups = |(w, _, kernel): &Product<'_>| w.rows.div_ceil(kernel.row_group(w, n_tokens));
-    if n_tokens < CLAIM_MIN_TOKENS || pool.n_threads() == 1 {
-        // Each worker its contiguous share of every product: a decode step's products take
-        // microseconds, and each thread streams one run of weights from memory.
+    if pool.n_threads() == 1 {
+        return pool.run(&|_, _| products.iter().flatten().for_each(|p| product_rows(p, 0..n_groups(p))));
+    }
+    if n_tokens < CLAIM_MIN_TOKENS {
+        // A few tokens: each product takes microseconds. Each worker streams its contiguous
+        // share of every product from the front, then takes what is left of the others' from
+        // the back (`shares.rs`).
+        let live = || products.iter().flatten().enumerate();
+        scratch.shares.reset(live().count(), pool.n_threads(), |k| live().nth(k).map_or(0, |(_, p)| n_groups(p)));
+        let shares = &scratch.shares;
         return pool.run(&|i, n| {
-            for p in products.iter().flatten() {
-                product_rows(p, split_range(n_groups(p), i, n));
+            for (pi, p) in live() {
+                while let Some(groups) = shares.take_front(pi, i) {
+                    product_rows(p, groups);
+                }
+            }
+            for (pi, p) in live() {
+                for t in (1..n).map(|k| (i + k) % n) {
+                    while let Some(groups) = shares.take_back(pi, t) {
+                        product_rows(p, groups);
+                    }
+                }
             }
         });
     }

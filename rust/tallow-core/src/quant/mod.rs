@@ -18,6 +18,7 @@ mod qtype;
 mod reference;
 mod repack_cache;
 mod scalar;
+mod shares;
 mod tensor;
 mod x16;
 #[cfg(target_arch = "x86_64")]
