@@ -231,6 +231,23 @@ impl Sampler {
         self.apply_logit_bias();
         self.apply_penalties(history);
 
+        if self.params.is_greedy() {
+            // One pass, no candidate list (it would write 12 bytes per vocabulary entry per
+            // token): the first +inf wins, then the first of the largest finite logits; NaN
+            // and -inf never compare greater.
+            let mut best = None;
+            let mut best_logit = f32::NEG_INFINITY;
+            for (id, &logit) in self.work.iter().enumerate() {
+                if logit > best_logit {
+                    if logit == f32::INFINITY {
+                        return Ok(Some(id as u32));
+                    }
+                    (best, best_logit) = (Some(id as u32), logit);
+                }
+            }
+            return best.map(Some).ok_or_else(|| Error::Sampling(format!("all {n_vocab} logits are -inf or NaN")));
+        }
+
         // Collect samplable tokens; +inf forces the lowest such id.
         self.cands.clear();
         for (id, &logit) in self.work.iter().enumerate() {
@@ -243,17 +260,6 @@ impl Sampler {
         }
         if self.cands.is_empty() {
             return Err(Error::Sampling(format!("all {n_vocab} logits are -inf or NaN")));
-        }
-
-        if self.params.is_greedy() {
-            // Strict `>` over ascending ids keeps the lowest id among equal maxima.
-            let mut best = self.cands[0];
-            for c in &self.cands[1..] {
-                if c.logit > best.logit {
-                    best = *c;
-                }
-            }
-            return Ok(Some(best.id));
         }
 
         self.top_k();
