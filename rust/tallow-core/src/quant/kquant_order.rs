@@ -14,8 +14,9 @@
 //!   `ggml_vec_dot_q6_K_q8_K` (AVX2) keeps 8 lanes per row, takes the `-32` offset out of each lane
 //!   through the activation's 16-element sums, and reduces the lanes with `hsum_float_8`.
 //!
-//! Each order is written twice: plainly here (the reference, and the path off x86) and as AVX2
-//! integer kernels in `x86_avx2.rs` that feed the same f32 steps, tested bit-identical.
+//! Each order is written twice: plainly here (the reference) and as AVX2 or NEON integer
+//! kernels (`x86_avx2.rs`, `aarch64_neon_kquant.rs`) that feed the same f32 steps, tested
+//! bit-identical.
 
 use super::legacy_dot::{f16_at, hsum8};
 use super::QType;
@@ -59,7 +60,7 @@ pub struct Q4KInts {
     pub imin: [i32; 4],
 }
 
-/// Integer kernels: [`q4k_ints`]/[`q6k_lanes`] or their AVX2 twins.
+/// Integer kernels: [`q4k_ints`]/[`q6k_lanes`] or their AVX2 or NEON twins.
 #[derive(Clone, Copy)]
 pub struct IntKernels {
     pub q4k: fn(&[u8], &[u8]) -> Q4KInts,
@@ -69,11 +70,18 @@ pub struct IntKernels {
 impl IntKernels {
     pub const PORTABLE: IntKernels = IntKernels { q4k: q4k_ints, q6k: q6k_lanes };
 
-    /// The AVX2 kernels where the CPU has them, else the portable ones.
+    /// The AVX2 or NEON (`dotprod`) kernels where the CPU has them, else the portable ones.
     pub fn best() -> IntKernels {
         #[cfg(target_arch = "x86_64")]
         if super::x86_avx2_detected() {
             return IntKernels { q4k: super::x86_avx2::q4k_ints, q6k: super::x86_avx2::q6k_lanes };
+        }
+        #[cfg(target_arch = "aarch64")]
+        if super::aarch64_neon::detected() {
+            return IntKernels {
+                q4k: super::aarch64_neon_kquant::q4k_ints,
+                q6k: super::aarch64_neon_kquant::q6k_lanes,
+            };
         }
         IntKernels::PORTABLE
     }

@@ -7,6 +7,8 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64_neon;
+#[cfg(target_arch = "aarch64")]
+mod aarch64_neon_kquant;
 pub mod activation;
 mod arena;
 pub mod blocks;
