@@ -216,19 +216,32 @@ pub(super) unsafe fn head_block(b: &HeadBlock<'_>, scratch: &mut [f32]) {
                     lanes(f.max(blk) - blk, p.min(blk + LANES - 1) - blk)
                 }
             };
+            // Blocks whose 16 keys every query of the tile sees need no masks (an all-ones mask
+            // changes nothing): those from the latest first key to the earliest position.
+            let whole = firsts.iter().max().map_or(0, |f| f.next_multiple_of(LANES))
+                ..poss.iter().min().map_or(0, |p| (p + 1) / LANES * LANES);
             for d0 in (0..hd).step_by(4) {
                 let mut acc = [[_mm512_setzero_ps(); 4]; QT];
                 let mut blk = ks / LANES * LANES;
                 while blk <= ke {
-                    let m: [__mmask16; QT] = std::array::from_fn(|i| mask(i, blk));
-                    let w: [__m512; QT] =
-                        std::array::from_fn(|i| _mm512_maskz_loadu_ps(m[i], row(i).wrapping_add(blk)));
-                    for d in 0..4 {
-                        let v = _mm512_cvtph_ps(_mm256_loadu_si256(
-                            vtp.add((d0 + d) * l + (blk - base0)) as *const __m256i
-                        ));
-                        for i in 0..QT {
-                            acc[i][d] = _mm512_mask3_fmadd_ps(w[i], v, acc[i][d], m[i]);
+                    let v: [__m512; 4] = std::array::from_fn(|d| {
+                        _mm512_cvtph_ps(_mm256_loadu_si256(vtp.add((d0 + d) * l + (blk - base0)) as *const __m256i))
+                    });
+                    if blk >= whole.start && blk + LANES <= whole.end {
+                        let w: [__m512; QT] = std::array::from_fn(|i| _mm512_loadu_ps(row(i).wrapping_add(blk)));
+                        for (d, &v) in v.iter().enumerate() {
+                            for i in 0..QT {
+                                acc[i][d] = _mm512_fmadd_ps(w[i], v, acc[i][d]);
+                            }
+                        }
+                    } else {
+                        let m: [__mmask16; QT] = std::array::from_fn(|i| mask(i, blk));
+                        let w: [__m512; QT] =
+                            std::array::from_fn(|i| _mm512_maskz_loadu_ps(m[i], row(i).wrapping_add(blk)));
+                        for (d, &v) in v.iter().enumerate() {
+                            for i in 0..QT {
+                                acc[i][d] = _mm512_mask3_fmadd_ps(w[i], v, acc[i][d], m[i]);
+                            }
                         }
                     }
                     blk += LANES;
