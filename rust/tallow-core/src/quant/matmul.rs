@@ -1,9 +1,10 @@
 //! `matmul`: quantized weights × f32 activations, through the dispatched kernels.
 //!
 //! Activations are quantized once per call into the scratch buffer (Q8_0, Q8_1 or Q8_K, per the
-//! weight type), then the workers split the weight rows (a contiguous share each for a token or
-//! a few, chunks claimed from a counter for more) and multiply every row with all tokens while
-//! it is in L1, so prefill reads each weight once per call.
+//! weight type), then the workers split the weight rows (for a token or a few, a contiguous
+//! share each, whose end the others take over if they finish first; for more, chunks claimed
+//! from a counter) and multiply every row with all tokens while it is in L1, so prefill reads
+//! each weight once per call.
 //! [`matmul_fused`] runs several products of the same input (Q, K, V; gate, up) in one pass over
 //! the pool, quantizing the input once per activation type.
 
