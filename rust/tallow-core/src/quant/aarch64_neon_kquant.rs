@@ -5,14 +5,8 @@
 //! only on CPUs with `dotprod`.
 
 use super::aarch64_neon::sdot;
-use super::kquant_order::{q4k_scales_mins, Q4KInts};
+use super::kquant_order::{q4k_imin, q4k_scales_mins, q6k_sub_offsets, Q4KInts};
 use std::arch::aarch64::*;
-
-/// The Q8_K block's 16-element sum `i` (bytes 260.. of its 292).
-#[inline(always)]
-fn bsum(a: &[u8], i: usize) -> i32 {
-    i16::from_le_bytes([a[260 + 2 * i], a[261 + 2 * i]]) as i32
-}
 
 /// NEON twin of `kquant_order::q4k_ints`.
 pub(super) fn q4k_ints(w: &[u8], a: &[u8]) -> Q4KInts {
@@ -43,8 +37,7 @@ unsafe fn q4k_ints_neon(w: &[u8], a: &[u8]) -> Q4KInts {
             )
         };
         out.isum[j] = sc[2 * j] as i32 * lo + sc[2 * j + 1] as i32 * hi;
-        out.imin[j] = mn[2 * j] as i32 * (bsum(a, 4 * j) + bsum(a, 4 * j + 1))
-            + mn[2 * j + 1] as i32 * (bsum(a, 4 * j + 2) + bsum(a, 4 * j + 3));
+        out.imin[j] = q4k_imin(&mn, a, j);
     }
     out
 }
@@ -91,10 +84,6 @@ unsafe fn q6k_lanes_neon(w: &[u8], a: &[u8]) -> [i32; 8] {
         vst1q_s32(lanes.as_mut_ptr(), acc[0]);
         vst1q_s32(lanes.as_mut_ptr().add(4), acc[1]);
     }
-    // The -32 offset of every element, through the activation's 16-element sums.
-    for (k, lane) in lanes.iter_mut().enumerate() {
-        let s = |i: usize| sc[i] as i8 as i32 * bsum(a, i);
-        *lane -= (s(2 * k) + s(2 * k + 1)) << 5;
-    }
+    q6k_sub_offsets(&mut lanes, sc, a);
     lanes
 }

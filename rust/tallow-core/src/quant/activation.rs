@@ -106,8 +106,7 @@ unsafe fn q8_rows_neon<const SUM: bool>(x: &[f32], out: &mut [u8]) {
         // SAFETY: xb holds 32 floats, ob `bytes` bytes, the last 32 of them the quants.
         unsafe {
             let v: [float32x4_t; 8] = std::array::from_fn(|i| vld1q_f32(xb.as_ptr().add(4 * i)));
-            // maxnm skips NaN as `f32::max` does.
-            let amax = vmaxnmvq_f32(v.iter().fold(vdupq_n_f32(0.0), |m, &v| vmaxnmq_f32(m, vabsq_f32(v))));
+            let amax = amax_neon(&v);
             let d = amax / 127.0;
             let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             // fcvtns: nearest, ties to even; NaN to 0 like the saturating `as`.
@@ -122,6 +121,16 @@ unsafe fn q8_rows_neon<const SUM: bool>(x: &[f32], out: &mut [u8]) {
             }
         }
     }
+}
+
+/// The largest |v| over the vectors `v`, skipping NaN as `f32::max` and the portable `>` do
+/// (`fmaxnm`); 0 when there is none.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+#[inline]
+fn amax_neon(v: &[std::arch::aarch64::float32x4_t]) -> f32 {
+    use std::arch::aarch64::*;
+    vmaxnmvq_f32(v.iter().fold(vdupq_n_f32(0.0), |m, &v| vmaxnmq_f32(m, vabsq_f32(v))))
 }
 
 /// 16 i32 (four vectors) to 16 bytes, keeping the low byte of each as `as i8` does.
@@ -249,8 +258,7 @@ unsafe fn q8_k_neon(x: &[f32], out: &mut [u8]) {
         // SAFETY: xb holds 256 floats, ob 292 bytes.
         unsafe {
             let v: [float32x4_t; 64] = std::array::from_fn(|c| vld1q_f32(xb.as_ptr().add(4 * c)));
-            // maxnm skips NaN as the portable `>` does.
-            let amax = vmaxnmvq_f32(v.iter().fold(vdupq_n_f32(0.0), |m, &v| vmaxnmq_f32(m, vabsq_f32(v))));
+            let amax = amax_neon(&v);
             if amax == 0.0 {
                 q8_k_portable(xb, ob);
                 continue;

@@ -92,9 +92,28 @@ fn f32_at(b: &[u8], at: usize) -> f32 {
     f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+/// The Q8_K block's 16-element sum `i` (bytes 260.. of its 292).
 #[inline]
 fn bsum(a: &[u8], i: usize) -> i32 {
     i16::from_le_bytes([a[260 + 2 * i], a[261 + 2 * i]]) as i32
+}
+
+/// [`Q4KInts::imin`]`[j]`: the minimums of sub-blocks `2j`, `2j + 1` times the sums of their
+/// activations (from the Q8_K block `a`'s 16-element sums). Shared by every `q4k_ints`.
+#[inline(always)]
+pub(crate) fn q4k_imin(mn: &[u8; 8], a: &[u8], j: usize) -> i32 {
+    mn[2 * j] as i32 * (bsum(a, 4 * j) + bsum(a, 4 * j + 1))
+        + mn[2 * j + 1] as i32 * (bsum(a, 4 * j + 2) + bsum(a, 4 * j + 3))
+}
+
+/// Takes Q6_K's `-32` offset out of the 8 lanes of [`q6k_lanes`] (lane `k`: elements
+/// `32k..32k + 32`) through the activation's 16-element sums; `sc` are the block's 16 scales.
+#[inline(always)]
+pub(crate) fn q6k_sub_offsets(lanes: &mut [i32; 8], sc: &[u8], a: &[u8]) {
+    for (k, lane) in lanes.iter_mut().enumerate() {
+        let s = |i: usize| sc[i] as i8 as i32 * bsum(a, i);
+        *lane -= (s(2 * k) + s(2 * k + 1)) << 5;
+    }
 }
 
 /// Q4_K's 12 packed bytes as 8 six-bit scales and 8 six-bit minimums.
@@ -122,8 +141,7 @@ pub fn q4k_ints(w: &[u8], a: &[u8]) -> Q4KInts {
             hi += (q >> 4) as i32 * a[4 + 64 * j + 32 + l] as i8 as i32;
         }
         out.isum[j] = sc[2 * j] as i32 * lo + sc[2 * j + 1] as i32 * hi;
-        out.imin[j] = mn[2 * j] as i32 * (bsum(a, 4 * j) + bsum(a, 4 * j + 1))
-            + mn[2 * j + 1] as i32 * (bsum(a, 4 * j + 2) + bsum(a, 4 * j + 3));
+        out.imin[j] = q4k_imin(&mn, a, j);
     }
     out
 }
@@ -149,10 +167,7 @@ pub fn q6k_lanes(w: &[u8], a: &[u8]) -> [i32; 8] {
             }
         }
     }
-    for (k, lane) in lanes.iter_mut().enumerate() {
-        let s = |i: usize| sc[i] as i8 as i32 * bsum(a, i);
-        *lane -= (s(2 * k) + s(2 * k + 1)) << 5;
-    }
+    q6k_sub_offsets(&mut lanes, sc, a);
     lanes
 }
 

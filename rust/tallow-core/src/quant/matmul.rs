@@ -410,7 +410,7 @@ fn run(
         // share of every product from the front, then takes what is left of the others' from
         // the back (`shares.rs`).
         let live = || products.iter().flatten().enumerate();
-        scratch.shares.reset(live().count(), pool.n_threads(), |k| live().nth(k).map_or(0, |(_, p)| n_groups(p)));
+        scratch.shares.reset(pool.n_threads(), products.iter().flatten().map(n_groups));
         let shares = &scratch.shares;
         return pool.run(&|i, n| {
             for (pi, p) in live() {

@@ -28,16 +28,14 @@ pub(crate) struct Shares {
 }
 
 impl Shares {
-    /// Splits product `p`'s `groups(p)` row groups into `n_threads` contiguous shares, for
-    /// `n_products` products. Grows only when a call needs more shares than any before.
-    pub(crate) fn reset(&mut self, n_products: usize, n_threads: usize, groups: impl Fn(usize) -> usize) {
-        let n = n_products * n_threads;
-        if self.shares.len() < n {
-            self.shares.resize_with(n, Share::default);
-        }
+    /// Splits each product's row groups (`groups`, one count per product) into `n_threads`
+    /// contiguous shares. Grows only when a call needs more shares than any before.
+    pub(crate) fn reset(&mut self, n_threads: usize, groups: impl Iterator<Item = usize>) {
         self.n_threads = n_threads;
-        for p in 0..n_products {
-            let g = groups(p);
+        for (p, g) in groups.enumerate() {
+            if self.shares.len() < (p + 1) * n_threads {
+                self.shares.resize_with((p + 1) * n_threads, Share::default);
+            }
             for t in 0..n_threads {
                 let r = crate::threadpool::split_range(g, t, n_threads);
                 self.share(p, t).store(pack(r.start, r.end), Ordering::Relaxed);
@@ -109,7 +107,7 @@ mod tests {
         for (n_products, groups) in [(1, 0), (1, 1), (2, 5), (3, 97)] {
             for round in 0..50 {
                 let count = |p: usize| groups + p * 3;
-                shares.reset(n_products, 3, count);
+                shares.reset(3, (0..n_products).map(count));
                 let seen: Vec<Vec<std::sync::atomic::AtomicU32>> =
                     (0..n_products).map(|p| (0..count(p)).map(|_| Default::default()).collect()).collect();
                 pool.run(&|i, n| {

@@ -404,13 +404,11 @@ pub(super) fn q4k_ints(w: &[u8], a: &[u8]) -> super::kquant_order::Q4KInts {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4k_ints_avx2(w: &[u8], a: &[u8]) -> super::kquant_order::Q4KInts {
     let (sc, mn) = super::kquant_order::q4k_scales_mins(&w[4..16]);
-    let bs = |i: usize| i16::from_le_bytes([a[260 + 2 * i], a[261 + 2 * i]]) as i32;
     let mut out = super::kquant_order::Q4KInts::default();
     for j in 0..4 {
         // SAFETY: whole blocks (asserted by the caller).
         out.isum[j] = hsum_i32_8(unsafe { q4k_sumi_64(w, a, &sc, j) });
-        out.imin[j] =
-            mn[2 * j] as i32 * (bs(4 * j) + bs(4 * j + 1)) + mn[2 * j + 1] as i32 * (bs(4 * j + 2) + bs(4 * j + 3));
+        out.imin[j] = super::kquant_order::q4k_imin(&mn, a, j);
     }
     out
 }
