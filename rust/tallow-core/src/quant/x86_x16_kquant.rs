@@ -187,46 +187,43 @@ pub(super) unsafe fn q6k<const T: usize, const TILED: bool>(nb: usize, args: &Ti
                 let pair = _mm512_srai_epi16::<8>(_mm512_shuffle_epi8(scw[k / 2], load(PAIR_TOP[k % 2].as_ptr())));
                 _mm512_slli_epi32::<5>(_mm512_madd_epi16(pair, bcast_i32(ap(t).add(260 + 4 * k))))
             };
-            // Quants of elements 128h + 32c + 4k..+4 (c = 0..4), unsigned 0..63, from the
-            // chunks of ql and qh that hold them.
-            let quants = |h: usize, k: usize| {
-                let at = |m: usize| g.add(QUANTS + 384 * k + 64 * m);
-                let (l1, l2, qh) = (load(at(2 * h)), load(at(2 * h + 1)), load(at(4 + h)));
-                [
-                    _mm512_or_si512(_mm512_and_si512(l1, m4), _mm512_slli_epi16::<4>(_mm512_and_si512(qh, m3))),
-                    _mm512_or_si512(
-                        _mm512_and_si512(l2, m4),
-                        _mm512_slli_epi16::<2>(_mm512_and_si512(qh, _mm512_set1_epi8(0x0c))),
-                    ),
-                    _mm512_or_si512(
-                        _mm512_and_si512(_mm512_srli_epi16::<4>(l1), m4),
-                        _mm512_and_si512(qh, _mm512_set1_epi8(0x30)),
-                    ),
-                    _mm512_or_si512(
-                        _mm512_and_si512(_mm512_srli_epi16::<4>(l2), m4),
-                        _mm512_srli_epi16::<2>(_mm512_and_si512(qh, _mm512_set1_epi8(0xc0u8 as i8))),
-                    ),
-                ]
+            // Quants of elements 128h + 32c + 4k..+4, unsigned 0..63, from the chunks of ql and
+            // qh that hold them.
+            let quant = |h: usize, k: usize, c: usize| {
+                let at = |m: usize| load(g.add(QUANTS + 384 * k + 64 * m));
+                let (l, qh) = (at(2 * h + c % 2), at(4 + h));
+                let low = if c < 2 { l } else { _mm512_srli_epi16::<4>(l) };
+                let high = match c {
+                    0 => _mm512_slli_epi16::<4>(_mm512_and_si512(qh, m3)),
+                    1 => _mm512_slli_epi16::<2>(_mm512_and_si512(qh, _mm512_set1_epi8(0x0c))),
+                    2 => _mm512_and_si512(qh, _mm512_set1_epi8(0x30)),
+                    _ => _mm512_srli_epi16::<2>(_mm512_and_si512(qh, _mm512_set1_epi8(0xc0u8 as i8))),
+                };
+                _mm512_or_si512(_mm512_and_si512(low, m4), high)
             };
+            let quants = |h: usize, k: usize| -> [__m512i; 4] { std::array::from_fn(|c| quant(h, k, c)) };
             let y = |t: usize, h: usize, c: usize, k: usize| bcast_i32(ap(t).add(4 + 128 * h + 32 * c + 4 * k));
             if TILED {
                 // One integer sum per row: each 16-element group's 4 chunks summed, then scaled.
                 let mut isum = [_mm512_setzero_si512(); T];
                 for h in 0..2 {
                     for half in 0..2 {
-                        let mut grp = [[_mm512_setzero_si512(); 4]; T];
-                        for k in 4 * half..4 * half + 4 {
-                            let q = quants(h, k);
-                            for (t, grp) in grp.iter_mut().enumerate() {
-                                for c in 0..4 {
-                                    grp[c] = _mm512_dpbusd_epi32(grp[c], q[c], y(t, h, c, k));
+                        // Chunks c and c + 2 take the low and high nibbles of the same bytes.
+                        for c0 in 0..2 {
+                            let mut grp = [[_mm512_setzero_si512(); 2]; T];
+                            for k in 4 * half..4 * half + 4 {
+                                let q = [quant(h, k, c0), quant(h, k, c0 + 2)];
+                                for (t, grp) in grp.iter_mut().enumerate() {
+                                    for (e, grp) in grp.iter_mut().enumerate() {
+                                        *grp = _mm512_dpbusd_epi32(*grp, q[e], y(t, h, c0 + 2 * e, k));
+                                    }
                                 }
                             }
-                        }
-                        for c in 0..4 {
-                            let sc = scale(8 * h + 2 * c + half);
-                            for t in 0..T {
-                                isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(grp[t][c], sc));
+                            for e in 0..2 {
+                                let sc = scale(8 * h + 2 * (c0 + 2 * e) + half);
+                                for t in 0..T {
+                                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(grp[t][e], sc));
+                                }
                             }
                         }
                     }
