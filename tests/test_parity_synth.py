@@ -188,7 +188,7 @@ def test_repack_cache_off_written_hit_match_llama_cpp(
 
     first = _load(path, repack_cache=True)
     if not _cached_tensors(path):
-        assert first.info.repack_cache == "skipped"  # e.g. Q5_K: no tiled kernel, nothing repacked
+        assert first.info.repack_cache == "skipped"  # no tiled kernel for its type: nothing repacked
         check_greedy(first, prompt, MAX_GEN, f"{name}/{prompt['name']}: ")
         return
     assert first.info.repack_cache == "written"

@@ -144,23 +144,30 @@ fn interleaved_layout_changes_no_bit() {
     }
 }
 
-/// Q4_K and Q6_K weights repacked in groups of 16 rows (where this CPU has the AVX-512 tiles)
-/// give the bits of the row-by-row llama.cpp-order products, in every order (Q4_K: GEMM for
-/// tokens in groups of 4, GEMV for the rest; Q6_K: tiled from 8 tokens, vec_dot below), and the
-/// same rows when dequantized.
+/// Q4_K, Q5_K and Q6_K weights repacked in groups of 16 rows (where this CPU has the AVX-512
+/// tiles) give the bits of the row-by-row llama.cpp-order products, in every order (Q4_K: GEMM
+/// for tokens in groups of 4, GEMV for the rest; Q5_K and Q6_K: tiled from 8 tokens, vec_dot
+/// below), and the same rows when dequantized.
 #[test]
 fn kquant_tiles_change_no_bit() {
     use tallow_core::quant::{tiles_for, QTensor};
     use tallow_core::threadpool::ThreadPool;
     let pool = ThreadPool::new(2);
     let mut inputs = Inputs(0x5eed_f00d_0000_0004);
-    for (qtype, rows) in [(QType::Q4_K, 16), (QType::Q4_K, 48), (QType::Q6_K, 16), (QType::Q6_K, 64)] {
+    for (qtype, rows) in [
+        (QType::Q4_K, 16),
+        (QType::Q4_K, 48),
+        (QType::Q6_K, 16),
+        (QType::Q6_K, 64),
+        (QType::Q5_K, 16),
+        (QType::Q5_K, 48),
+    ] {
         let ts = qtype.type_size();
         let cols = 256 * (1 + inputs.next() as usize % 8);
         let mut bytes: Vec<u8> = (0..rows * cols / 256 * ts).map(|_| inputs.next() as u8).collect();
         for blk in bytes.chunks_exact_mut(ts) {
-            // Finite f16 scales of moderate size: Q4_K's d and dmin, Q6_K's d.
-            if qtype == QType::Q4_K {
+            // Finite f16 scales of moderate size: Q4_K's and Q5_K's d and dmin, Q6_K's d.
+            if qtype != QType::Q6_K {
                 blk[1] = 0x14 + (inputs.next() % 8) as u8;
                 blk[3] = 0x10 + (inputs.next() % 8) as u8;
             } else {

@@ -9,10 +9,16 @@
 //!   one by `ggml_gemv_q4_K_8x8_q8_K`. Both keep two f32 accumulators per output, one for the
 //!   scaled products and one for the minimums, and subtract them at the end; the GEMM adds into
 //!   them once per 64 elements, the GEMV once per 256.
-//! - **Q6_K is not repacked on x86.** From 8 tokens on, the tiled K-quant GEMM (`tiled/`) adds one
+//! - **Q5_K and Q6_K are not repacked on x86.** From 8 tokens on, the tiled K-quant GEMM (`tiled/`) adds one
 //!   rounded term per 256 elements, `fma((isum · d_w), d_x, acc)`; below 8 tokens,
 //!   `ggml_vec_dot_q6_K_q8_K` (AVX2) keeps 8 lanes per row, takes the `-32` offset out of each lane
 //!   through the activation's 16-element sums, and reduces the lanes with `hsum_float_8`.
+//!   Q5_K takes the same paths: the tiled GEMM rounds `d_w · s1 - dmin_w · s2` per block (`s1`
+//!   the scaled quants, `s2` the minimums times the activation's sub-block sums; one fused
+//!   multiply-subtract) and adds it times `d_x` with one fma; `ggml_vec_dot_q5_K_q8_K` keeps 8
+//!   lanes as Q6_K's does and sums the minimums apart, `summs = fma(s2, -d_x · dmin_w, summs)`,
+//!   added after `hsum_float_8` (both read off the disassembly of the llama.cpp build compare.py
+//!   runs, libggml-cpu 0.25.3).
 //!
 //! Each order is written twice: plainly here (the reference) and as AVX2 or NEON integer
 //! kernels (`x86_avx2.rs`, `aarch64_neon_kquant.rs`) that feed the same f32 steps, tested
@@ -25,6 +31,7 @@ use super::QType;
 /// Q8_K `d:f32 qs[256] bsums[16]:i16`.
 const Q4_K_BYTES: usize = 144;
 const Q6_K_BYTES: usize = 210;
+const Q5_K_BYTES: usize = 176;
 const Q8_K_BYTES: usize = 292;
 
 /// The llama.cpp code path (and so the f32 order) of one token's product with a weight.
@@ -38,6 +45,10 @@ pub enum KOrder {
     Q6KTiled,
     /// Q6_K with fewer than 8 tokens (`ggml_vec_dot_q6_K_q8_K`).
     Q6KVecDot,
+    /// Q5_K with at least 8 tokens (the tiled K-quant GEMM).
+    Q5KTiled,
+    /// Q5_K with fewer than 8 tokens (`ggml_vec_dot_q5_K_q8_K`).
+    Q5KVecDot,
 }
 
 /// The path llama.cpp takes for token `t` of an `n_tokens` product with a `qtype` weight of
@@ -48,6 +59,7 @@ pub fn k_order(qtype: QType, rows: usize, t: usize, n_tokens: usize) -> Option<K
             Some(if t < n_tokens - n_tokens % 4 { KOrder::Q4KGemm } else { KOrder::Q4KGemv })
         }
         QType::Q6_K => Some(if n_tokens >= 8 { KOrder::Q6KTiled } else { KOrder::Q6KVecDot }),
+        QType::Q5_K => Some(if n_tokens >= 8 { KOrder::Q5KTiled } else { KOrder::Q5KVecDot }),
         _ => None,
     }
 }
@@ -60,27 +72,51 @@ pub struct Q4KInts {
     pub imin: [i32; 4],
 }
 
-/// Integer kernels: [`q4k_ints`]/[`q6k_lanes`] or their AVX2 or NEON twins.
+/// Exact integer parts of one Q5_K × Q8_K block, as `ggml_vec_dot_q5_K_q8_K` (AVX2) forms them:
+/// lane `k` = Σ scale · q5 · q8 over bytes `4k..4k+4` of every 32-element sub-block (q5 the
+/// unsigned 5-bit quant), `imin` = Σ min · (sum of the sub-block's activations).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Q5KInts {
+    pub lanes: [i32; 8],
+    pub imin: i32,
+}
+
+/// A kernel of [`Q5KInts`] (`w`: one Q5_K block, `a`: one Q8_K block).
+pub type Q5KIntsFn = fn(&[u8], &[u8]) -> Q5KInts;
+
+/// Integer kernels: [`q4k_ints`]/[`q6k_lanes`]/[`q5k_ints`] or their AVX2 or NEON twins.
+/// `q5k` is `None` where there is no twin yet (aarch64): those rows take candle's `vec_dot`.
 #[derive(Clone, Copy)]
 pub struct IntKernels {
     pub q4k: fn(&[u8], &[u8]) -> Q4KInts,
     pub q6k: fn(&[u8], &[u8]) -> [i32; 8],
+    pub q5k: Option<Q5KIntsFn>,
 }
 
 impl IntKernels {
-    pub const PORTABLE: IntKernels = IntKernels { q4k: q4k_ints, q6k: q6k_lanes };
+    pub const PORTABLE: IntKernels = IntKernels { q4k: q4k_ints, q6k: q6k_lanes, q5k: Some(q5k_ints) };
+
+    /// Whether these kernels compute `order`.
+    pub fn covers(&self, order: KOrder) -> bool {
+        !matches!(order, KOrder::Q5KTiled | KOrder::Q5KVecDot) || self.q5k.is_some()
+    }
 
     /// The AVX2 or NEON (`dotprod`) kernels where the CPU has them, else the portable ones.
     pub fn best() -> IntKernels {
         #[cfg(target_arch = "x86_64")]
         if super::x86_avx2_detected() {
-            return IntKernels { q4k: super::x86_avx2::q4k_ints, q6k: super::x86_avx2::q6k_lanes };
+            return IntKernels {
+                q4k: super::x86_avx2::q4k_ints,
+                q6k: super::x86_avx2::q6k_lanes,
+                q5k: Some(super::x86_avx2::q5k_ints),
+            };
         }
         #[cfg(target_arch = "aarch64")]
         if super::aarch64_neon::detected() {
             return IntKernels {
                 q4k: super::aarch64_neon_kquant::q4k_ints,
                 q6k: super::aarch64_neon_kquant::q6k_lanes,
+                q5k: None,
             };
         }
         IntKernels::PORTABLE
@@ -171,6 +207,29 @@ pub fn q6k_lanes(w: &[u8], a: &[u8]) -> [i32; 8] {
     lanes
 }
 
+/// Q5_K's 5-bit quant of element `l` of sub-block `2j + hi` from its `qs` byte and `qh` byte.
+#[inline(always)]
+fn q5(q: u8, h: u8, j: usize, hi: usize) -> i32 {
+    let nibble = if hi == 0 { q & 0x0f } else { q >> 4 };
+    (nibble | ((h >> (2 * j + hi)) & 1) << 4) as i32
+}
+
+/// Portable [`Q5KInts`] of one block pair (`w`: `d dmin scales[12] qh[32] qs[128]`, `a`: 292
+/// bytes).
+pub fn q5k_ints(w: &[u8], a: &[u8]) -> Q5KInts {
+    let (sc, mn) = q4k_scales_mins(&w[4..16]);
+    let (qh, qs) = (&w[16..48], &w[48..176]);
+    let mut lanes = [0i32; 8];
+    for j in 0..4 {
+        for l in 0..32 {
+            let y = |hi: usize| a[4 + 64 * j + 32 * hi + l] as i8 as i32;
+            let (q, h) = (qs[32 * j + l], qh[l]);
+            lanes[l / 4] += sc[2 * j] as i32 * q5(q, h, j, 0) * y(0) + sc[2 * j + 1] as i32 * q5(q, h, j, 1) * y(1);
+        }
+    }
+    Q5KInts { lanes, imin: (0..4).map(|j| q4k_imin(&mn, a, j)).sum() }
+}
+
 crate::simd::simd_fn! {
     /// `Σ w · x` over one row in `order`'s f32 order: `w` holds the row's weight blocks, `x` the
     /// token's Q8_K blocks, of the same length.
@@ -212,6 +271,32 @@ crate::simd::simd_fn! {
                 }
                 hsum8(&acc)
             }
+            KOrder::Q5KTiled | KOrder::Q5KVecDot => {
+                let q5k = ints.q5k.expect("Q5_K integer kernels (IntKernels::covers)");
+                let (mut acc, mut summs) = ([0.0f32; 8], 0.0f32);
+                for (wb, xb) in w.chunks_exact(Q5_K_BYTES).zip(x.chunks_exact(Q8_K_BYTES)) {
+                    let (dx, dw, dmin) = (f32_at(xb, 0), f16_at(wb, 0), f16_at(wb, 2));
+                    let q = q5k(wb, xb);
+                    if order == KOrder::Q5KTiled {
+                        // d·s1 - dmin·s2 (one rounding for the minimums' term), then one fma
+                        // into the accumulator with the activation's scale.
+                        let r = (q.lanes.iter().sum::<i32>() as f32) * dw;
+                        let r = (-(q.imin as f32)).mul_add(dmin, r);
+                        acc[0] = dx.mul_add(r, acc[0]);
+                    } else {
+                        let d = dx * dw;
+                        for (a, lane) in acc.iter_mut().zip(q.lanes) {
+                            *a = d.mul_add(lane as f32, *a);
+                        }
+                        summs = (q.imin as f32).mul_add(-dx * dmin, summs);
+                    }
+                }
+                if order == KOrder::Q5KTiled {
+                    acc[0]
+                } else {
+                    hsum8(&acc) + summs
+                }
+            }
         }
     }
 }
@@ -240,7 +325,7 @@ mod tests {
         for (i, b) in w.chunks_exact_mut(qtype.type_size()).enumerate() {
             let d = f16::from_f32(0.002 + 0.0003 * i as f32).to_le_bytes();
             match qtype {
-                QType::Q4_K => {
+                QType::Q4_K | QType::Q5_K => {
                     b[..2].copy_from_slice(&d);
                     b[2..4].copy_from_slice(&f16::from_f32(0.001 * (i % 3) as f32).to_le_bytes());
                 }
@@ -261,9 +346,11 @@ mod tests {
             .chunks_exact(Q8_K_BYTES)
             .flat_map(|b| (0..256).map(move |i| f32_at(b, 0) as f64 * b[4 + i] as i8 as f64))
             .collect();
-        for (qtype, orders) in
-            [(QType::Q4_K, [KOrder::Q4KGemm, KOrder::Q4KGemv]), (QType::Q6_K, [KOrder::Q6KTiled, KOrder::Q6KVecDot])]
-        {
+        for (qtype, orders) in [
+            (QType::Q4_K, [KOrder::Q4KGemm, KOrder::Q4KGemv]),
+            (QType::Q6_K, [KOrder::Q6KTiled, KOrder::Q6KVecDot]),
+            (QType::Q5_K, [KOrder::Q5KTiled, KOrder::Q5KVecDot]),
+        ] {
             let w = weights(qtype, n / 256, &mut seed);
             let mut wd = vec![0.0f32; n];
             dequantize_row(qtype, &w, &mut wd);
@@ -289,8 +376,12 @@ mod tests {
             }
             let w4 = rnd_bytes(Q4_K_BYTES, &mut seed);
             let w6 = rnd_bytes(Q6_K_BYTES, &mut seed);
+            let w5 = rnd_bytes(Q5_K_BYTES, &mut seed);
             assert_eq!((best.q4k)(&w4, &a), q4k_ints(&w4, &a));
             assert_eq!((best.q6k)(&w6, &a), q6k_lanes(&w6, &a));
+            if let Some(q5k) = best.q5k {
+                assert_eq!(q5k(&w5, &a), q5k_ints(&w5, &a));
+            }
         }
     }
 
@@ -302,6 +393,8 @@ mod tests {
         assert_eq!(k_order(QType::Q4_K, 644, 0, 16), None);
         assert_eq!(k_order(QType::Q6_K, 640, 0, 8), Some(KOrder::Q6KTiled));
         assert_eq!(k_order(QType::Q6_K, 640, 6, 7), Some(KOrder::Q6KVecDot));
-        assert_eq!(k_order(QType::Q5_K, 640, 0, 1), None);
+        assert_eq!(k_order(QType::Q5_K, 640, 0, 8), Some(KOrder::Q5KTiled));
+        assert_eq!(k_order(QType::Q5_K, 640, 0, 1), Some(KOrder::Q5KVecDot));
+        assert_eq!(k_order(QType::Q3_K, 640, 0, 1), None);
     }
 }

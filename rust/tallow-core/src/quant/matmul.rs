@@ -258,7 +258,7 @@ impl RowKernel {
                 for r in rows {
                     let wr = &data[r * row_bytes..(r + 1) * row_bytes];
                     for t in 0..n_tokens {
-                        let v = match k_order(w.qtype, w.rows, t, n_tokens) {
+                        let v = match k_order(w.qtype, w.rows, t, n_tokens).filter(|&o| ints.covers(o)) {
                             Some(order) => kquant_order::row_dot(order, &ints, wr, at(t)),
                             // SAFETY: the table matches this CPU; both hold `cols` values.
                             None => unsafe { table(cols, wr, at(t)) },
@@ -375,7 +375,7 @@ fn run(
     // Accumulator starts of the x16 tiles of signed types, Q4_K's sub-block sums.
     for (ty, table) in OFFSET_TYPES.iter().zip(scratch.offsets.iter_mut()) {
         table.clear();
-        if products.iter().flatten().any(|(w, ..)| w.qtype == *ty && w.interleave() == x16::ROWS) {
+        if products.iter().flatten().any(|(w, ..)| offsets_type(w.qtype) == *ty && w.interleave() == x16::ROWS) {
             fill_offsets(table, *ty, acts[act_slot(*ty)], n_tokens, pool);
         }
     }
@@ -394,7 +394,7 @@ fn run(
         let acts = Acts {
             xq,
             act_row: xq.len() / n_tokens,
-            offsets: OFFSET_TYPES.iter().position(|t| *t == w.qtype).map_or(&[][..], |i| &offsets[i][..]),
+            offsets: OFFSET_TYPES.iter().position(|t| *t == offsets_type(w.qtype)).map_or(&[][..], |i| &offsets[i][..]),
             scales: scales.get(a).map_or(&[][..], |s| &s[..]),
         };
         let group = kernel.row_group(w, n_tokens);
@@ -493,6 +493,16 @@ fn fill_scales(table: &mut Vec<f32>, act: QType, xq: &[u8], n_tokens: usize, poo
 /// take their accumulator starts from it, Q4_K the sums its minimums multiply.
 const OFFSET_TYPES: [QType; 4] = [QType::Q4_0, QType::Q5_0, QType::Q8_0, QType::Q4_K];
 
+/// The entry of [`OFFSET_TYPES`] whose table a `qtype` weight's tiles read: Q5_K's minimums
+/// multiply the same sub-block sums as Q4_K's.
+fn offsets_type(qtype: QType) -> QType {
+    if qtype == QType::Q5_K {
+        QType::Q4_K
+    } else {
+        qtype
+    }
+}
+
 /// The offset table of `qtype` (one of [`OFFSET_TYPES`]) for `n_tokens` rows of its
 /// activation blocks `xq` (Q8_0, or Q8_K for Q4_K), in parallel over tokens when there are
 /// several.
@@ -549,7 +559,7 @@ fn per_token<T: Send>(
 fn offsets_per_block(qtype: QType) -> usize {
     match qtype {
         QType::Q4_0 => 1,
-        QType::Q4_K => 4,
+        QType::Q4_K | QType::Q5_K => 4,
         _ => 8,
     }
 }

@@ -475,3 +475,40 @@ unsafe fn q6k_sumi(w: &[u8], a: &[u8]) -> __m256i {
         _mm256_sub_epi32(sumi, offset)
     }
 }
+
+/// AVX2 twin of `kquant_order::q5k_ints` (the lanes of `ggml_vec_dot_q5_K_q8_K`).
+pub(super) fn q5k_ints(w: &[u8], a: &[u8]) -> super::kquant_order::Q5KInts {
+    assert!(w.len() >= 176 && a.len() >= 292);
+    // SAFETY: as for `q4k_ints`.
+    unsafe { q5k_ints_avx2(w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5k_ints_avx2(w: &[u8], a: &[u8]) -> super::kquant_order::Q5KInts {
+    let (sc, mn) = super::kquant_order::q4k_scales_mins(&w[4..16]);
+    let (m4, one) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
+    let mut out = super::kquant_order::Q5KInts::default();
+    // SAFETY: every load stays inside the 176-byte and 292-byte blocks (asserted by the caller);
+    // lanes holds 8 i32.
+    unsafe {
+        let qh = _mm256_loadu_si256(w.as_ptr().add(16) as *const __m256i);
+        // Bit `b` of every qh byte as 16 (a 16-bit shift moves each byte's bits within it, and
+        // the mask keeps bit 0 of each byte).
+        let high = |b: i32| _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(b)), one));
+        let mut sumi = _mm256_setzero_si256();
+        for j in 0..4 {
+            let qs = _mm256_loadu_si256(w.as_ptr().add(48 + 32 * j) as *const __m256i);
+            let lo = _mm256_or_si256(_mm256_and_si256(qs, m4), high(2 * j as i32));
+            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(qs), m4), high(2 * j as i32 + 1));
+            let y = |h: usize| _mm256_loadu_si256(a.as_ptr().add(4 + 64 * j + 32 * h) as *const __m256i);
+            // u5 · i8 pairs fit in i16 (2 · 31 · 128); `vpmaddwd` with the scale sums each 4.
+            let p = |q: __m256i, h: usize, s: u8| {
+                _mm256_madd_epi16(_mm256_maddubs_epi16(q, y(h)), _mm256_set1_epi16(s as i16))
+            };
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p(lo, 0, sc[2 * j]), p(hi, 1, sc[2 * j + 1])));
+        }
+        _mm256_storeu_si256(out.lanes.as_mut_ptr() as *mut __m256i, sumi);
+    }
+    out.imin = (0..4).map(|j| super::kquant_order::q4k_imin(&mn, a, j)).sum();
+    out
+}

@@ -6,7 +6,7 @@
 
 use super::kquant_order::KOrder;
 use super::x86_legacy_tile::TileFn;
-use super::x86_x16_kquant::{q4k, q6k};
+use super::x86_x16_kquant::{q4k, q5k, q6k};
 use super::x86_x16_legacy::{legacy, q4_0_blocks, Q4_1, Q5_0, Q5_1, Q8_0};
 use super::QType;
 use std::arch::x86_64::*;
@@ -67,6 +67,14 @@ impl X16Tiles {
             (KOrder::Q6KVecDot, 2) => q6k::<2, false>,
             (KOrder::Q6KVecDot, 3) => q6k::<3, false>,
             (KOrder::Q6KVecDot, _) => q6k::<4, false>,
+            (KOrder::Q5KTiled, 1) => q5k::<1, true>,
+            (KOrder::Q5KTiled, 2) => q5k::<2, true>,
+            (KOrder::Q5KTiled, 3) => q5k::<3, true>,
+            (KOrder::Q5KTiled, _) => q5k::<4, true>,
+            (KOrder::Q5KVecDot, 1) => q5k::<1, false>,
+            (KOrder::Q5KVecDot, 2) => q5k::<2, false>,
+            (KOrder::Q5KVecDot, 3) => q5k::<3, false>,
+            (KOrder::Q5KVecDot, _) => q5k::<4, false>,
         };
         // GEMM tokens come in whole groups of 4, GEMV tokens are the (at most 3) after them.
         (tile, if order == KOrder::Q4KGemv { n_tokens - t } else { nt })

@@ -275,3 +275,132 @@ pub(super) unsafe fn q6k<const T: usize, const TILED: bool>(nb: usize, args: &Ti
         }
     }
 }
+
+/// Q5_K: `T` tokens × 16 rows over `nb` blocks, in the order of `KOrder::Q5KTiled` (`TILED`:
+/// per block `d · s1 - dmin · s2` rounded once for the minimums, then one fma with the
+/// activation's scale) or of `KOrder::Q5KVecDot` (8 lanes per row, lane `k` taking bytes
+/// `4k..4k + 4` of every 32 elements, `hsum_float_8`, plus the minimums summed apart).
+/// `args.a_offsets` holds each activation block's sub-block sums in pairs, as for Q4_K.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn q5k<const T: usize, const TILED: bool>(nb: usize, args: &TileArgs) {
+    let TileArgs { w, b_stride, a, a_stride, out, out_stride, a_offsets, .. } = *args;
+    // Group block (x16.rs): d at 0, dmin at 32, scales at 64, then per k the qs chunks of
+    // j = 0..4 and the qh chunk, 320 bytes.
+    const QUANTS: usize = 256;
+    // SAFETY (whole body): as for `q4k`.
+    unsafe {
+        let (m4, m6, m30, b4) =
+            (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x3f), _mm512_set1_epi8(0x30), _mm512_set1_epi8(0x10));
+        // TILED: acc[t][0]; otherwise the 8 lanes of each row's vec_dot accumulator.
+        let mut acc = [[_mm512_setzero_ps(); 8]; T];
+        let mut summs = [_mm512_setzero_ps(); T];
+        for i in 0..nb {
+            let g = w.add(i * b_stride);
+            let ap = |t: usize| a.add(t * a_stride + i * Q8_K_BYTES);
+            let dx = |t: usize| _mm512_set1_ps(*(ap(t) as *const f32));
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g as *const __m256i));
+            let dmw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32) as *const __m256i));
+            // Scales and minimums as for Q4_K (`get_scale_min_k4`).
+            let (u0, u1, u2) = (load(g.add(64)), load(g.add(128)), load(g.add(192)));
+            let hi2 = |u: __m512i| _mm512_and_si512(_mm512_srli_epi32::<2>(u), m30);
+            let sc = [_mm512_and_si512(u0, m6), _mm512_or_si512(_mm512_and_si512(u2, m4), hi2(u0))];
+            let mn =
+                [_mm512_and_si512(u1, m6), _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(u2), m4), hi2(u1))];
+            // s2 = Σ min · (sub-block sum of the activations), two sub-blocks per `vpmaddwd`.
+            let imin: [__m512i; T] = std::array::from_fn(|t| {
+                (0..4).fold(_mm512_setzero_si512(), |s, j| {
+                    let mn_pair = _mm512_shuffle_epi8(mn[j / 2], load(BYTE_PAIR[j % 2].as_ptr()));
+                    let sums = _mm512_set1_epi32(*a_offsets.add((t * nb + i) * 4 + j));
+                    _mm512_add_epi32(s, _mm512_madd_epi16(mn_pair, sums))
+                })
+            });
+            // Quants of chunk k of sub-blocks 2j (low nibbles) and 2j + 1 (high nibbles), with
+            // their fifth bit from qh (bits 2j and 2j + 1 of the byte of the same element).
+            let quants = |j: usize, k: usize| {
+                let at = g.add(QUANTS + 320 * k);
+                let (q, h) = (load(at.add(64 * j)), load(at.add(256)));
+                // Bits 2j and 2j + 1 of every qh byte down to bits 0 and 1 (16-bit shifts keep
+                // them in their byte: what crosses over lands above bit 1), then up to bit 4.
+                // A shift by a register count, not by an immediate per j: `j` need not be a
+                // constant (a match on it compiled to jumps).
+                let hs = _mm512_srl_epi16(h, _mm_cvtsi32_si128(2 * j as i32));
+                let lo = _mm512_or_si512(_mm512_and_si512(q, m4), _mm512_and_si512(_mm512_slli_epi16::<4>(hs), b4));
+                let hi = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4),
+                    _mm512_and_si512(_mm512_slli_epi16::<3>(hs), b4),
+                );
+                (lo, hi)
+            };
+            let y = |t: usize, j: usize, k: usize| ap(t).add(4 + 64 * j + 4 * k);
+            if TILED {
+                // s1 = Σ scale · Σ q5 · q8, one accumulator per sub-block and token.
+                let mut s1 = [_mm512_setzero_si512(); T];
+                for j in 0..4 {
+                    let sc_of = |s: usize| _mm512_shuffle_epi8(sc[j / 2], load(BYTE_ONE[2 * (j % 2) + s].as_ptr()));
+                    let (sc_lo, sc_hi) = (sc_of(0), sc_of(1));
+                    let mut lo = [_mm512_setzero_si512(); T];
+                    let mut hi = [_mm512_setzero_si512(); T];
+                    for k in 0..8 {
+                        let (ql, qh) = quants(j, k);
+                        for t in 0..T {
+                            lo[t] = _mm512_dpbusd_epi32(lo[t], ql, bcast_i32(y(t, j, k)));
+                            hi[t] = _mm512_dpbusd_epi32(hi[t], qh, bcast_i32(y(t, j, k).add(32)));
+                        }
+                    }
+                    for t in 0..T {
+                        let scaled =
+                            _mm512_add_epi32(_mm512_mullo_epi32(lo[t], sc_lo), _mm512_mullo_epi32(hi[t], sc_hi));
+                        s1[t] = _mm512_add_epi32(s1[t], scaled);
+                    }
+                }
+                for t in 0..T {
+                    let r = _mm512_mul_ps(_mm512_cvtepi32_ps(s1[t]), dw);
+                    let r = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(imin[t]), dmw, r);
+                    acc[t][0] = _mm512_fmadd_ps(dx(t), r, acc[t][0]);
+                }
+            } else {
+                let d: [__m512; T] = std::array::from_fn(|t| _mm512_mul_ps(dx(t), dw));
+                // (scale 2j, scale 2j + 1) as a pair of i16 per lane; each 4-element dot fits
+                // in i16 (4 · 31 · 128), so chunk k of both sub-blocks goes through one
+                // `vpmaddwd`.
+                let sc_pair: [__m512i; 4] =
+                    std::array::from_fn(|j| _mm512_shuffle_epi8(sc[j / 2], load(BYTE_PAIR[j % 2].as_ptr())));
+                for k in 0..8 {
+                    let q: [(__m512i, __m512i); 4] = std::array::from_fn(|j| quants(j, k));
+                    for t in 0..T {
+                        let mut lane = _mm512_setzero_si512();
+                        for (j, &(ql, qh)) in q.iter().enumerate() {
+                            let dot =
+                                |q: __m512i, y: *const u8| _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, bcast_i32(y));
+                            let pair = _mm512_mask_blend_epi16(
+                                0xaaaa_aaaa,
+                                dot(ql, y(t, j, k)),
+                                _mm512_slli_epi32::<16>(dot(qh, y(t, j, k).add(32))),
+                            );
+                            lane = _mm512_add_epi32(lane, _mm512_madd_epi16(pair, sc_pair[j]));
+                        }
+                        acc[t][k] = _mm512_fmadd_ps(d[t], _mm512_cvtepi32_ps(lane), acc[t][k]);
+                    }
+                }
+                for t in 0..T {
+                    // llama.cpp's dmin is -(d_x) · dmin_w; the minimums' sum is kept apart.
+                    let neg_dx =
+                        _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(dx(t)), _mm512_set1_epi32(i32::MIN)));
+                    let dmin = _mm512_mul_ps(neg_dx, dmw);
+                    summs[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(imin[t]), dmin, summs[t]);
+                }
+            }
+        }
+        for (t, l) in acc.iter().enumerate() {
+            let r = if TILED {
+                l[0]
+            } else {
+                // hsum_float_8's order, lane by lane, then the minimums.
+                let s = |a: usize, b: usize| _mm512_add_ps(l[a], l[b]);
+                let h = _mm512_add_ps(_mm512_add_ps(s(0, 4), s(2, 6)), _mm512_add_ps(s(1, 5), s(3, 7)));
+                _mm512_add_ps(h, summs[t])
+            };
+            _mm512_storeu_ps(out.add(t * out_stride), r);
+        }
+    }
+}
