@@ -557,9 +557,9 @@ fn per_token<T: Send>(
 
 /// Entries of a type's offset table per activation block.
 fn offsets_per_block(qtype: QType) -> usize {
-    match qtype {
+    match offsets_type(qtype) {
         QType::Q4_0 => 1,
-        QType::Q4_K | QType::Q5_K => 4,
+        QType::Q4_K => 4,
         _ => 8,
     }
 }

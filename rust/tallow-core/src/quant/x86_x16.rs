@@ -54,27 +54,25 @@ impl X16Tiles {
         }
         let order = super::kquant_order::k_order(self.0, 16, t, n_tokens).expect("a repacked type");
         let nt = (n_tokens - t).min(4);
-        let tile: TileFn = match (order, nt) {
-            (KOrder::Q4KGemm, _) => q4k::<4, true>,
-            (KOrder::Q4KGemv, 1) => q4k::<1, false>,
-            (KOrder::Q4KGemv, 2) => q4k::<2, false>,
-            (KOrder::Q4KGemv, _) => q4k::<3, false>,
-            (KOrder::Q6KTiled, 1) => q6k::<1, true>,
-            (KOrder::Q6KTiled, 2) => q6k::<2, true>,
-            (KOrder::Q6KTiled, 3) => q6k::<3, true>,
-            (KOrder::Q6KTiled, _) => q6k::<4, true>,
-            (KOrder::Q6KVecDot, 1) => q6k::<1, false>,
-            (KOrder::Q6KVecDot, 2) => q6k::<2, false>,
-            (KOrder::Q6KVecDot, 3) => q6k::<3, false>,
-            (KOrder::Q6KVecDot, _) => q6k::<4, false>,
-            (KOrder::Q5KTiled, 1) => q5k::<1, true>,
-            (KOrder::Q5KTiled, 2) => q5k::<2, true>,
-            (KOrder::Q5KTiled, 3) => q5k::<3, true>,
-            (KOrder::Q5KTiled, _) => q5k::<4, true>,
-            (KOrder::Q5KVecDot, 1) => q5k::<1, false>,
-            (KOrder::Q5KVecDot, 2) => q5k::<2, false>,
-            (KOrder::Q5KVecDot, 3) => q5k::<3, false>,
-            (KOrder::Q5KVecDot, _) => q5k::<4, false>,
+        // `f::<nt, flag>` for 1 to 4 tokens.
+        macro_rules! by_tokens {
+            ($f:ident, $flag:expr) => {
+                match nt {
+                    1 => $f::<1, $flag> as TileFn,
+                    2 => $f::<2, $flag>,
+                    3 => $f::<3, $flag>,
+                    _ => $f::<4, $flag>,
+                }
+            };
+        }
+        let tile: TileFn = match order {
+            KOrder::Q4KGemm => q4k::<4, true>,
+            // At most 3 tokens (see below).
+            KOrder::Q4KGemv => by_tokens!(q4k, false),
+            KOrder::Q6KTiled => by_tokens!(q6k, true),
+            KOrder::Q6KVecDot => by_tokens!(q6k, false),
+            KOrder::Q5KTiled => by_tokens!(q5k, true),
+            KOrder::Q5KVecDot => by_tokens!(q5k, false),
         };
         // GEMM tokens come in whole groups of 4, GEMV tokens are the (at most 3) after them.
         (tile, if order == KOrder::Q4KGemv { n_tokens - t } else { nt })

@@ -38,6 +38,54 @@ static PAIR_TOP: [[u8; 64]; 2] = [pick([Z, 0, Z, 1]), pick([Z, 2, Z, 3])];
 /// Bytes `p` and `p + 2` in the top bytes of the two halves.
 static SPLIT_PAIR_TOP: [[u8; 64]; 2] = [pick([Z, 0, Z, 2]), pick([Z, 1, Z, 3])];
 
+/// The six-bit scales and minimums of a Q4_K or Q5_K group block `g` (12 bytes per row at 64),
+/// byte `s % 4` of lane r: sub-blocks 0..4 in [0], 4..8 in [1] (GGML's `get_scale_min_k4`, on
+/// all rows at once).
+#[inline(always)]
+unsafe fn scales_mins(g: *const u8) -> ([__m512i; 2], [__m512i; 2]) {
+    // SAFETY: the caller's group block holds 192 bytes of scales at 64.
+    unsafe {
+        let (m4, m6, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x3f), _mm512_set1_epi8(0x30));
+        let (u0, u1, u2) = (load(g.add(64)), load(g.add(128)), load(g.add(192)));
+        let hi2 = |u: __m512i| _mm512_and_si512(_mm512_srli_epi32::<2>(u), m30);
+        let sc = [_mm512_and_si512(u0, m6), _mm512_or_si512(_mm512_and_si512(u2, m4), hi2(u0))];
+        let mn = [_mm512_and_si512(u1, m6), _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(u2), m4), hi2(u1))];
+        (sc, mn)
+    }
+}
+
+/// `scale_2j · Σ q·y + scale_2j+1 · Σ q·y` over sub-blocks 2j and 2j + 1 for T tokens:
+/// `quants(k)` gives chunk k of both sub-blocks (unsigned), `y(t, k)` token t's activations
+/// of chunk k of sub-block 2j (those of 2j + 1 follow 32 bytes later). One accumulator per
+/// sub-block and token (2T chains are enough to keep the multiply slot busy for T >= 3), each
+/// sum scaled with `vpmulld`: a sum of 32 products can overflow i16, so it cannot go through
+/// `vpmaddwd`. For the Q4_K GEMM this took fewer operations than even/odd halves packed for
+/// `vpmaddwd`: the 4-token tile ran 7-10% faster (8192x2048 x 128 tokens, one thread, best of 6,
+/// alternating builds).
+#[inline(always)]
+unsafe fn scaled_pair_sums<const T: usize>(
+    sc: &[__m512i; 2],
+    j: usize,
+    quants: impl Fn(usize) -> (__m512i, __m512i),
+    y: impl Fn(usize, usize) -> *const u8,
+) -> [__m512i; T] {
+    // SAFETY: the caller's pointers hold 8 chunks of quants and activations.
+    unsafe {
+        let sc_of = |s: usize| _mm512_shuffle_epi8(sc[j / 2], load(BYTE_ONE[2 * (j % 2) + s].as_ptr()));
+        let (sc_lo, sc_hi) = (sc_of(0), sc_of(1));
+        let mut lo = [_mm512_setzero_si512(); T];
+        let mut hi = [_mm512_setzero_si512(); T];
+        for k in 0..8 {
+            let (ql, qh) = quants(k);
+            for t in 0..T {
+                lo[t] = _mm512_dpbusd_epi32(lo[t], ql, bcast_i32(y(t, k)));
+                hi[t] = _mm512_dpbusd_epi32(hi[t], qh, bcast_i32(y(t, k).add(32)));
+            }
+        }
+        std::array::from_fn(|t| _mm512_add_epi32(_mm512_mullo_epi32(lo[t], sc_lo), _mm512_mullo_epi32(hi[t], sc_hi)))
+    }
+}
+
 /// Q4_K: `T` tokens × 16 rows over `nb` blocks, in the order of `KOrder::Q4KGemm` (`GEMM`)
 /// or of `KOrder::Q4KGemv` (`kquant_order.rs`). `args.a_offsets` holds each activation
 /// block's sub-block sums in pairs (`matmul`'s `fill_offsets`).
@@ -52,7 +100,7 @@ pub(super) unsafe fn q4k<const T: usize, const GEMM: bool>(nb: usize, args: &Til
     // SAFETY (whole body): the caller guarantees `nb` group blocks at `w`, T activation rows
     // of `nb` Q8_K blocks, and 16 outputs per token, on a CPU with the enabled features.
     unsafe {
-        let (m4, m6, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x3f), _mm512_set1_epi8(0x30));
+        let m4 = _mm512_set1_epi8(0x0f);
         let mut acc = [_mm512_setzero_ps(); T];
         let mut acc_min = [_mm512_setzero_ps(); T];
         for i in 0..nb {
@@ -62,13 +110,7 @@ pub(super) unsafe fn q4k<const T: usize, const GEMM: bool>(nb: usize, args: &Til
             let dmw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32) as *const __m256i));
             let d: [__m512; T] = std::array::from_fn(|t| _mm512_mul_ps(dw, _mm512_set1_ps(*(ap(t) as *const f32))));
             let dmin: [__m512; T] = std::array::from_fn(|t| _mm512_mul_ps(dmw, _mm512_set1_ps(*(ap(t) as *const f32))));
-            // The six-bit scales and minimums, byte `s % 4` of lane r: sub-blocks 0..4 in [0],
-            // 4..8 in [1] (GGML's `get_scale_min_k4`, on all rows at once).
-            let (u0, u1, u2) = (load(g.add(64)), load(g.add(128)), load(g.add(192)));
-            let hi2 = |u: __m512i| _mm512_and_si512(_mm512_srli_epi32::<2>(u), m30);
-            let sc = [_mm512_and_si512(u0, m6), _mm512_or_si512(_mm512_and_si512(u2, m4), hi2(u0))];
-            let mn =
-                [_mm512_and_si512(u1, m6), _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(u2), m4), hi2(u1))];
+            let (sc, mn) = scales_mins(g);
             let mut isum_block = [_mm512_setzero_si512(); T];
             let mut imin_block = [_mm512_setzero_si512(); T];
             for j in 0..4 {
@@ -78,27 +120,11 @@ pub(super) unsafe fn q4k<const T: usize, const GEMM: bool>(nb: usize, args: &Til
                 let pick = load(BYTE_PAIR[j % 2].as_ptr());
                 let mn_pair = _mm512_shuffle_epi8(mn[j / 2], pick);
                 let isum: [__m512i; T] = if T >= 3 {
-                    // One accumulator per sub-block and token (2T chains are enough to keep the
-                    // multiply slot busy), each sum scaled with `vpmulld`: a sum of 32 products
-                    // can overflow i16, so it cannot go through `vpmaddwd`. Fewer operations
-                    // than the split below: the 4-token GEMM tile runs 7-10% faster
-                    // (8192x2048 x 128 tokens, one thread, best of 6, alternating builds).
-                    let sc_of = |s: usize| _mm512_shuffle_epi8(sc[j / 2], load(BYTE_ONE[2 * (j % 2) + s].as_ptr()));
-                    let (sc_lo, sc_hi) = (sc_of(0), sc_of(1));
-                    let mut lo = [_mm512_setzero_si512(); T];
-                    let mut hi = [_mm512_setzero_si512(); T];
-                    for k in 0..8 {
+                    let quants = |k: usize| {
                         let q = load(g.add(256 + (8 * j + k) * 64));
-                        let (ql, qh) = (_mm512_and_si512(q, m4), _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4));
-                        for t in 0..T {
-                            let y = ap(t).add(4 + 64 * j + 4 * k);
-                            lo[t] = _mm512_dpbusd_epi32(lo[t], ql, bcast_i32(y));
-                            hi[t] = _mm512_dpbusd_epi32(hi[t], qh, bcast_i32(y.add(32)));
-                        }
-                    }
-                    std::array::from_fn(|t| {
-                        _mm512_add_epi32(_mm512_mullo_epi32(lo[t], sc_lo), _mm512_mullo_epi32(hi[t], sc_hi))
-                    })
+                        (_mm512_and_si512(q, m4), _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4))
+                    };
+                    scaled_pair_sums::<T>(&sc, j, quants, |t, k| ap(t).add(4 + 64 * j + 4 * k))
                 } else {
                     // One or two tokens: two accumulators per sub-block and token (even and odd
                     // k), so that 4T chains hide the latency, each summing 16 products, which
@@ -289,8 +315,7 @@ pub(super) unsafe fn q5k<const T: usize, const TILED: bool>(nb: usize, args: &Ti
     const QUANTS: usize = 256;
     // SAFETY (whole body): as for `q4k`.
     unsafe {
-        let (m4, m6, m30, b4) =
-            (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x3f), _mm512_set1_epi8(0x30), _mm512_set1_epi8(0x10));
+        let (m4, b4) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x10));
         // TILED: acc[t][0]; otherwise the 8 lanes of each row's vec_dot accumulator.
         let mut acc = [[_mm512_setzero_ps(); 8]; T];
         let mut summs = [_mm512_setzero_ps(); T];
@@ -300,12 +325,7 @@ pub(super) unsafe fn q5k<const T: usize, const TILED: bool>(nb: usize, args: &Ti
             let dx = |t: usize| _mm512_set1_ps(*(ap(t) as *const f32));
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g as *const __m256i));
             let dmw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32) as *const __m256i));
-            // Scales and minimums as for Q4_K (`get_scale_min_k4`).
-            let (u0, u1, u2) = (load(g.add(64)), load(g.add(128)), load(g.add(192)));
-            let hi2 = |u: __m512i| _mm512_and_si512(_mm512_srli_epi32::<2>(u), m30);
-            let sc = [_mm512_and_si512(u0, m6), _mm512_or_si512(_mm512_and_si512(u2, m4), hi2(u0))];
-            let mn =
-                [_mm512_and_si512(u1, m6), _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(u2), m4), hi2(u1))];
+            let (sc, mn) = scales_mins(g);
             // s2 = Σ min · (sub-block sum of the activations), two sub-blocks per `vpmaddwd`.
             let imin: [__m512i; T] = std::array::from_fn(|t| {
                 (0..4).fold(_mm512_setzero_si512(), |s, j| {
@@ -333,24 +353,12 @@ pub(super) unsafe fn q5k<const T: usize, const TILED: bool>(nb: usize, args: &Ti
             };
             let y = |t: usize, j: usize, k: usize| ap(t).add(4 + 64 * j + 4 * k);
             if TILED {
-                // s1 = Σ scale · Σ q5 · q8, one accumulator per sub-block and token.
+                // s1 = Σ scale · Σ q5 · q8.
                 let mut s1 = [_mm512_setzero_si512(); T];
                 for j in 0..4 {
-                    let sc_of = |s: usize| _mm512_shuffle_epi8(sc[j / 2], load(BYTE_ONE[2 * (j % 2) + s].as_ptr()));
-                    let (sc_lo, sc_hi) = (sc_of(0), sc_of(1));
-                    let mut lo = [_mm512_setzero_si512(); T];
-                    let mut hi = [_mm512_setzero_si512(); T];
-                    for k in 0..8 {
-                        let (ql, qh) = quants(j, k);
-                        for t in 0..T {
-                            lo[t] = _mm512_dpbusd_epi32(lo[t], ql, bcast_i32(y(t, j, k)));
-                            hi[t] = _mm512_dpbusd_epi32(hi[t], qh, bcast_i32(y(t, j, k).add(32)));
-                        }
-                    }
+                    let scaled = scaled_pair_sums::<T>(&sc, j, |k| quants(j, k), |t, k| y(t, j, k));
                     for t in 0..T {
-                        let scaled =
-                            _mm512_add_epi32(_mm512_mullo_epi32(lo[t], sc_lo), _mm512_mullo_epi32(hi[t], sc_hi));
-                        s1[t] = _mm512_add_epi32(s1[t], scaled);
+                        s1[t] = _mm512_add_epi32(s1[t], scaled[t]);
                     }
                 }
                 for t in 0..T {
