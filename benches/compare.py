@@ -7,11 +7,14 @@ Each repetition runs each engine in a fresh process (so load time and peak RSS a
 alternating which goes first; the table shows medians. One unmeasured run of each engine comes
 first, after the file has been read once, so both start from the file in the page cache, and
 tallow from its repack cache (the repacked copies of the weights that its first load of a file
-writes, see ``tallow.Model``); that run's load times are printed as the first load.
-``--repack-cache off`` measures tallow repacking on every load instead. Both are driven from Python as a user
-would (``tallow.Model.stream`` / ``llama_cpp.Llama.generate``, token by token), greedy,
-through the same harness (``python/tallow/bench.py``): prefill rate (512-token prompt), time to
-first token (32-token prompt), decode rate (128 tokens), load time, peak RSS.
+writes, see ``tallow.Model``); that run's load times are printed as the very first load. Each
+repetition also loads the file once more in tallow with an empty repack cache of its own (a
+process that only loads), so the table's "first load" row is a median too: what a user's first
+load of a file costs, repacking and writing the cache, against llama.cpp's load (which has no
+cache). ``--repack-cache off`` measures tallow repacking on every load instead. Both are driven
+from Python as a user would (``tallow.Model.stream`` / ``llama_cpp.Llama.generate``, token by
+token), greedy, through the same harness (``python/tallow/bench.py``): prefill rate (512-token
+prompt), time to first token (32-token prompt), decode rate (128 tokens), load time, peak RSS.
 
 It also probes streaming read bandwidth (numpy, one reader per thread) right before and right
 after every run, and prints the decode rate that bandwidth allows (bandwidth / bytes of weights
@@ -27,10 +30,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -59,7 +65,7 @@ def _bench_module() -> Any:
 
 
 def worker(side: str, model: str, threads: int, n_ctx: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One engine in this process: load, measure once, report peak RSS."""
+    """One engine in this process: load, measure once (unless ``--load-only``), report peak RSS."""
     bench = _bench_module()
     t0 = time.perf_counter()
     if side == "tallow":
@@ -67,7 +73,10 @@ def worker(side: str, model: str, threads: int, n_ctx: int, args: argparse.Names
 
         tm = tallow.Model(model, n_threads=threads, n_ctx=n_ctx, repack_cache=args.repack_cache == "on")
         load_s = time.perf_counter() - t0
-        repack_cache = tm.info.repack_cache
+        repack_cache: str = tm.info.repack_cache
+        if args.load_only:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            return {"load_s": load_s, "peak_rss_mb": rss, "repack_cache": repack_cache}
 
         def stream(prompt: str, max_tokens: int) -> Any:
             return tm.stream(prompt, max_tokens=max_tokens, temperature=0.0)
@@ -181,15 +190,27 @@ def read_through(path: Path) -> None:
             pass
 
 
-def run_side(side: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_side(side: str, args: argparse.Namespace, env: dict[str, str] | None = None) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", side, "--model", str(args.model)]
     cmd += ["--threads", str(args.threads), "--n-ctx", str(args.n_ctx), "--repack-cache", args.repack_cache]
     cmd += ["--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if env is not None:
+        cmd.append("--load-only")
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{side} worker failed:\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def first_load(args: argparse.Namespace) -> dict[str, Any]:
+    """tallow loading the file with an empty repack cache of its own (repacking, writing the
+    cache), in a process that only loads; the cache is deleted afterwards."""
+    home = tempfile.mkdtemp(prefix="tallow-compare-")
+    try:
+        return run_side("tallow", args, env=dict(os.environ, TALLOW_HOME=home))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         help="tallow's repack cache (default on, as for users)",
     )
     ap.add_argument("--worker", choices=(*SIDES, "probe"), help=argparse.SUPPRESS)
+    ap.add_argument("--load-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.worker == "probe":
@@ -219,11 +241,17 @@ def main(argv: list[str] | None = None) -> int:
 
     read_through(args.model)
     probe = BandwidthProbe(args.threads)
+    # Wait for the probe's 1 GiB to be allocated and filled: it would slow the first runs.
+    probe.best()
     first = {side: run_side(side, args) for side in SIDES}
     print(f"first runs (not measured): {first}", file=sys.stderr)
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
+    first_loads: list[dict[str, Any]] = []
     for rep in range(args.reps):
         order = SIDES if rep % 2 == 0 else SIDES[::-1]
+        if args.repack_cache == "on":
+            first_loads.append(first_load(args))
+            print(f"rep {rep + 1}/{args.reps} tallow first load: {first_loads[-1]}", file=sys.stderr)
         for side in order:
             before = probe.best()
             run = run_side(side, args)
@@ -250,6 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         scale = 1000.0 if unit == "ms" and key.endswith("_s") else 1.0
         a, b = med["tallow"][key] * scale, med["llama.cpp"][key] * scale
         print(f"| {label} ({unit}) | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+    if first_loads:
+        # llama.cpp has no cache: each of its loads is a first load.
+        fl = {k: statistics.median(r[k] for r in first_loads) for k in ("load_s", "peak_rss_mb")}
+        a, b = 1000 * fl["load_s"], 1000 * med["llama.cpp"]["load_s"]
+        print(f"| first load, repack cache written (ms) | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+        a, b = fl["peak_rss_mb"], med["llama.cpp"]["peak_rss_mb"]
+        print(f"| peak RSS of that load (MiB) | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
     print(
         f"\nread bandwidth probed around each run {min(probes):.1f}-{max(probes):.1f} GB/s; "
         f"{bpt / 2**20:.1f} MiB of weights per token -> decode bound "
@@ -268,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": str(args.model),
             "threads": args.threads,
             "first_runs": first,
+            "first_loads": first_loads,
             "runs": runs,
             "medians": med,
             "bytes_per_token": bpt,
