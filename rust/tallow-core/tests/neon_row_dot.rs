@@ -1,7 +1,8 @@
 //! The aarch64 NEON kernels against the portable ones they must equal bit for bit: the row
 //! products of the 32-element formats (`quant/aarch64_neon.rs` against `legacy_dot.rs`; block
 //! counts from 1 to 130, plain and interleaved strides, both Q4_0 orders), the integer parts of
-//! the Q4_K and Q6_K products (`quant/aarch64_neon_kquant.rs`) and the activation quantizers
+//! the Q4_K, Q5_K and Q6_K products (`quant/aarch64_neon_kquant.rs`) with the K-quant row
+//! products built on them (`kquant_order::row_dot`) and the activation quantizers
 //! (`quant/activation.rs`). aarch64 only; `harness = false` (see Cargo.toml), so this is a `main`
 //! that panics on the first difference.
 
@@ -51,25 +52,69 @@ fn main() {
     quantizers(&mut inputs);
 }
 
-/// `IntKernels::best` (NEON with dotprod) against the portable integer parts of Q4_K and Q6_K.
+/// `IntKernels::best` (NEON with dotprod) against the portable integer parts of Q4_K, Q5_K and
+/// Q6_K, then the K-quant row products in every llama.cpp order with either set of kernels.
 #[cfg(target_arch = "aarch64")]
 fn kquant_ints(inputs: &mut legacy_inputs::Inputs) {
-    use tallow_core::quant::kquant_order::{q4k_ints, q6k_lanes, IntKernels};
+    use tallow_core::quant::kquant_order::{q4k_ints, q5k_ints, q6k_lanes, row_dot, IntKernels, KOrder};
     let best = IntKernels::best();
+    assert!(best.q5k.is_some(), "a NEON Q5_K kernel where the CPU has dotprod");
+    let bytes =
+        |inputs: &mut legacy_inputs::Inputs, n: usize| -> Vec<u8> { (0..n).map(|_| inputs.next() as u8).collect() };
     let n = 500;
-    for _ in 0..n {
-        let mut a: Vec<u8> = (0..292).map(|_| inputs.next() as u8).collect();
+    for k in 0..n {
+        let mut a = bytes(inputs, 292);
+        let (mut w4, w6, mut w5) = (bytes(inputs, 144), bytes(inputs, 210), bytes(inputs, 176));
+        // The extremes: every quant at its largest against activations all -128 or all 127,
+        // with the largest six-bit scales and minimums.
+        if k < 2 {
+            a[4..260].fill(if k == 0 { 0x80 } else { 0x7f });
+            w4[4..].fill(0xff);
+            w5[4..].fill(0xff);
+        }
         // A Q8_K block's bsums are the sums of its 16-element groups of quants.
         for i in 0..16 {
             let s: i32 = (0..16).map(|j| a[4 + 16 * i + j] as i8 as i32).sum();
             a[260 + 2 * i..262 + 2 * i].copy_from_slice(&(s as i16).to_le_bytes());
         }
-        let w4: Vec<u8> = (0..144).map(|_| inputs.next() as u8).collect();
-        let w6: Vec<u8> = (0..210).map(|_| inputs.next() as u8).collect();
         assert_eq!((best.q4k)(&w4, &a), q4k_ints(&w4, &a));
         assert_eq!((best.q6k)(&w6, &a), q6k_lanes(&w6, &a));
+        assert_eq!(best.q5k.unwrap()(&w5, &a), q5k_ints(&w5, &a), "Q5_K block {k}");
     }
-    println!("neon_row_dot: {n} Q4_K and {n} Q6_K blocks' integer parts equal to the portable ones");
+    println!("neon_row_dot: {n} Q4_K, {n} Q5_K and {n} Q6_K blocks' integer parts equal to the portable ones");
+
+    // Rows of 1 to 9 blocks with finite f16 scales, against Q8_K activations of random floats.
+    let orders = [
+        (144, [KOrder::Q4KGemm, KOrder::Q4KGemv]),
+        (210, [KOrder::Q6KTiled, KOrder::Q6KVecDot]),
+        (176, [KOrder::Q5KTiled, KOrder::Q5KVecDot]),
+    ];
+    let mut rows = 0;
+    for blocks in 1..10 {
+        let x: Vec<f32> = (0..256 * blocks).map(|_| ((inputs.next() % 20001) as f32 - 10000.0) / 1000.0).collect();
+        let mut xq = vec![0u8; blocks * 292];
+        tallow_core::quant::activation::quantize_row_q8_k(&x, &mut xq);
+        for (size, pair) in orders {
+            let mut w = bytes(inputs, blocks * size);
+            for b in w.chunks_exact_mut(size) {
+                // d (and dmin) small and finite: f16 high bytes 0x10..0x17 (2^-11..2^-9); dmin of
+                // either sign.
+                let (d, dmin) = if size == 210 { (208, None) } else { (0, Some(2)) };
+                b[d + 1] = 0x10 + (inputs.next() % 8) as u8;
+                if let Some(m) = dmin {
+                    b[m + 1] = (0x10 + (inputs.next() % 8) as u8) | (inputs.next() as u8 & 0x80);
+                }
+            }
+            for order in pair {
+                let want = row_dot(order, &IntKernels::PORTABLE, &w, &xq);
+                let got = row_dot(order, &best, &w, &xq);
+                assert!(best.covers(order), "{order:?}");
+                assert_eq!(got.to_bits(), want.to_bits(), "{order:?}, {blocks} blocks: {got} vs {want}");
+                rows += 1;
+            }
+        }
+    }
+    println!("neon_row_dot: {rows} Q4_K, Q5_K and Q6_K row products bit-identical to the portable kernels'");
 }
 
 /// The NEON activation quantizers against the portable ones, byte for byte, on rows with ties

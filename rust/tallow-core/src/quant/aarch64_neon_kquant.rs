@@ -1,11 +1,11 @@
 //! aarch64 NEON twins of the integer parts of the llama.cpp-order K-quant products
-//! (`kquant_order::q4k_ints`, `kquant_order::q6k_lanes`), with `sdot`. They are integers, so
+//! (`kquant_order::q4k_ints`, `kquant_order::q6k_lanes`, `kquant_order::q5k_ints`), with `sdot`. They are integers, so
 //! any summation order gives the same bits; the f32 steps that follow them in
 //! `kquant_order::row_dot` are shared with the portable path. `IntKernels::best` hands them out
 //! only on CPUs with `dotprod`.
 
 use super::aarch64_neon::sdot;
-use super::kquant_order::{q4k_imin, q4k_scales_mins, q6k_sub_offsets, Q4KInts};
+use super::kquant_order::{q4k_imin, q4k_scales_mins, q6k_sub_offsets, Q4KInts, Q5KInts};
 use std::arch::aarch64::*;
 
 /// NEON twin of `kquant_order::q4k_ints`.
@@ -86,4 +86,45 @@ unsafe fn q6k_lanes_neon(w: &[u8], a: &[u8]) -> [i32; 8] {
     }
     q6k_sub_offsets(&mut lanes, sc, a);
     lanes
+}
+
+/// NEON twin of `kquant_order::q5k_ints` (the lanes of `ggml_vec_dot_q5_K_q8_K`).
+pub(super) fn q5k_ints(w: &[u8], a: &[u8]) -> Q5KInts {
+    assert!(w.len() >= 176 && a.len() >= 292);
+    // SAFETY: as for `q4k_ints`.
+    unsafe { q5k_ints_neon(w, a) }
+}
+
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn q5k_ints_neon(w: &[u8], a: &[u8]) -> Q5KInts {
+    let (sc, mn) = q4k_scales_mins(&w[4..16]);
+    let mut out = Q5KInts::default();
+    // SAFETY: every load stays inside the 176-byte and 292-byte blocks (the caller's guarantee);
+    // `out.lanes` holds 8 i32; the CPU has dotprod.
+    unsafe {
+        let (m4, b4) = (vdupq_n_u8(0x0f), vdupq_n_u8(0x10));
+        // Lanes 0..4 take bytes 0..16 of every 32-element sub-block, lanes 4..8 bytes 16..32
+        // (`sdot` sums 4 neighbouring byte products into each 32-bit lane).
+        let mut acc = [vdupq_n_s32(0); 2];
+        for (half, acc) in acc.iter_mut().enumerate() {
+            let o = 16 * half;
+            let qh = vld1q_u8(w.as_ptr().add(16 + o));
+            // Bit `b` of every qh byte as 16, the fifth bit of the quant.
+            let high = |b: usize| vandq_u8(vtstq_u8(qh, vdupq_n_u8(1 << b)), b4);
+            for j in 0..4 {
+                let qs = vld1q_u8(w.as_ptr().add(48 + 32 * j + o));
+                // Sub-block 2j: the low nibbles and bit 2j; sub-block 2j + 1: the high nibbles
+                // and bit 2j + 1. Unsigned 0..31, so reading them as i8 changes nothing.
+                let lo = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(qs, m4), high(2 * j)));
+                let hi = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8::<4>(qs), high(2 * j + 1)));
+                let y = |h: usize| vld1q_s8(a.as_ptr().add(4 + 64 * j + 32 * h + o) as *const i8);
+                *acc = vmlaq_n_s32(*acc, sdot(lo, y(0)), sc[2 * j] as i32);
+                *acc = vmlaq_n_s32(*acc, sdot(hi, y(1)), sc[2 * j + 1] as i32);
+            }
+        }
+        vst1q_s32(out.lanes.as_mut_ptr(), acc[0]);
+        vst1q_s32(out.lanes.as_mut_ptr().add(4), acc[1]);
+    }
+    out.imin = (0..4).map(|j| q4k_imin(&mn, a, j)).sum();
+    out
 }

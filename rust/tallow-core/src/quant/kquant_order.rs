@@ -85,7 +85,8 @@ pub struct Q5KInts {
 pub type Q5KIntsFn = fn(&[u8], &[u8]) -> Q5KInts;
 
 /// Integer kernels: [`q4k_ints`]/[`q6k_lanes`]/[`q5k_ints`] or their AVX2 or NEON twins.
-/// `q5k` is `None` where there is no twin yet (aarch64): those rows take candle's `vec_dot`.
+/// `q5k` is an `Option` so that a target without a Q5_K twin can leave it `None` (those rows
+/// then take candle's `vec_dot`); AVX2, NEON and the portable kernels all have one.
 #[derive(Clone, Copy)]
 pub struct IntKernels {
     pub q4k: fn(&[u8], &[u8]) -> Q4KInts,
@@ -116,7 +117,7 @@ impl IntKernels {
             return IntKernels {
                 q4k: super::aarch64_neon_kquant::q4k_ints,
                 q6k: super::aarch64_neon_kquant::q6k_lanes,
-                q5k: None,
+                q5k: Some(super::aarch64_neon_kquant::q5k_ints),
             };
         }
         IntKernels::PORTABLE
