@@ -18,6 +18,8 @@ pub const DEFAULT_N_CTX_CAP: usize = 4096;
 /// depend on how many tokens it has (quant/kquant_order.rs), so the same chunking as llama.cpp
 /// is part of matching it on long prompts.
 pub const DEFAULT_N_BATCH: usize = 512;
+/// Requests generating at once when the caller gives no `max_sequences`.
+pub const DEFAULT_MAX_SEQUENCES: usize = 8;
 
 /// Gemma's turn format, for Gemma files that ship without `tokenizer.chat_template` (the
 /// catalog's gemma3-270m is one). System text is folded into the first user turn, as Gemma's
@@ -95,6 +97,7 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     let n_ctx_train = model.config().n_ctx_train;
     let n_ctx = n_ctx.unwrap_or_else(|| n_ctx_train.clamp(1, DEFAULT_N_CTX_CAP));
     let n_threads = n_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let engine = Engine::new(model, tokenizer, EngineConfig { n_threads, n_ctx, n_batch: DEFAULT_N_BATCH })?;
+    let config = EngineConfig { n_threads, n_ctx, n_batch: DEFAULT_N_BATCH, max_sequences: DEFAULT_MAX_SEQUENCES };
+    let engine = Engine::new(model, tokenizer, config)?;
     Ok(LoadedModel { engine, info, repack_cache, template })
 }

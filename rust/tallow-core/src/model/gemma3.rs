@@ -11,10 +11,9 @@
 
 use super::attention::{attention, AttnParams};
 use super::layers::{add_assign, gelu_mul, rms_norm, rms_norm_into};
-use super::{CommonWeights, ForwardScratch, Layers, ModelConfig, Weights};
+use super::{CommonWeights, ForwardScratch, Layers, ModelConfig, SeqBatch, Weights};
 use crate::error::Result;
-use crate::kv_cache::KvCache;
-use crate::quant::{matmul, matmul_fused, QTensor};
+use crate::quant::{matmul_fused_seqs, QTensor};
 use crate::threadpool::ThreadPool;
 
 /// One decoder block's weights. Matrices are `[rows, cols]` = `[out, in]`.
@@ -90,19 +89,21 @@ impl Layers for Gemma3 {
         &self.common
     }
 
-    fn run_layers(&self, n: usize, pos0: usize, cache: &mut KvCache, s: &mut ForwardScratch, pool: &ThreadPool) {
+    fn run_layers(&self, seqs: &mut [SeqBatch<'_>], s: &mut ForwardScratch, pool: &ThreadPool) {
         let c = &self.cfg;
         let (n_embd, q_dim, kv_dim, n_ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
-        s.rope.fill(pos0, n, c.rope_dim, c.rope_freq_base, c.rope_freq_scale, None);
+        let n: usize = s.seq_tokens.iter().sum();
+        let spans = || seqs.iter().map(|q| q.cache.len()..q.cache.len() + q.tokens.len());
+        s.rope.fill(spans(), c.rope_dim, c.rope_freq_base, c.rope_freq_scale, None);
         // The sliding-window layers are trained without position scaling.
-        s.rope_local.fill(pos0, n, c.rope_dim, c.rope_freq_base_local, 1.0, None);
+        s.rope_local.fill(spans(), c.rope_dim, c.rope_freq_base_local, 1.0, None);
         let x = &mut s.x[..n * n_embd];
         let xn = &mut s.xn[..n * n_embd];
         let (q, k, v) = (&mut s.q[..n * q_dim], &mut s.k[..n * kv_dim], &mut s.v[..n * kv_dim]);
         let att = &mut s.att[..n * q_dim];
         let proj = &mut s.proj[..n * n_embd];
         let (gate, up) = (&mut s.gate[..n * n_ff], &mut s.up[..n * n_ff]);
-        let mm = &mut s.mm;
+        let (mm, seq_tokens) = (&mut s.mm, &s.seq_tokens[..]);
 
         for (il, b) in self.blocks.iter().enumerate() {
             let swa = c.is_swa_layer(il);
@@ -110,7 +111,8 @@ impl Layers for Gemma3 {
 
             // Attention.
             rms_norm_into(x, xn, &b.attn_norm, c.norm_eps);
-            matmul_fused([(&b.attn_q, &mut *q), (&b.attn_k, &mut *k), (&b.attn_v, &mut *v)], xn, n, mm, pool);
+            let qkv = [(&b.attn_q, &mut *q), (&b.attn_k, &mut *k), (&b.attn_v, &mut *v)];
+            matmul_fused_seqs(qkv, xn, seq_tokens, mm, pool);
             rms_norm(q, &b.attn_q_norm, c.norm_eps); // per head: rows of head_dim
             rms_norm(k, &b.attn_k_norm, c.norm_eps);
             rope.apply(q, c.head_dim, c.rope_style);
@@ -118,26 +120,33 @@ impl Layers for Gemma3 {
             // Scale Q before attention (rather than the scores), as llama.cpp does: the scaled
             // query is what gets rounded to f16.
             q.iter_mut().for_each(|x| *x *= c.attn_scale);
-            cache.store(il, pos0, k, v);
-            let params = AttnParams {
-                n_head: c.n_head,
-                n_head_kv: c.n_head_kv,
-                head_dim: c.head_dim,
-                pos0,
-                n_tokens: n,
-                window: if swa { c.sliding_window } else { None },
-                scale: 1.0,
-            };
-            attention(&params, q, cache.k_layer(il), cache.v_layer(il), att, &mut s.scores, pool);
-            matmul(&b.attn_output, att, n, proj, mm, pool);
+            let mut t0 = 0;
+            for seq in seqs.iter_mut() {
+                let (nt, pos0) = (seq.tokens.len(), seq.cache.len());
+                let rows = |w: usize| t0 * w..(t0 + nt) * w;
+                seq.cache.store(il, pos0, &k[rows(kv_dim)], &v[rows(kv_dim)]);
+                let params = AttnParams {
+                    n_head: c.n_head,
+                    n_head_kv: c.n_head_kv,
+                    head_dim: c.head_dim,
+                    pos0,
+                    n_tokens: nt,
+                    window: if swa { c.sliding_window } else { None },
+                    scale: 1.0,
+                };
+                let (k_layer, v_layer) = (seq.cache.k_layer(il), seq.cache.v_layer(il));
+                attention(&params, &mut q[rows(q_dim)], k_layer, v_layer, &mut att[rows(q_dim)], &mut s.scores, pool);
+                t0 += nt;
+            }
+            matmul_fused_seqs([(&b.attn_output, &mut *proj)], att, seq_tokens, mm, pool);
             rms_norm(proj, &b.post_attention_norm, c.norm_eps);
             add_assign(x, proj);
 
             // GELU-gated feed-forward.
             rms_norm_into(x, xn, &b.ffn_norm, c.norm_eps);
-            matmul_fused([(&b.ffn_gate, &mut *gate), (&b.ffn_up, &mut *up)], xn, n, mm, pool);
+            matmul_fused_seqs([(&b.ffn_gate, &mut *gate), (&b.ffn_up, &mut *up)], xn, seq_tokens, mm, pool);
             gelu_mul(gate, up);
-            matmul(&b.ffn_down, gate, n, proj, mm, pool);
+            matmul_fused_seqs([(&b.ffn_down, &mut *proj)], gate, seq_tokens, mm, pool);
             rms_norm(proj, &b.post_ffw_norm, c.norm_eps);
             add_assign(x, proj);
         }

@@ -135,7 +135,8 @@ pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// cos/sin of the rotation angles for positions `pos0..pos0 + n`: `[n, rope_dim / 2]` each.
+/// cos/sin of the rotation angles of a batch's tokens, `[n, rope_dim / 2]` each: the positions
+/// of each sequence's tokens (`spans`), one sequence after another.
 ///
 /// Angle of pair `i` at position `p`: `freq_scale · p · base^(-2i / rope_dim) / factor[i]`
 /// (`factor` = Llama 3.1's `rope_freqs`, 1 otherwise), computed in f32 exactly as ggml's rope
@@ -151,8 +152,7 @@ pub struct RopeTable {
 impl RopeTable {
     pub fn fill(
         &mut self,
-        pos0: usize,
-        n: usize,
+        spans: impl Iterator<Item = std::ops::Range<usize>>,
         rope_dim: usize,
         base: f32,
         freq_scale: f32,
@@ -163,7 +163,7 @@ impl RopeTable {
         self.cos.clear();
         self.sin.clear();
         let theta_scale = base.powf(-2.0 / rope_dim as f32);
-        for p in pos0..pos0 + n {
+        for p in spans.flatten() {
             let mut theta = p as f32;
             for i in 0..half {
                 let ff = factors.map_or(1.0, |f| f[i]);
@@ -244,13 +244,13 @@ mod tests {
     #[test]
     fn rope_position_zero_is_identity_and_styles_pair_differently() {
         let mut t = RopeTable::default();
-        t.fill(0, 1, 4, 10000.0, 1.0, None);
+        t.fill(std::iter::once(0..1), 4, 10000.0, 1.0, None);
         let mut x = vec![1.0, 2.0, 3.0, 4.0];
         t.apply(&mut x, 4, RopeStyle::Normal);
         assert_eq!(x, [1.0, 2.0, 3.0, 4.0]);
 
         // Position 1, pair 0 has angle 1 rad in both styles; the pairs differ.
-        t.fill(1, 1, 4, 10000.0, 1.0, None);
+        t.fill(std::iter::once(1..2), 4, 10000.0, 1.0, None);
         let (c, s) = (1f32.cos(), 1f32.sin());
         let mut n = vec![1.0, 2.0, 0.0, 0.0];
         t.apply(&mut n, 4, RopeStyle::Normal);

@@ -28,7 +28,7 @@ pub(crate) use weights::Weights;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
-use crate::quant::{matmul, QTensor, RepackCache};
+use crate::quant::{matmul, matmul_fused_seqs, QTensor, RepackCache};
 use crate::threadpool::ThreadPool;
 use std::sync::Arc;
 
@@ -69,6 +69,31 @@ pub trait Model: Send + Sync {
         pool: &ThreadPool,
         all_logits: bool,
     ) -> Result<&'s [f32]>;
+
+    /// Runs the tokens of several sequences in one pass (continuous batching: every weight is
+    /// read once for all of them). Each sequence's tokens run at positions `cache.len()..` of
+    /// its own cache and are appended to it, as [`Model::forward`] would, and give bit for bit
+    /// the same results as `forward` on that sequence alone with the same tokens.
+    ///
+    /// Returns the logits of the last token of every sequence with `logits` set, in order
+    /// (`[k, n_vocab]`). All tokens together must fit one chunk (`scratch.max_batch()`).
+    /// Errors (nothing is computed and no cache changes): as for `forward`, for any sequence,
+    /// and more tokens than `max_batch`.
+    fn forward_batch<'s>(
+        &self,
+        seqs: &mut [SeqBatch<'_>],
+        scratch: &'s mut ForwardScratch,
+        pool: &ThreadPool,
+    ) -> Result<&'s [f32]>;
+}
+
+/// One sequence's part of a [`Model::forward_batch`].
+pub struct SeqBatch<'a> {
+    /// Tokens to run, at least one.
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    /// Whether the batch returns the logits of this sequence's last token.
+    pub logits: bool,
 }
 
 /// Loads the model of `file`, dispatching on `general.architecture`.
@@ -116,9 +141,11 @@ impl CommonWeights {
 pub(crate) trait Layers {
     fn cfg(&self) -> &ModelConfig;
     fn common(&self) -> &CommonWeights;
-    /// Runs every layer over the residual rows `s.x[..n * n_embd]` of tokens at positions
-    /// `pos0..pos0 + n`, storing their keys and values in `cache`.
-    fn run_layers(&self, n: usize, pos0: usize, cache: &mut KvCache, s: &mut ForwardScratch, pool: &ThreadPool);
+    /// Runs every layer over the residual rows `s.x` of the tokens of `seqs`, one sequence
+    /// after another (`s.seq_tokens` rows each), sequence `i` at positions
+    /// `seqs[i].cache.len()..`, storing their keys and values in its cache (which the caller
+    /// then advances).
+    fn run_layers(&self, seqs: &mut [SeqBatch<'_>], s: &mut ForwardScratch, pool: &ThreadPool);
 }
 
 /// Every architecture is a [`Model`] through its layers: config and forward come from here.
@@ -137,19 +164,19 @@ impl<L: Layers + Send + Sync> Model for L {
     ) -> Result<&'s [f32]> {
         run_forward(self, tokens, cache, scratch, pool, all_logits)
     }
+
+    fn forward_batch<'s>(
+        &self,
+        seqs: &mut [SeqBatch<'_>],
+        scratch: &'s mut ForwardScratch,
+        pool: &ThreadPool,
+    ) -> Result<&'s [f32]> {
+        run_batch(self, seqs, scratch, pool)
+    }
 }
 
-/// The shared driver behind `Model::forward`: validation, chunking, embedding, output head.
-pub(crate) fn run_forward<'s, L: Layers>(
-    model: &L,
-    tokens: &[u32],
-    cache: &mut KvCache,
-    s: &'s mut ForwardScratch,
-    pool: &ThreadPool,
-    all_logits: bool,
-) -> Result<&'s [f32]> {
-    let cfg = model.cfg();
-    let w = model.common();
+/// Checks one sequence's tokens and cache against the model and scratch (`forward`'s errors).
+fn check_seq(cfg: &ModelConfig, tokens: &[u32], cache: &KvCache, s: &ForwardScratch) -> Result<()> {
     if tokens.is_empty() {
         return Err(Error::invalid("tokens", "no tokens to run"));
     }
@@ -170,13 +197,100 @@ pub(crate) fn run_forward<'s, L: Layers>(
             cache.capacity()
         )));
     }
+    Ok(())
+}
 
-    let n_vocab = cfg.n_vocab;
-    let n_embd = cfg.n_embd;
-    let n_scores = pool.n_threads() * attention::scratch_per_thread(cache.capacity(), cfg.head_dim);
+/// Looks up (and scales) the embeddings of `tokens` into the residual rows starting at row
+/// `row0`.
+fn embed<L: Layers>(model: &L, tokens: &[u32], row0: usize, s: &mut ForwardScratch) {
+    let (w, n_embd) = (model.common(), model.cfg().n_embd);
+    for (t, &id) in tokens.iter().enumerate() {
+        let row = &mut s.x[(row0 + t) * n_embd..(row0 + t + 1) * n_embd];
+        w.token_embd.dequantize_row_into(id as usize, row);
+        if w.embd_scale != 1.0 {
+            row.iter_mut().for_each(|v| *v *= w.embd_scale);
+        }
+    }
+}
+
+/// Grows the attention scratch for a cache of `capacity` positions.
+fn reserve_scores(s: &mut ForwardScratch, cfg: &ModelConfig, capacity: usize, pool: &ThreadPool) {
+    let n_scores = pool.n_threads() * attention::scratch_per_thread(capacity, cfg.head_dim);
     if s.scores.len() < n_scores {
         s.scores.resize(n_scores, 0.0);
     }
+}
+
+/// The driver behind `Model::forward_batch`.
+fn run_batch<'s, L: Layers>(
+    model: &L,
+    seqs: &mut [SeqBatch<'_>],
+    s: &'s mut ForwardScratch,
+    pool: &ThreadPool,
+) -> Result<&'s [f32]> {
+    let cfg = model.cfg();
+    for q in seqs.iter() {
+        check_seq(cfg, q.tokens, q.cache, s)?;
+    }
+    let n: usize = seqs.iter().map(|q| q.tokens.len()).sum();
+    if n > s.max_batch {
+        return Err(Error::invalid("seqs", format!("{n} tokens in one batch; the scratch holds {}", s.max_batch)));
+    }
+    let (n_vocab, n_embd) = (cfg.n_vocab, cfg.n_embd);
+    let n_out = seqs.iter().filter(|q| q.logits).count();
+    if let Some(cap) = seqs.iter().map(|q| q.cache.capacity()).max() {
+        reserve_scores(s, cfg, cap, pool);
+    }
+    if s.logits.len() < n_out * n_vocab {
+        s.logits.resize(n_out * n_vocab, 0.0);
+    }
+    s.seq_tokens.clear();
+    let mut row0 = 0;
+    for q in seqs.iter() {
+        embed(model, q.tokens, row0, s);
+        s.seq_tokens.push(q.tokens.len());
+        row0 += q.tokens.len();
+    }
+    model.run_layers(seqs, s, pool);
+
+    // Output head: each wanted row alone in its product, as `forward` computes a last token.
+    let w = model.common();
+    let (mut row, mut k) = (0, 0);
+    s.head_tokens.clear();
+    for q in seqs.iter_mut() {
+        row += q.tokens.len();
+        q.cache.advance(q.tokens.len());
+        if q.logits {
+            let last = &s.x[(row - 1) * n_embd..row * n_embd];
+            layers::rms_norm_into(last, &mut s.xn[k * n_embd..(k + 1) * n_embd], &w.output_norm, cfg.norm_eps);
+            s.head_tokens.push(1);
+            k += 1;
+        }
+    }
+    if n_out > 0 {
+        let logits = &mut s.logits[..n_out * n_vocab];
+        matmul_fused_seqs([(&w.output, logits)], &s.xn[..n_out * n_embd], &s.head_tokens, &mut s.mm, pool);
+        if let Some(cap) = cfg.final_logit_softcapping {
+            layers::softcap(&mut s.logits[..n_out * n_vocab], cap);
+        }
+    }
+    Ok(&s.logits[..n_out * n_vocab])
+}
+
+/// The shared driver behind `Model::forward`: validation, chunking, embedding, output head.
+pub(crate) fn run_forward<'s, L: Layers>(
+    model: &L,
+    tokens: &[u32],
+    cache: &mut KvCache,
+    s: &'s mut ForwardScratch,
+    pool: &ThreadPool,
+    all_logits: bool,
+) -> Result<&'s [f32]> {
+    let cfg = model.cfg();
+    let w = model.common();
+    check_seq(cfg, tokens, cache, s)?;
+    let (n_vocab, n_embd) = (cfg.n_vocab, cfg.n_embd);
+    reserve_scores(s, cfg, cache.capacity(), pool);
     let n_logits = if all_logits { tokens.len() * n_vocab } else { n_vocab };
     if s.logits.len() < n_logits {
         s.logits.resize(n_logits, 0.0);
@@ -185,15 +299,10 @@ pub(crate) fn run_forward<'s, L: Layers>(
     let n_chunks = tokens.len().div_ceil(s.max_batch);
     for (ci, chunk) in tokens.chunks(s.max_batch).enumerate() {
         let n = chunk.len();
-        let pos = cache.len();
-        for (t, &id) in chunk.iter().enumerate() {
-            let row = &mut s.x[t * n_embd..(t + 1) * n_embd];
-            w.token_embd.dequantize_row_into(id as usize, row);
-            if w.embd_scale != 1.0 {
-                row.iter_mut().for_each(|v| *v *= w.embd_scale);
-            }
-        }
-        model.run_layers(n, pos, cache, s, pool);
+        embed(model, chunk, 0, s);
+        s.seq_tokens.clear();
+        s.seq_tokens.push(n);
+        model.run_layers(&mut [SeqBatch { tokens: chunk, cache: &mut *cache, logits: false }], s, pool);
         cache.advance(n);
 
         // Output head over the rows whose logits are wanted.

@@ -40,6 +40,11 @@ pub struct ForwardScratch {
     /// `[n_out, n_vocab]`
     pub(crate) logits: Vec<f32>,
     pub(crate) mm: MatmulScratch,
+    /// The tokens of each sequence in the current batch, in order (rows of `x` one sequence
+    /// after another).
+    pub(crate) seq_tokens: Vec<usize>,
+    /// One 1 per row of the output head (each a sequence's last token, alone in its product).
+    pub(crate) head_tokens: Vec<usize>,
 }
 
 impl std::fmt::Debug for ForwardScratch {
@@ -72,6 +77,8 @@ impl ForwardScratch {
             rope_local: RopeTable::default(),
             logits: vec![0.0; cfg.n_vocab],
             mm: MatmulScratch::default(),
+            seq_tokens: Vec::new(),
+            head_tokens: Vec::new(),
         })
     }
 

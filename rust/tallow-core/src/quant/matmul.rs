@@ -7,6 +7,12 @@
 //! each weight once per call.
 //! [`matmul_fused`] runs several products of the same input (Q, K, V; gate, up) in one pass over
 //! the pool, quantizing the input once per activation type.
+//!
+//! [`matmul_fused_seqs`] runs the tokens of several sequences in one product (continuous
+//! batching: the weights are read once for all of them). llama.cpp picks a token's summation
+//! order from the size of the product it is in (`kquant_order::k_order`), so each token here
+//! takes the order of its own sequence's product: a sequence's results do not depend on what
+//! else shares the batch.
 
 use super::blocks::{ActBlock, BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::kernels::{kernels, Kernels, VecDotFn};
@@ -39,6 +45,16 @@ pub struct MatmulScratch {
     scales: [Vec<f32>; 2],
     /// Row-group shares of decode products (`shares.rs`).
     shares: Shares,
+    /// Per token of the product: its index in its sequence's tokens and their count, which pick
+    /// its summation order.
+    seq_pos: Vec<SeqPos>,
+}
+
+/// Token `t` of a sequence's `n` tokens in a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SeqPos {
+    t: u32,
+    n: u32,
 }
 
 impl MatmulScratch {
@@ -52,6 +68,7 @@ impl MatmulScratch {
         self.bufs.iter().map(|b| b.capacity() * 8).sum::<usize>()
             + self.offsets.iter().map(|o| o.capacity() * 4).sum::<usize>()
             + self.scales.iter().map(|s| s.capacity() * 4).sum::<usize>()
+            + self.seq_pos.capacity() * size_of::<SeqPos>()
     }
 }
 
@@ -161,10 +178,13 @@ impl RowKernel {
 
     /// `out[t * w.rows + r]` for `r` in `rows` and every token. `xq` holds `n_tokens` rows of
     /// `act_row` bytes; `out` points at `[n_tokens, w.rows]` floats no other worker writes in
-    /// `rows`.
+    /// `rows`; `seq_pos[t]` places token `t` in its sequence.
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // the tiles are x86's
-    fn rows(self, w: &QTensor, rows: std::ops::Range<usize>, act: &Acts<'_>, n_tokens: usize, out: *mut f32) {
+    fn rows(self, w: &QTensor, rows: std::ops::Range<usize>, act: &Acts<'_>, seq_pos: &[SeqPos], out: *mut f32) {
         let Acts { xq, act_row, offsets, scales } = *act;
+        let n_tokens = seq_pos.len();
+        // The llama.cpp path token `t` takes for this weight (the K-quants' orders differ).
+        let order = |t: usize| k_order(w.qtype, w.rows, seq_pos[t].t as usize, seq_pos[t].n as usize);
         let data = w.data();
         let row_bytes = w.qtype.row_bytes(w.cols as u64).expect("QTensor has whole blocks") as usize;
         assert!(rows.end <= w.rows && data.len() >= w.rows * row_bytes && xq.len() >= n_tokens * act_row);
@@ -188,7 +208,10 @@ impl RowKernel {
                 for r in rows.step_by(g) {
                     let mut t = 0;
                     while t < n_tokens {
-                        let (tile, nt) = tiles.tile(t, n_tokens);
+                        // Up to 4 tokens of one order share a tile, from one sequence or several.
+                        let o = order(t);
+                        let run = (t..n_tokens.min(t + 4)).take_while(|&u| order(u) == o).count();
+                        let (tile, nt) = tiles.tile(o, run);
                         // SAFETY: group r / g and tokens t..t + nt are in bounds (asserted
                         // above; rows start at multiples of g), outputs are this caller's; the
                         // tiles exist on this CPU and the layout is theirs (interleave g).
@@ -258,7 +281,7 @@ impl RowKernel {
                 for r in rows {
                     let wr = &data[r * row_bytes..(r + 1) * row_bytes];
                     for t in 0..n_tokens {
-                        let v = match k_order(w.qtype, w.rows, t, n_tokens).filter(|&o| ints.covers(o)) {
+                        let v = match order(t).filter(|&o| ints.covers(o)) {
                             Some(order) => kquant_order::row_dot(order, &ints, wr, at(t)),
                             // SAFETY: the table matches this CPU; both hold `cols` values.
                             None => unsafe { table(cols, wr, at(t)) },
@@ -301,17 +324,40 @@ pub fn matmul_fused<const N: usize>(
     scratch: &mut MatmulScratch,
     pool: &ThreadPool,
 ) {
+    matmul_fused_seqs(products, x, &[n_tokens], scratch, pool);
+}
+
+/// [`matmul_fused`] over the tokens of several sequences at once: `x` holds `seq_tokens[0]`
+/// rows of the first sequence, then `seq_tokens[1]` of the second, and so on (and `y` the
+/// same). Every output is bit for bit what a product of its own sequence's tokens alone gives,
+/// while each weight is read once for all of them.
+pub fn matmul_fused_seqs<const N: usize>(
+    products: [(&QTensor, &mut [f32]); N],
+    x: &[f32],
+    seq_tokens: &[usize],
+    scratch: &mut MatmulScratch,
+    pool: &ThreadPool,
+) {
     let k = kernels();
+    let n_tokens = seq_tokens.iter().sum();
     let mut quantized: [Option<Product<'_>>; N] = std::array::from_fn(|_| None);
     for (slot, (w, y)) in quantized.iter_mut().zip(products) {
         check_shapes(w, x, n_tokens, y);
         match RowKernel::exact(k, w.qtype, w.rows) {
             Some(kernel) => *slot = Some((w, SyncPtr(y.as_mut_ptr()), kernel)),
-            // F32/F16/BF16: candle's generic path.
-            None => reference::matmul_candle(w, x, n_tokens, y, scratch, pool),
+            // F32/F16/BF16: candle's generic path, a sequence at a time (its blocking may
+            // depend on the token count).
+            None => {
+                let (mut t0, cols) = (0, w.cols);
+                for &n in seq_tokens {
+                    let (xs, ys) = (&x[t0 * cols..(t0 + n) * cols], &mut y[t0 * w.rows..(t0 + n) * w.rows]);
+                    reference::matmul_candle(w, xs, n, ys, scratch, pool);
+                    t0 += n;
+                }
+            }
         }
     }
-    run(&quantized, x, n_tokens, scratch, pool, Quantizer::Exact);
+    run(&quantized, x, seq_tokens, scratch, pool, Quantizer::Exact);
 }
 
 /// Panics unless `x` is `[n_tokens, w.cols]` and `y` is `[n_tokens, w.rows]` (a caller bug).
@@ -334,7 +380,8 @@ pub fn matmul_with(
     let Some(dot) = k.vec_dot_fn(w.qtype) else {
         return reference::matmul_candle(w, x, n_tokens, y, scratch, pool);
     };
-    run(&[Some((w, SyncPtr(y.as_mut_ptr()), RowKernel::Table(dot)))], x, n_tokens, scratch, pool, Quantizer::Table(k));
+    let product = Some((w, SyncPtr(y.as_mut_ptr()), RowKernel::Table(dot)));
+    run(&[product], x, &[n_tokens], scratch, pool, Quantizer::Table(k));
 }
 
 /// A weight, where its products go (`[n_tokens, rows]`) and how its rows are computed.
@@ -345,12 +392,20 @@ type Product<'w> = (&'w QTensor, SyncPtr<f32>, RowKernel);
 fn run(
     products: &[Option<Product<'_>>],
     x: &[f32],
-    n_tokens: usize,
+    seq_tokens: &[usize],
     scratch: &mut MatmulScratch,
     pool: &ThreadPool,
     quantizer: Quantizer<'_>,
 ) {
     let Some(cols) = products.iter().flatten().map(|(w, ..)| w.cols).next() else { return };
+    let n_tokens: usize = seq_tokens.iter().sum();
+    if n_tokens == 0 {
+        return;
+    }
+    scratch.seq_pos.clear();
+    for &n in seq_tokens {
+        scratch.seq_pos.extend((0..n).map(|t| SeqPos { t: t as u32, n: n as u32 }));
+    }
     // Byte view of each activation type's buffer, quantized here if some product needs it.
     let mut acts: [&[u8]; 3] = [&[]; 3];
     for ((act, buf), view) in ACT_TYPES.iter().zip(scratch.bufs.iter_mut()).zip(acts.iter_mut()) {
@@ -387,7 +442,7 @@ fn run(
             fill_scales(table, *act, xq, n_tokens, pool);
         }
     }
-    let (offsets, scales) = (&scratch.offsets, &scratch.scales);
+    let (offsets, scales, seq_pos) = (&scratch.offsets, &scratch.scales, &scratch.seq_pos[..]);
     let product_rows = |(w, out, kernel): &Product<'_>, groups: std::ops::Range<usize>| {
         let a = act_slot(w.qtype);
         let xq = acts[a];
@@ -399,7 +454,7 @@ fn run(
         };
         let group = kernel.row_group(w, n_tokens);
         let rows = (groups.start * group).min(w.rows)..(groups.end * group).min(w.rows);
-        kernel.rows(w, rows, &acts, n_tokens, out.0);
+        kernel.rows(w, rows, &acts, seq_pos, out.0);
     };
     let n_groups = |(w, _, kernel): &Product<'_>| w.rows.div_ceil(kernel.row_group(w, n_tokens));
     if pool.n_threads() == 1 {

@@ -41,7 +41,7 @@ pub use aarch64_neon::{detected as neon_dotprod_detected, row_dot_for as neon_ro
 pub use kernels::{kernels, Kernels, VecDotFn};
 pub use legacy_dot::{row_dot, row_dot_for, RowDot};
 pub(crate) use matmul::layout_rows;
-pub use matmul::{matmul, matmul_fused, matmul_with, tiles_for, MatmulScratch};
+pub use matmul::{matmul, matmul_fused, matmul_fused_seqs, matmul_with, tiles_for, MatmulScratch};
 pub use qtype::QType;
 pub use reference::{dequantize_row, matmul_candle};
 pub use repack_cache::{RepackCache, RepackCacheStatus};

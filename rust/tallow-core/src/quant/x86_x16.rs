@@ -21,12 +21,13 @@ impl X16Tiles {
         (cpu && super::x16::repacks(qtype)).then_some(X16Tiles(qtype))
     }
 
-    /// The tile for tokens `t..` of an `n_tokens` product and how many tokens it takes (1 to
-    /// 4), in the order of the llama.cpp path those tokens take ([`super::kquant_order::k_order`]
-    /// for a weight with 16-row groups).
-    pub fn tile(self, t: usize, n_tokens: usize) -> (TileFn, usize) {
+    /// The tile for the next `run` tokens (1 to 4) of a product, which all take the llama.cpp
+    /// path `order` ([`super::kquant_order::k_order`]; `None` for the 32-element formats, whose
+    /// order does not depend on the token count), and how many of them it takes.
+    pub fn tile(self, order: Option<KOrder>, run: usize) -> (TileFn, usize) {
+        debug_assert!((1..=4).contains(&run));
         // The 32-element formats: 8 accumulators per token, so 2 tokens fill the registers.
-        let two = n_tokens - t >= 2;
+        let two = run >= 2;
         macro_rules! legacy {
             ($k:expr) => {
                 if two {
@@ -39,7 +40,7 @@ impl X16Tiles {
         match self.0 {
             // llama.cpp's repacked order, one accumulator per token: 4 tokens fit.
             QType::Q4_0 => {
-                return match n_tokens - t {
+                return match run {
                     1 => (q4_0_blocks::<1>, 1),
                     2 => (q4_0_blocks::<2>, 2),
                     3 => (q4_0_blocks::<3>, 3),
@@ -52,8 +53,8 @@ impl X16Tiles {
             QType::Q8_0 => return legacy!(Q8_0),
             _ => {}
         }
-        let order = super::kquant_order::k_order(self.0, 16, t, n_tokens).expect("a repacked type");
-        let nt = (n_tokens - t).min(4);
+        let order = order.expect("a K-quant order for a repacked K-quant");
+        let nt = run;
         // `f::<nt, flag>` for 1 to 4 tokens.
         macro_rules! by_tokens {
             ($f:ident, $flag:expr) => {
@@ -66,16 +67,18 @@ impl X16Tiles {
             };
         }
         let tile: TileFn = match order {
-            KOrder::Q4KGemm => q4k::<4, true>,
-            // At most 3 tokens (see below).
+            // GEMM tokens come in whole groups of 4 in each sequence.
+            KOrder::Q4KGemm => {
+                assert_eq!(nt, 4, "Q4_K GEMM tokens come in groups of 4");
+                q4k::<4, true>
+            }
             KOrder::Q4KGemv => by_tokens!(q4k, false),
             KOrder::Q6KTiled => by_tokens!(q6k, true),
             KOrder::Q6KVecDot => by_tokens!(q6k, false),
             KOrder::Q5KTiled => by_tokens!(q5k, true),
             KOrder::Q5KVecDot => by_tokens!(q5k, false),
         };
-        // GEMM tokens come in whole groups of 4, GEMV tokens are the (at most 3) after them.
-        (tile, if order == KOrder::Q4KGemv { n_tokens - t } else { nt })
+        (tile, nt)
     }
 }
 

@@ -1,0 +1,238 @@
+//! The scheduler thread (continuous batching). It admits queued jobs as sequences, up to
+//! `max_sequences` at a time; each step runs one batched forward over the last token of every
+//! decoding sequence plus the next prompt chunk of one prefilling sequence, so the weights are
+//! read once per step for all of them, then samples for each sequence that got logits. A
+//! sequence's chunks and products are the ones it would have alone (`Model::forward_batch`),
+//! so its tokens do not depend on what else runs.
+//!
+//! Prompt prefixes are reused within a session (chat turns), whose results depend on its own
+//! history only. Not across requests: llama.cpp's summation orders depend on how many tokens a
+//! product has (`quant/kquant_order.rs`, the attention's), so keys and values computed in
+//! another request's chunks can differ in their last bits from the ones this prompt computes
+//! alone, and the same request would then give other tokens under load than alone.
+
+use super::sequence::Sequence;
+use super::session::CachedSequence;
+use super::{Event, FinishReason, Job, Shared, Usage};
+use crate::error::{Error, Result};
+use crate::model::{ForwardScratch, SeqBatch};
+use crate::sampler::Sampler;
+use crate::threadpool::ThreadPool;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+/// Runs jobs from `rx` until the engine is dropped and every job has finished.
+pub(super) fn run_loop(shared: &Shared, scratch: ForwardScratch, rx: Receiver<Job>) {
+    let mut s = Scheduler {
+        shared,
+        pool: ThreadPool::new(shared.config.n_threads),
+        scratch,
+        waiting: VecDeque::new(),
+        active: Vec::new(),
+        free: Vec::new(),
+        n_caches: 0,
+        piece: String::new(),
+        batch: Vec::new(),
+        in_batch: Vec::new(),
+        with_logits: Vec::new(),
+        finished: Vec::new(),
+    };
+    let mut open = true;
+    loop {
+        if s.active.is_empty() && s.waiting.is_empty() {
+            match rx.recv() {
+                Ok(job) => s.waiting.push_back(job),
+                Err(_) => return,
+            }
+        }
+        while open {
+            match rx.try_recv() {
+                Ok(job) => s.waiting.push_back(job),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| {
+            s.admit();
+            s.step();
+        })) {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            s.fail_all(&msg);
+        }
+    }
+}
+
+struct Scheduler<'a> {
+    shared: &'a Shared,
+    pool: ThreadPool,
+    /// Activations for `n_batch + max_sequences` tokens: a prompt chunk and every decode token.
+    scratch: ForwardScratch,
+    waiting: VecDeque<Job>,
+    /// Running sequences, in admission order (the first prefilling one runs its chunk next).
+    active: Vec<Sequence>,
+    /// Caches of finished sequences without a session, kept for their prompts' prefixes.
+    free: Vec<CachedSequence>,
+    /// Caches allocated for sequences without a session, active or free (at most
+    /// `max_sequences`); a session's cache lives in the session.
+    n_caches: usize,
+    /// Reused buffers, so a step allocates nothing but its events' text.
+    piece: String,
+    batch: Vec<SeqBatch<'static>>,
+    /// Indices into `active` of this step's sequences, and of those that get logits.
+    in_batch: Vec<usize>,
+    with_logits: Vec<usize>,
+    finished: Vec<(usize, Result<FinishReason>)>,
+}
+
+impl Scheduler<'_> {
+    /// Starts waiting jobs while there is room.
+    fn admit(&mut self) {
+        let cfg = self.shared.config;
+        while self.active.len() < cfg.max_sequences {
+            let Some(job) = self.waiting.pop_front() else { break };
+            if job.cancel.is_cancelled() {
+                let usage = Usage { prompt_tokens: job.prompt.len(), ..Usage::default() };
+                let mut sink = job.sink;
+                sink.send(Event::Done { finish_reason: FinishReason::Cancelled, usage });
+                continue;
+            }
+            let started =
+                Sampler::new(job.params.sampling.clone()).and_then(|sampler| Ok((sampler, self.cache_for(&job)?)));
+            match started {
+                Ok((sampler, seq)) => self.active.push(Sequence::start(job, seq, sampler, cfg.n_ctx)),
+                Err(e) => {
+                    let mut sink = job.sink;
+                    sink.send(Event::Error(e));
+                }
+            }
+        }
+    }
+
+    /// The cache `job` runs in: its session's, or the free one sharing the longest prefix
+    /// with its prompt, or a new one.
+    fn cache_for(&mut self, job: &Job) -> Result<CachedSequence> {
+        let n_ctx = self.shared.config.n_ctx;
+        let new = || -> Result<CachedSequence> {
+            Ok(CachedSequence { cache: self.shared.model.new_cache(n_ctx)?, tokens: Vec::new() })
+        };
+        if let Some(session) = &job.session {
+            return match session.take() {
+                Some(seq) if seq.cache.capacity() == n_ctx => Ok(seq),
+                _ => new(),
+            };
+        }
+        // Requests without a session start from an empty cache (see `Sequence::start`).
+        match self.free.pop() {
+            Some(seq) => Ok(seq),
+            None => {
+                let seq = new()?;
+                self.n_caches += 1;
+                debug_assert!(self.n_caches <= self.shared.config.max_sequences);
+                Ok(seq)
+            }
+        }
+    }
+
+    /// One batched forward and the sampling after it.
+    fn step(&mut self) {
+        let cfg = self.shared.config;
+        for (i, q) in self.active.iter().enumerate() {
+            if q.job.cancel.is_cancelled() {
+                self.finished.push((i, Ok(FinishReason::Cancelled)));
+            }
+        }
+        self.retire();
+        if self.active.is_empty() {
+            return;
+        }
+        let prefill = self.active.iter().position(Sequence::is_prefilling);
+        let mut batch = recycle(std::mem::take(&mut self.batch));
+        self.in_batch.clear();
+        self.with_logits.clear();
+        for (i, q) in self.active.iter_mut().enumerate() {
+            if q.is_prefilling() && Some(i) != prefill {
+                continue;
+            }
+            let (tokens, cache, logits) = q.next(cfg.n_batch);
+            self.in_batch.push(i);
+            if logits {
+                self.with_logits.push(i);
+            }
+            batch.push(SeqBatch { tokens, cache, logits });
+        }
+        let result = self.shared.model.forward_batch(&mut batch, &mut self.scratch, &self.pool);
+        self.batch = recycle(batch);
+        match result {
+            Ok(logits) => {
+                for &i in &self.in_batch {
+                    self.active[i].ran(cfg.n_batch);
+                }
+                let n_vocab = self.shared.model.config().n_vocab;
+                for (&i, row) in self.with_logits.iter().zip(logits.chunks_exact(n_vocab)) {
+                    let q = &mut self.active[i];
+                    match q.sample(row, &self.shared.tokenizer, &mut self.piece, cfg.n_ctx) {
+                        Ok(None) => {}
+                        done => self.finished.push((i, done.map(|r| r.expect("finished")))),
+                    }
+                }
+            }
+            // Nothing ran (a batch the model refuses): those sequences fail, the others go on.
+            Err(e) => {
+                for &i in &self.in_batch {
+                    self.finished.push((i, Err(Error::Internal(format!("the batch failed: {e}")))));
+                }
+            }
+        }
+        self.retire();
+    }
+
+    /// Ends the sequences in `finished`, returning their caches.
+    fn retire(&mut self) {
+        self.finished.sort_unstable_by_key(|(i, _)| std::cmp::Reverse(*i));
+        for (i, outcome) in self.finished.drain(..) {
+            let q = self.active.remove(i);
+            let seq = match outcome {
+                Ok(reason) => q.finish(reason),
+                Err(e) => {
+                    let Sequence { mut job, seq, .. } = q;
+                    job.sink.send(Event::Error(e));
+                    match &job.session {
+                        Some(s) => {
+                            s.put(seq);
+                            None
+                        }
+                        None => Some(seq),
+                    }
+                }
+            };
+            self.free.extend(seq);
+        }
+    }
+
+    /// After a panic: every running sequence fails (its cache may be half-written and is
+    /// dropped); the scheduler goes on with the next jobs.
+    fn fail_all(&mut self, msg: &str) {
+        self.finished.clear();
+        self.batch = Vec::new();
+        for q in self.active.drain(..) {
+            let Sequence { mut job, .. } = q;
+            if job.session.is_none() {
+                self.n_caches -= 1;
+            }
+            job.sink.send(Event::Error(Error::Internal(format!("engine panicked: {msg}"))));
+        }
+    }
+}
+
+/// `v`'s allocation, empty, for borrows of another lifetime: a step's batch borrows the
+/// sequences' tokens and caches, and the buffer outlives the step.
+fn recycle<'b>(mut v: Vec<SeqBatch<'_>>) -> Vec<SeqBatch<'b>> {
+    v.clear();
+    // Collected in place (same layout): no allocation.
+    v.into_iter().map(|_| unreachable!("empty")).collect()
+}

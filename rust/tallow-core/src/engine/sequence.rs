@@ -1,0 +1,160 @@
+//! One running generation: its job, its KV cache, and what follows the model for each of its
+//! tokens (sampling, detokenizing, stop strings, events). The scheduler (`scheduler.rs`) puts
+//! its next tokens into a batch and hands it its logits.
+
+use super::session::CachedSequence;
+use super::{Event, FinishReason, Job, StopMatcher, StopOutcome, Usage};
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::sampler::Sampler;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// Where a sequence is.
+enum Phase {
+    /// Prompt tokens `next..` are still to run.
+    Prefill { next: usize },
+    /// The last sampled token is to run.
+    Decode { token: [u32; 1] },
+}
+
+pub(super) struct Sequence {
+    pub(super) job: Job,
+    /// Its cache and the tokens the cache holds.
+    pub(super) seq: CachedSequence,
+    phase: Phase,
+    sampler: Sampler,
+    decoder: StreamDecoder,
+    stop: StopMatcher,
+    n_gen: usize,
+    /// Prompt tokens whose keys and values were already in the cache.
+    cached: usize,
+}
+
+impl Sequence {
+    /// Starts `job` on `seq`. A session's cache keeps the longest prefix it shares with the
+    /// prompt (at least the last prompt token still runs, for its logits); any other starts
+    /// empty.
+    pub(super) fn start(job: Job, mut seq: CachedSequence, sampler: Sampler, n_ctx: usize) -> Sequence {
+        let prompt = &job.prompt;
+        let common = if job.session.is_some() { common_prefix(&seq.tokens, prompt) } else { 0 };
+        seq.cache.truncate(common);
+        seq.tokens.truncate(common);
+        // Room for the whole context, so appending a token never reallocates.
+        seq.tokens.reserve(n_ctx.saturating_sub(seq.tokens.len()));
+        let stop = StopMatcher::new(&job.params.stop);
+        Sequence {
+            job,
+            seq,
+            phase: Phase::Prefill { next: common },
+            sampler,
+            // Control tokens render as nothing, as in llama.cpp's default detokenization.
+            decoder: StreamDecoder::new(true),
+            stop,
+            n_gen: 0,
+            cached: common,
+        }
+    }
+
+    pub(super) fn is_prefilling(&self) -> bool {
+        matches!(self.phase, Phase::Prefill { .. })
+    }
+
+    /// The tokens this sequence runs in the next step (a prompt chunk of up to `n_batch`, or
+    /// its last sampled token), its cache, and whether that step gives it logits.
+    pub(super) fn next(&mut self, n_batch: usize) -> (&[u32], &mut KvCache, bool) {
+        match &self.phase {
+            Phase::Prefill { next } => {
+                let prompt = &self.job.prompt;
+                let end = (next + n_batch).min(prompt.len());
+                (&prompt[*next..end], &mut self.seq.cache, end == prompt.len())
+            }
+            Phase::Decode { token } => (&token[..], &mut self.seq.cache, true),
+        }
+    }
+
+    /// Records that the tokens of [`Self::next`] ran (the cache advanced past them).
+    pub(super) fn ran(&mut self, n_batch: usize) {
+        match &mut self.phase {
+            Phase::Prefill { next } => {
+                let prompt = &self.job.prompt;
+                let end = (*next + n_batch).min(prompt.len());
+                self.seq.tokens.extend_from_slice(&prompt[*next..end]);
+                *next = end;
+            }
+            Phase::Decode { token } => self.seq.tokens.push(token[0]),
+        }
+    }
+
+    /// Samples from `logits` (the last token's), sends the token's event, and says whether
+    /// the generation ends here. `piece` is a reused buffer.
+    pub(super) fn sample(
+        &mut self,
+        logits: &[f32],
+        tokenizer: &Tokenizer,
+        piece: &mut String,
+        n_ctx: usize,
+    ) -> Result<Option<FinishReason>> {
+        if self.job.cancel.is_cancelled() {
+            return Ok(Some(FinishReason::Cancelled));
+        }
+        if self.n_gen >= self.job.params.max_tokens {
+            return Ok(Some(FinishReason::Length));
+        }
+        let id = self.sampler.sample(logits, &self.seq.tokens)?;
+        self.n_gen += 1;
+        if !self.job.params.ignore_eos && tokenizer.is_eog(id) {
+            return Ok(Some(FinishReason::Stop));
+        }
+        // Per token, the event's text is the one allocation (none when it is empty).
+        piece.clear();
+        self.decoder.push_into(tokenizer, id, piece);
+        let (text, stopped) = match self.stop.push(piece) {
+            StopOutcome::Emit(t) => (t, false),
+            StopOutcome::Stop(t) => (t, true),
+        };
+        if !self.job.sink.send(Event::Token { id, text }) {
+            return Ok(Some(FinishReason::Cancelled));
+        }
+        if stopped {
+            return Ok(Some(FinishReason::Stop));
+        }
+        if self.seq.tokens.len() >= n_ctx {
+            return Ok(Some(FinishReason::Length));
+        }
+        self.phase = Phase::Decode { token: [id] };
+        Ok(None)
+    }
+
+    /// Ends the generation: releases held-back text (unless cancelled), puts the cache back in
+    /// the job's session (or returns it), then sends `Done`.
+    pub(super) fn finish(mut self, reason: FinishReason) -> Option<CachedSequence> {
+        if reason != FinishReason::Cancelled {
+            let mut rest = self.decoder.flush().unwrap_or_default();
+            rest = match self.stop.push(&rest) {
+                StopOutcome::Emit(t) => t + &self.stop.flush(),
+                StopOutcome::Stop(t) => t,
+            };
+            if !rest.is_empty() {
+                self.job.sink.send(Event::Text(rest));
+            }
+        }
+        let usage =
+            Usage { prompt_tokens: self.job.prompt.len(), completion_tokens: self.n_gen, cached_tokens: self.cached };
+        // Before `Done`, so a caller's next turn finds the cache.
+        let seq = match &self.job.session {
+            Some(s) => {
+                s.put(self.seq);
+                None
+            }
+            None => Some(self.seq),
+        };
+        self.job.sink.send(Event::Done { finish_reason: reason, usage });
+        seq
+    }
+}
+
+/// Prompt tokens whose keys and values a cache holding `cached` can keep: the common prefix,
+/// short of the prompt's last token (which runs again for its logits).
+fn common_prefix(cached: &[u32], prompt: &[u32]) -> usize {
+    cached.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len().saturating_sub(1))
+}

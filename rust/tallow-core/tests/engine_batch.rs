@@ -1,0 +1,133 @@
+//! The engine's continuous batching: requests submitted together from several threads run as
+//! one batch per step, and each produces exactly the tokens it produces alone (same prompt,
+//! seed and parameters), whatever else runs and in whatever order they arrive. Cancelled
+//! requests stop and leave the engine ready.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use tallow_core::engine::{CancelToken, Event, FinishReason, GenerateParams, Job, Prompt};
+use tallow_core::sampler::SamplingParams;
+use tallow_core::{load, LoadOptions, LoadedModel};
+
+fn model(file: &str) -> LoadedModel {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/.models").join(file);
+    let options = LoadOptions { n_threads: Some(2), n_ctx: Some(256), repack_cache: None };
+    load(&path, &options).expect("load model")
+}
+
+/// Request `i`: its own prompt, greedy or seeded sampling, 12 to 24 tokens.
+fn request(m: &LoadedModel, i: usize) -> (Vec<u32>, GenerateParams) {
+    let text = ["The capital of France is", "Once upon a time", "1, 2, 3,", "def fib(n):", "Hello"][i % 5];
+    let text = format!("{text}{}", " and".repeat(i / 5));
+    let prompt = m.engine.prepare_prompt(&Prompt::Text { text, add_bos: true, special: false }).unwrap();
+    let sampling = if i.is_multiple_of(2) {
+        SamplingParams::greedy()
+    } else {
+        SamplingParams { seed: Some(1000 + i as u64), temperature: 0.9, ..SamplingParams::default() }
+    };
+    (prompt, GenerateParams { max_tokens: 12 + 3 * (i % 5), sampling, stop: Vec::new(), ignore_eos: true })
+}
+
+/// Submits a request; its events arrive on the returned receiver.
+fn submit(m: &LoadedModel, prompt: Vec<u32>, params: GenerateParams, cancel: CancelToken) -> mpsc::Receiver<Event> {
+    let (tx, rx) = mpsc::channel();
+    m.engine.submit(Job { prompt, params, session: None, cancel, sink: Box::new(tx) }).unwrap();
+    rx
+}
+
+/// The tokens of a request and how it finished.
+fn collect(rx: mpsc::Receiver<Event>) -> (Vec<u32>, FinishReason) {
+    let mut ids = Vec::new();
+    for ev in rx {
+        match ev {
+            Event::Token { id, .. } => ids.push(id),
+            Event::Text(_) => {}
+            Event::Done { finish_reason, .. } => return (ids, finish_reason),
+            Event::Error(e) => panic!("request failed: {e}"),
+        }
+    }
+    panic!("the engine dropped a request without Done")
+}
+
+fn concurrent_equals_alone(file: &str) {
+    let m = model(file);
+    let n = 12; // more than max_sequences (8): some wait for a slot
+    let alone: Vec<Vec<u32>> = (0..n)
+        .map(|i| {
+            let (prompt, params) = request(&m, i);
+            collect(submit(&m, prompt, params, CancelToken::new())).0
+        })
+        .collect();
+    // All at once, from 4 threads, in a shuffled order.
+    let receivers: Vec<(usize, mpsc::Receiver<Event>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let m = &m;
+                scope.spawn(move || {
+                    (0..n)
+                        .filter(|i| (i * 7 + 3) % 4 == t)
+                        .map(|i| {
+                            let (prompt, params) = request(m, i);
+                            (i, submit(m, prompt, params, CancelToken::new()))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    for (i, rx) in receivers {
+        let (ids, reason) = collect(rx);
+        assert_eq!(reason, FinishReason::Length, "{file}: request {i}");
+        assert_eq!(ids, alone[i], "{file}: request {i} gave other tokens under load than alone");
+    }
+}
+
+#[test]
+fn smollm2_concurrent_requests_equal_alone() {
+    concurrent_equals_alone("smollm2-135m-q4_1.gguf");
+}
+
+#[test]
+fn gemma3_concurrent_requests_equal_alone() {
+    concurrent_equals_alone("gemma-3-270m-q4_k_m.gguf");
+}
+
+#[test]
+fn cancelled_requests_stop_and_the_rest_finish() {
+    let m = model("smollm2-135m-q4_1.gguf");
+    let (prompt, mut params) = request(&m, 0);
+    params.max_tokens = 200;
+    // Cancelled while waiting in the queue, and while running.
+    let early = CancelToken::new();
+    early.cancel();
+    let running = CancelToken::new();
+    let a = submit(&m, prompt.clone(), params.clone(), running.clone());
+    let b = submit(&m, prompt.clone(), params.clone(), early);
+    let c = submit(&m, prompt.clone(), GenerateParams { max_tokens: 5, ..params.clone() }, CancelToken::new());
+    let mut seen = 0;
+    let mut reason = None;
+    for ev in a {
+        match ev {
+            Event::Token { .. } => {
+                seen += 1;
+                if seen == 3 {
+                    running.cancel();
+                }
+            }
+            Event::Done { finish_reason, .. } => {
+                reason = Some(finish_reason);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(reason, Some(FinishReason::Cancelled));
+    assert!(seen < 200, "stopped within a step of the cancel: {seen} tokens");
+    assert_eq!(collect(b), (vec![], FinishReason::Cancelled));
+    assert_eq!(collect(c).0.len(), 5);
+    // A dropped receiver cancels its request; the engine then serves the next one.
+    drop(submit(&m, prompt.clone(), params.clone(), CancelToken::new()));
+    let (ids, reason) = collect(submit(&m, prompt, GenerateParams { max_tokens: 4, ..params }, CancelToken::new()));
+    assert_eq!((ids.len(), reason), (4, FinishReason::Length));
+}
