@@ -115,6 +115,10 @@ def test_bad_constructor_arguments(smollm2_path: object) -> None:
         tallow.Model(smollm2_path, n_ctx=0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="n_threads"):
         tallow.Model(smollm2_path, n_threads="2")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_sequences"):
+        tallow.Model(smollm2_path, max_sequences=0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="max_sequences"):
+        tallow.Model(smollm2_path, max_sequences=2.0)  # type: ignore[arg-type]
 
 
 def test_gemma3_generates(gemma3: tallow.Model) -> None:
@@ -155,3 +159,34 @@ def test_threads_share_one_model(smollm2: tallow.Model) -> None:
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda p: smollm2.generate(p, max_tokens=12, temperature=0), prompts * 2))
     assert got == expected * 2
+
+
+def test_requests_beyond_max_sequences_queue_and_match_alone(smollm2_path: object) -> None:
+    """Two requests run at once; the other four wait their turn. Seeded sampling gives each
+    the text it gives alone, batched with whichever others run beside it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = tallow.Model(smollm2_path, n_threads=2, n_ctx=256, max_sequences=2)  # type: ignore[arg-type]
+    jobs = [(p, seed) for p in ("Once upon a time", "The best way to cook rice is") for seed in (1, 2, 3)]
+
+    def run(job: tuple[str, int]) -> str:
+        return model.generate(job[0], max_tokens=16, temperature=0.8, seed=job[1])
+
+    alone = [run(j) for j in jobs]
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(run, jobs)) == alone
+    stats = model.stats()
+    assert (stats.active, stats.queued, stats.kv_slots_in_use, stats.kv_slots) == (0, 0, 0, 2), stats
+    assert (stats.finished, stats.cancelled, stats.failed) == (12, 0, 0), stats
+    assert stats.generated_tokens > 0 and stats.tokens_per_second > 0
+
+
+def test_stats_count_a_stream_left_early(smollm2_path: object) -> None:
+    model = tallow.Model(smollm2_path, n_threads=2, n_ctx=256)  # type: ignore[arg-type]
+    assert model.stats() == tallow.EngineStats(0, 0, 0, 0, 0, 0, 8, 0, 0, 0.0, 0.0)
+    for _ in model.stream("Once upon a time", max_tokens=50, temperature=0):
+        break
+    model.generate("Hi", max_tokens=2, temperature=0)  # runs after the first one has ended
+    stats = model.stats()
+    assert (stats.active, stats.queued, stats.kv_slots_in_use) == (0, 0, 0), stats
+    assert (stats.finished, stats.cancelled) == (1, 1), stats

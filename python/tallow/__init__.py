@@ -20,13 +20,14 @@ from .errors import (
     TemplateError,
     UnsupportedModelError,
 )
-from .model import Model, ModelInfo
+from .model import EngineStats, Model, ModelInfo
 
 __version__: str = _tallow.__version__
 
 __all__ = [
     "Chat",
     "ContextOverflowError",
+    "EngineStats",
     "GGUFError",
     "Message",
     "Model",

@@ -23,7 +23,7 @@ else:  # pragma: no cover
 if TYPE_CHECKING:
     from .chat import Chat
 
-__all__ = ["Model", "ModelInfo"]
+__all__ = ["EngineStats", "Model", "ModelInfo"]
 
 #: Values of ``TALLOW_REPACK_CACHE`` that turn the repack cache off.
 _OFF = frozenset({"0", "off", "false", "no"})
@@ -48,12 +48,37 @@ class ModelInfo:
     repack_cache: Literal["hit", "written", "skipped", "off"]
 
 
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of a model's engine (``Model.stats()``), counted since it was loaded."""
+
+    #: Requests generating now, and requests submitted but not started yet.
+    active: int
+    queued: int
+    #: Requests that ended by a stop string or token, ``max_tokens`` or the context's end; that
+    #: were cancelled (before or after they started); that failed with an error.
+    finished: int
+    cancelled: int
+    failed: int
+    #: KV caches held by running requests, and how many may be (``max_sequences``).
+    kv_slots_in_use: int
+    kv_slots: int
+    #: Prompt tokens computed and tokens generated.
+    prompt_tokens: int
+    generated_tokens: int
+    #: Seconds spent computing, and generated tokens per second of it.
+    busy_seconds: float
+    tokens_per_second: float
+
+
 class Model:
     """A GGUF model loaded for generation.
 
     ``model`` is a path to a ``.gguf`` file or a catalog name (see ``tallow models``), which is
-    downloaded on first use. One ``Model`` may be shared by many threads and asyncio tasks:
-    requests queue on its engine thread, and the GIL is released while it computes.
+    downloaded on first use. One ``Model`` may be shared by many threads and asyncio tasks: its
+    engine thread runs up to ``max_sequences`` requests at once (default 8), batching their
+    tokens into one forward pass per step, and queues the rest; the GIL is released while it
+    computes. Each request gives the same text as it would alone.
 
     Weights are repacked at load into the layout this CPU's kernels read fastest. The repacked
     copies are kept in ``$TALLOW_HOME/repack`` (``~/.cache/tallow/repack``), so later loads of
@@ -74,10 +99,11 @@ class Model:
         n_ctx: int | None = None,
         allow_download: bool = True,
         repack_cache: bool | None = None,
+        max_sequences: int | None = None,
     ) -> None:
         if repack_cache is not None and not isinstance(repack_cache, bool):
             raise TypeError(f"repack_cache must be a bool or None, not {type(repack_cache).__name__}")
-        for name, value in (("n_threads", n_threads), ("n_ctx", n_ctx)):
+        for name, value in (("n_threads", n_threads), ("n_ctx", n_ctx), ("max_sequences", max_sequences)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
             if value is not None and value < 1:
@@ -86,11 +112,21 @@ class Model:
         if repack_cache is None:
             repack_cache = os.environ.get("TALLOW_REPACK_CACHE", "1").strip().lower() not in _OFF
         cache = str(repack_dir()) if repack_cache else None
-        self._model = _tallow.Model(str(self.path), n_threads=n_threads, n_ctx=n_ctx, repack_cache=cache)
+        self._model = _tallow.Model(
+            str(self.path), n_threads=n_threads, n_ctx=n_ctx, repack_cache=cache, max_sequences=max_sequences
+        )
         self.info: ModelInfo = ModelInfo(**self._model.info())
 
     def __repr__(self) -> str:
         return f"tallow.Model({str(self.path)!r}, architecture={self.info.architecture!r})"
+
+    def stats(self) -> EngineStats:
+        """What runs and waits now, and what ended, since the model was loaded.
+
+        >>> model.stats().active                                   # doctest: +SKIP
+        0
+        """
+        return EngineStats(**self._model.stats())
 
     # -- tokens ---------------------------------------------------------------------------
 

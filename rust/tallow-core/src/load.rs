@@ -41,6 +41,9 @@ pub struct LoadOptions {
     /// Directory of the repack cache (`quant/repack_cache.rs`); `None` repacks into memory on
     /// every load.
     pub repack_cache: Option<PathBuf>,
+    /// Requests generating at once (default [`DEFAULT_MAX_SEQUENCES`]); each holds a KV cache of
+    /// `n_ctx` positions while it runs.
+    pub max_sequences: Option<usize>,
 }
 
 pub struct LoadedModel {
@@ -54,9 +57,12 @@ pub struct LoadedModel {
 }
 
 pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
-    let LoadOptions { n_threads, n_ctx, repack_cache } = options.clone();
+    let LoadOptions { n_threads, n_ctx, repack_cache, max_sequences } = options.clone();
     if n_threads == Some(0) {
         return Err(Error::invalid("n_threads", "must be at least 1"));
+    }
+    if max_sequences == Some(0) {
+        return Err(Error::invalid("max_sequences", "must be at least 1"));
     }
     if n_ctx == Some(0) {
         return Err(Error::invalid("n_ctx", "must be at least 1"));
@@ -97,7 +103,8 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     let n_ctx_train = model.config().n_ctx_train;
     let n_ctx = n_ctx.unwrap_or_else(|| n_ctx_train.clamp(1, DEFAULT_N_CTX_CAP));
     let n_threads = n_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let config = EngineConfig { n_threads, n_ctx, n_batch: DEFAULT_N_BATCH, max_sequences: DEFAULT_MAX_SEQUENCES };
+    let max_sequences = max_sequences.unwrap_or(DEFAULT_MAX_SEQUENCES);
+    let config = EngineConfig { n_threads, n_ctx, n_batch: DEFAULT_N_BATCH, max_sequences };
     let engine = Engine::new(model, tokenizer, config)?;
     Ok(LoadedModel { engine, info, repack_cache, template })
 }

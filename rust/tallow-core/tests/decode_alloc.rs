@@ -190,7 +190,7 @@ impl EventSink for Recorder {
 /// `STEPS` tokens, the allocations since the previous token's event and whether its event
 /// carried text.
 fn engine_steps(file: &str, params: SamplingParams, stop: &[&str]) -> [(usize, bool); STEPS] {
-    let options = tallow_core::LoadOptions { n_threads: Some(N_THREADS), n_ctx: Some(N_CTX), repack_cache: None };
+    let options = tallow_core::LoadOptions { n_threads: Some(N_THREADS), n_ctx: Some(N_CTX), ..Default::default() };
     let loaded = tallow_core::load(&model_path(file), &options).expect("load model");
     let engine = &loaded.engine;
     let prompt = engine.prepare_prompt(&Prompt::Text { text: PROMPT.into(), add_bos: true, special: false }).unwrap();

@@ -11,7 +11,8 @@ use tallow_core::{load, LoadOptions, LoadedModel};
 
 fn model(file: &str) -> LoadedModel {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/.models").join(file);
-    let options = LoadOptions { n_threads: Some(2), n_ctx: Some(256), repack_cache: None };
+    let options =
+        LoadOptions { n_threads: Some(2), n_ctx: Some(256), max_sequences: Some(4), ..LoadOptions::default() };
     load(&path, &options).expect("load model")
 }
 
@@ -51,7 +52,7 @@ fn collect(rx: mpsc::Receiver<Event>) -> (Vec<u32>, FinishReason) {
 
 fn concurrent_equals_alone(file: &str) {
     let m = model(file);
-    let n = 12; // more than max_sequences (8): some wait for a slot
+    let n = 12; // more than max_sequences (4): some wait for a slot
     let alone: Vec<Vec<u32>> = (0..n)
         .map(|i| {
             let (prompt, params) = request(&m, i);
@@ -81,6 +82,12 @@ fn concurrent_equals_alone(file: &str) {
         assert_eq!(reason, FinishReason::Length, "{file}: request {i}");
         assert_eq!(ids, alone[i], "{file}: request {i} gave other tokens under load than alone");
     }
+    let stats = m.engine.stats();
+    let generated: usize = alone.iter().map(Vec::len).sum();
+    assert_eq!((stats.active, stats.queued, stats.kv_slots_in_use, stats.kv_slots), (0, 0, 0, 4), "{stats:?}");
+    assert_eq!((stats.finished, stats.cancelled, stats.failed), (2 * n as u64, 0, 0), "{stats:?}");
+    assert_eq!(stats.generated_tokens, 2 * generated as u64, "{stats:?}");
+    assert!(stats.prompt_tokens > 0 && stats.busy_seconds > 0.0 && stats.generated_per_second() > 0.0);
 }
 
 #[test]
@@ -130,4 +137,8 @@ fn cancelled_requests_stop_and_the_rest_finish() {
     drop(submit(&m, prompt.clone(), params.clone(), CancelToken::new()));
     let (ids, reason) = collect(submit(&m, prompt, GenerateParams { max_tokens: 4, ..params }, CancelToken::new()));
     assert_eq!((ids.len(), reason), (4, FinishReason::Length));
+    // Nothing left running or holding a cache.
+    let stats = m.engine.stats();
+    assert_eq!((stats.active, stats.queued, stats.kv_slots_in_use), (0, 0, 0), "{stats:?}");
+    assert_eq!((stats.finished, stats.cancelled, stats.failed), (2, 3, 0), "{stats:?}");
 }

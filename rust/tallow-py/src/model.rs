@@ -81,16 +81,18 @@ pub struct Model {
 #[pymethods]
 impl Model {
     #[new]
-    #[pyo3(signature = (path, n_threads = None, n_ctx = None, repack_cache = None))]
+    #[pyo3(signature = (path, n_threads = None, n_ctx = None, repack_cache = None, max_sequences = None))]
     fn new(
         py: Python<'_>,
         path: std::path::PathBuf,
         n_threads: Option<usize>,
         n_ctx: Option<usize>,
         repack_cache: Option<std::path::PathBuf>,
+        max_sequences: Option<usize>,
     ) -> PyResult<Self> {
         guard_detached(py, move || {
-            let loaded = tallow_core::load(&path, &tallow_core::LoadOptions { n_threads, n_ctx, repack_cache })?;
+            let options = tallow_core::LoadOptions { n_threads, n_ctx, repack_cache, max_sequences };
+            let loaded = tallow_core::load(&path, &options)?;
             let repack_cache = loaded.repack_cache.as_str();
             Ok(Model { engine: loaded.engine, info: loaded.info, repack_cache, template: loaded.template })
         })
@@ -110,6 +112,24 @@ impl Model {
         d.set_item("n_ctx", self.engine.config().n_ctx)?;
         d.set_item("n_threads", self.engine.config().n_threads)?;
         d.set_item("repack_cache", self.repack_cache)?;
+        Ok(d)
+    }
+
+    /// The engine's counters as a dict (wrapped into `tallow.EngineStats` by the Python layer).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.engine.stats();
+        let d = PyDict::new(py);
+        d.set_item("active", s.active)?;
+        d.set_item("queued", s.queued)?;
+        d.set_item("finished", s.finished)?;
+        d.set_item("cancelled", s.cancelled)?;
+        d.set_item("failed", s.failed)?;
+        d.set_item("kv_slots_in_use", s.kv_slots_in_use)?;
+        d.set_item("kv_slots", s.kv_slots)?;
+        d.set_item("prompt_tokens", s.prompt_tokens)?;
+        d.set_item("generated_tokens", s.generated_tokens)?;
+        d.set_item("busy_seconds", s.busy_seconds)?;
+        d.set_item("tokens_per_second", s.generated_per_second())?;
         Ok(d)
     }
 

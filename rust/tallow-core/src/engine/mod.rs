@@ -7,10 +7,12 @@ mod request;
 mod scheduler;
 mod sequence;
 mod session;
+mod stats;
 mod stop;
 
 pub use request::{CancelToken, Event, EventSink, FinishReason, GenerateParams, Prompt, Usage};
 pub use session::Session;
+pub use stats::EngineStats;
 pub use stop::{StopMatcher, StopOutcome};
 
 use crate::error::{Error, Result};
@@ -46,6 +48,7 @@ struct Shared {
     model: Arc<dyn Model>,
     tokenizer: Arc<Tokenizer>,
     config: EngineConfig,
+    counters: stats::Counters,
 }
 
 pub struct Engine {
@@ -66,7 +69,7 @@ impl Engine {
         }
         // One step holds a prompt chunk and a token of every other sequence.
         let scratch = model.new_scratch(config.n_batch + config.max_sequences)?;
-        let shared = Arc::new(Shared { model, tokenizer, config });
+        let shared = Arc::new(Shared { model, tokenizer, config, counters: stats::Counters::default() });
         let (tx, rx) = mpsc::channel::<Job>();
         let worker = shared.clone();
         std::thread::Builder::new()
@@ -116,7 +119,17 @@ impl Engine {
         job.params.sampling.validate()?;
         let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let tx = queue.as_ref().ok_or_else(|| Error::Internal("the engine is shut down".into()))?;
-        tx.send(job).map_err(|_| Error::Internal("the engine thread has stopped".into()))
+        let queued = &self.shared.counters.queued;
+        queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tx.send(job).map_err(|_| {
+            queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            Error::Internal("the engine thread has stopped".into())
+        })
+    }
+
+    /// What runs, what waits, and what ended, since the engine started.
+    pub fn stats(&self) -> EngineStats {
+        self.shared.counters.snapshot(self.shared.config.max_sequences)
     }
 
     /// Stops accepting jobs; the scheduler thread exits once the queue is drained.

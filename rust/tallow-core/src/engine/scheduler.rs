@@ -13,6 +13,7 @@
 
 use super::sequence::Sequence;
 use super::session::CachedSequence;
+use super::stats::Counters;
 use super::{Event, FinishReason, Job, Shared, Usage};
 use crate::error::{Error, Result};
 use crate::model::{ForwardScratch, SeqBatch};
@@ -20,7 +21,9 @@ use crate::sampler::Sampler;
 use crate::threadpool::ThreadPool;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Instant;
 
 /// Runs jobs from `rx` until the engine is dropped and every job has finished.
 pub(super) fn run_loop(shared: &Shared, scratch: ForwardScratch, rx: Receiver<Job>) {
@@ -64,6 +67,7 @@ pub(super) fn run_loop(shared: &Shared, scratch: ForwardScratch, rx: Receiver<Jo
                 .unwrap_or_else(|| "unknown panic".into());
             s.fail_all(&msg);
         }
+        shared.counters.active.store(s.active.len(), Relaxed);
     }
 }
 
@@ -92,10 +96,12 @@ struct Scheduler<'a> {
 impl Scheduler<'_> {
     /// Starts waiting jobs while there is room.
     fn admit(&mut self) {
-        let cfg = self.shared.config;
+        let (cfg, counters) = (self.shared.config, &self.shared.counters);
         while self.active.len() < cfg.max_sequences {
             let Some(job) = self.waiting.pop_front() else { break };
+            counters.queued.fetch_sub(1, Relaxed);
             if job.cancel.is_cancelled() {
+                Counters::add(&counters.cancelled, 1);
                 let usage = Usage { prompt_tokens: job.prompt.len(), ..Usage::default() };
                 let mut sink = job.sink;
                 sink.send(Event::Done { finish_reason: FinishReason::Cancelled, usage });
@@ -106,11 +112,13 @@ impl Scheduler<'_> {
             match started {
                 Ok((sampler, seq)) => self.active.push(Sequence::start(job, seq, sampler, cfg.n_ctx)),
                 Err(e) => {
+                    Counters::add(&counters.failed, 1);
                     let mut sink = job.sink;
                     sink.send(Event::Error(e));
                 }
             }
         }
+        counters.active.store(self.active.len(), Relaxed);
     }
 
     /// The cache `job` runs in: its session's, or the free one sharing the longest prefix
@@ -140,7 +148,8 @@ impl Scheduler<'_> {
 
     /// One batched forward and the sampling after it.
     fn step(&mut self) {
-        let cfg = self.shared.config;
+        let (cfg, counters) = (self.shared.config, &self.shared.counters);
+        let start = Instant::now();
         for (i, q) in self.active.iter().enumerate() {
             if q.job.cancel.is_cancelled() {
                 self.finished.push((i, Ok(FinishReason::Cancelled)));
@@ -169,13 +178,15 @@ impl Scheduler<'_> {
         self.batch = recycle(batch);
         match result {
             Ok(logits) => {
-                for &i in &self.in_batch {
-                    self.active[i].ran(cfg.n_batch);
-                }
+                let prompt: usize = self.in_batch.iter().map(|&i| self.active[i].ran(cfg.n_batch)).sum();
+                Counters::add(&counters.prompt_tokens, prompt as u64);
                 let n_vocab = self.shared.model.config().n_vocab;
                 for (&i, row) in self.with_logits.iter().zip(logits.chunks_exact(n_vocab)) {
                     let q = &mut self.active[i];
-                    match q.sample(row, &self.shared.tokenizer, &mut self.piece, cfg.n_ctx) {
+                    let before = q.n_gen();
+                    let outcome = q.sample(row, &self.shared.tokenizer, &mut self.piece, cfg.n_ctx);
+                    Counters::add(&counters.generated_tokens, (q.n_gen() - before) as u64);
+                    match outcome {
                         Ok(None) => {}
                         done => self.finished.push((i, done.map(|r| r.expect("finished")))),
                     }
@@ -188,17 +199,27 @@ impl Scheduler<'_> {
                 }
             }
         }
+        Counters::add(&counters.busy_ns, start.elapsed().as_nanos() as u64);
         self.retire();
     }
 
     /// Ends the sequences in `finished`, returning their caches.
     fn retire(&mut self) {
+        let counters = &self.shared.counters;
         self.finished.sort_unstable_by_key(|(i, _)| std::cmp::Reverse(*i));
         for (i, outcome) in self.finished.drain(..) {
             let q = self.active.remove(i);
+            // Counted before `Done` goes out, so a caller that has it sees the counts.
+            counters.active.store(self.active.len(), Relaxed);
             let seq = match outcome {
-                Ok(reason) => q.finish(reason),
+                Ok(reason) => {
+                    let counter =
+                        if reason == FinishReason::Cancelled { &counters.cancelled } else { &counters.finished };
+                    Counters::add(counter, 1);
+                    q.finish(reason)
+                }
                 Err(e) => {
+                    Counters::add(&counters.failed, 1);
                     let Sequence { mut job, seq, .. } = q;
                     job.sink.send(Event::Error(e));
                     match &job.session {
@@ -219,6 +240,8 @@ impl Scheduler<'_> {
     fn fail_all(&mut self, msg: &str) {
         self.finished.clear();
         self.batch = Vec::new();
+        Counters::add(&self.shared.counters.failed, self.active.len() as u64);
+        self.shared.counters.active.store(0, Relaxed);
         for q in self.active.drain(..) {
             let Sequence { mut job, .. } = q;
             if job.session.is_none() {

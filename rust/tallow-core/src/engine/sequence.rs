@@ -72,17 +72,28 @@ impl Sequence {
         }
     }
 
-    /// Records that the tokens of [`Self::next`] ran (the cache advanced past them).
-    pub(super) fn ran(&mut self, n_batch: usize) {
+    /// Records that the tokens of [`Self::next`] ran (the cache advanced past them); returns
+    /// how many of them were prompt tokens.
+    pub(super) fn ran(&mut self, n_batch: usize) -> usize {
         match &mut self.phase {
             Phase::Prefill { next } => {
                 let prompt = &self.job.prompt;
                 let end = (*next + n_batch).min(prompt.len());
                 self.seq.tokens.extend_from_slice(&prompt[*next..end]);
+                let n = end - *next;
                 *next = end;
+                n
             }
-            Phase::Decode { token } => self.seq.tokens.push(token[0]),
+            Phase::Decode { token } => {
+                self.seq.tokens.push(token[0]);
+                0
+            }
         }
+    }
+
+    /// Tokens sampled so far.
+    pub(super) fn n_gen(&self) -> usize {
+        self.n_gen
     }
 
     /// Samples from `logits` (the last token's), sends the token's event, and says whether
