@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import time
 
+import pytest
 import tallow
 
 
@@ -67,3 +68,23 @@ async def test_concurrent_tasks_share_one_model(smollm2: tallow.Model) -> None:
     expected = [smollm2.generate(p, max_tokens=10, temperature=0) for p in prompts]
     got = await asyncio.gather(*(smollm2.agenerate(p, max_tokens=10, temperature=0) for p in prompts * 2))
     assert list(got) == expected * 2
+
+
+async def test_a_task_waits_for_room_without_blocking_the_loop(smollm2_path: object) -> None:
+    model = tallow.Model(smollm2_path, n_threads=2, n_ctx=256, max_sequences=1, max_queue=1)  # type: ignore[arg-type]
+    running = model.astream("Once upon a time", max_tokens=200, temperature=0)
+    await running.__anext__()
+    queued = model.astream("Hello", max_tokens=200, temperature=0)
+    with pytest.raises(tallow.OverloadedError):
+        await model.agenerate("Hi", max_tokens=2)
+    waiter = asyncio.create_task(model.agenerate("Hi", max_tokens=2, temperature=0, timeout=60))
+    ticks = 0
+    for _ in range(10):  # the loop runs while the task waits for room
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert not waiter.done() and ticks == 10
+    await running.aclose()
+    await queued.aclose()
+    del queued  # never started: dropping its stream is what cancels it
+    assert isinstance(await asyncio.wait_for(waiter, timeout=60), str)
+    assert model.stats().active == 0

@@ -190,3 +190,24 @@ def test_stats_count_a_stream_left_early(smollm2_path: object) -> None:
     stats = model.stats()
     assert (stats.active, stats.queued, stats.kv_slots_in_use) == (0, 0, 0), stats
     assert (stats.finished, stats.cancelled) == (1, 1), stats
+
+
+def test_a_full_model_raises_overloaded_or_waits(smollm2_path: object) -> None:
+    model = tallow.Model(smollm2_path, n_threads=2, n_ctx=256, max_sequences=1, max_queue=1)  # type: ignore[arg-type]
+    running = model.stream("Once upon a time", max_tokens=200, temperature=0)
+    next(running)  # generating
+    waiting = model.stream("Hello", max_tokens=200, temperature=0)  # queued
+    with pytest.raises(tallow.OverloadedError, match="max_queue"):
+        model.generate("Hi", max_tokens=2)
+    with pytest.raises(tallow.OverloadedError):
+        model.generate("Hi", max_tokens=2, timeout=0.05)
+    for bad, error in ((-1, ValueError), (float("nan"), ValueError), ("1", TypeError)):
+        with pytest.raises(error, match="timeout"):
+            model.generate("Hi", max_tokens=2, timeout=bad)  # type: ignore[arg-type]
+    running.close()
+    waiting.close()
+    del waiting  # never started: dropping its stream is what cancels it
+    # Both ended: a request that waits gets in.
+    assert isinstance(model.generate("Hi", max_tokens=2, temperature=0, timeout=60), str)
+    stats = model.stats()
+    assert (stats.active, stats.queued, stats.cancelled) == (0, 0, 2), stats

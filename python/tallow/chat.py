@@ -88,11 +88,12 @@ class Chat:
         self, message: str, *, max_tokens: int = 512, **options: Unpack[SamplingOptions]
     ) -> AsyncIterator[str]:
         """Async version of ``stream``."""
-        from .model import _aiterate
+        from .model import _aiterate, _start_in_loop
 
         parts: list[str] = []
         try:
-            async for text in _aiterate(self._start(message, max_tokens, options)):
+            start = _start_in_loop(lambda o: self._start(message, max_tokens, o), options)
+            async for text in _aiterate(start):
                 parts.append(text)
                 yield text
         finally:

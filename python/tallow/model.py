@@ -6,14 +6,15 @@ import asyncio
 import functools
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from . import _tallow
 from .catalog import repack_dir, resolve_model
-from .sampling import SamplingOptions, build_options
+from .errors import OverloadedError
+from .sampling import SamplingOptions, build_options, check_timeout
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -77,8 +78,10 @@ class Model:
     ``model`` is a path to a ``.gguf`` file or a catalog name (see ``tallow models``), which is
     downloaded on first use. One ``Model`` may be shared by many threads and asyncio tasks: its
     engine thread runs up to ``max_sequences`` requests at once (default 8), batching their
-    tokens into one forward pass per step, and queues the rest; the GIL is released while it
-    computes. Each request gives the same text as it would alone.
+    tokens into one forward pass per step, and queues up to ``max_queue`` more (default 256);
+    past that a request raises ``OverloadedError``, or waits for room when given a
+    ``timeout``. The GIL is released while it computes. Each request gives the same text as it
+    would alone.
 
     Weights are repacked at load into the layout this CPU's kernels read fastest. The repacked
     copies are kept in ``$TALLOW_HOME/repack`` (``~/.cache/tallow/repack``), so later loads of
@@ -100,10 +103,17 @@ class Model:
         allow_download: bool = True,
         repack_cache: bool | None = None,
         max_sequences: int | None = None,
+        max_queue: int | None = None,
     ) -> None:
         if repack_cache is not None and not isinstance(repack_cache, bool):
             raise TypeError(f"repack_cache must be a bool or None, not {type(repack_cache).__name__}")
-        for name, value in (("n_threads", n_threads), ("n_ctx", n_ctx), ("max_sequences", max_sequences)):
+        sizes = {
+            "n_threads": n_threads,
+            "n_ctx": n_ctx,
+            "max_sequences": max_sequences,
+            "max_queue": max_queue,
+        }
+        for name, value in sizes.items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
             if value is not None and value < 1:
@@ -113,7 +123,12 @@ class Model:
             repack_cache = os.environ.get("TALLOW_REPACK_CACHE", "1").strip().lower() not in _OFF
         cache = str(repack_dir()) if repack_cache else None
         self._model = _tallow.Model(
-            str(self.path), n_threads=n_threads, n_ctx=n_ctx, repack_cache=cache, max_sequences=max_sequences
+            str(self.path),
+            n_threads=n_threads,
+            n_ctx=n_ctx,
+            repack_cache=cache,
+            max_sequences=max_sequences,
+            max_queue=max_queue,
         )
         self.info: ModelInfo = ModelInfo(**self._model.info())
 
@@ -175,9 +190,10 @@ class Model:
     def astream(
         self, prompt: str, *, max_tokens: int = 256, **options: Unpack[SamplingOptions]
     ) -> AsyncIterator[str]:
-        """Async version of ``stream``: the event loop keeps running while the engine computes.
-        Cancelling the task (or ``aclose()``) stops the generation."""
-        return _aiterate(self._start(prompt, max_tokens, options))
+        """Async version of ``stream``: the event loop keeps running while the engine computes
+        (and while a request with a ``timeout`` waits for room). Cancelling the task (or
+        ``aclose()``) stops the generation."""
+        return _aiterate(_start_in_loop(lambda o: self._start(prompt, max_tokens, o), options))
 
     async def agenerate(
         self, prompt: str, *, max_tokens: int = 256, **options: Unpack[SamplingOptions]
@@ -194,6 +210,37 @@ class Model:
         return Chat(self, system=system)
 
 
+def _start_in_loop(
+    start: Callable[[SamplingOptions], _tallow.Stream], options: SamplingOptions
+) -> _tallow.Stream | Callable[[], Awaitable[_tallow.Stream]]:
+    """Starts a generation from async code without blocking the event loop: now, or, when the
+    engine is full and ``options`` has a ``timeout``, a coroutine function that waits for room
+    with ``asyncio.sleep`` and then starts it (``OverloadedError`` once the time is up)."""
+    timeout = check_timeout(options.get("timeout"))
+    now = options.copy()
+    now["timeout"] = None
+    try:
+        return start(now)
+    except OverloadedError:
+        if not timeout:
+            raise
+    limit: float = timeout
+
+    async def wait() -> _tallow.Stream:
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + limit, 0.005
+        while True:
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+            try:
+                return start(now)
+            except OverloadedError:
+                if loop.time() >= deadline:
+                    raise
+                delay = min(2 * delay, 0.1)
+
+    return wait
+
+
 def _iterate(stream: _tallow.Stream) -> Iterator[str]:
     try:
         for text, _token in stream:
@@ -203,7 +250,8 @@ def _iterate(stream: _tallow.Stream) -> Iterator[str]:
         stream.cancel()
 
 
-async def _aiterate(stream: _tallow.Stream) -> AsyncIterator[str]:
+async def _aiterate(start: _tallow.Stream | Callable[[], Awaitable[_tallow.Stream]]) -> AsyncIterator[str]:
+    stream = start if isinstance(start, _tallow.Stream) else await start()
     loop = asyncio.get_running_loop()
     try:
         while True:

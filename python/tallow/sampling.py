@@ -11,7 +11,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     from typing_extensions import NotRequired
 
-__all__ = ["DEFAULTS", "SamplingOptions", "build_options"]
+__all__ = ["DEFAULTS", "SamplingOptions", "build_options", "check_timeout"]
 
 
 class SamplingOptions(TypedDict):
@@ -31,6 +31,9 @@ class SamplingOptions(TypedDict):
     presence_penalty: NotRequired[float]
     seed: NotRequired[int | None]
     stop: NotRequired[str | list[str] | None]
+    #: Seconds to wait for room when the model's engine is full (``max_sequences`` running and
+    #: ``max_queue`` waiting); ``None`` raises ``OverloadedError`` at once.
+    timeout: NotRequired[float | None]
 
 
 DEFAULTS: dict[str, Any] = {
@@ -44,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "presence_penalty": 0.0,
     "seed": None,
     "stop": None,
+    "timeout": None,
 }
 
 _FLOATS = ("temperature", "top_p", "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty")
@@ -89,6 +93,18 @@ def build_options(max_tokens: int, options: SamplingOptions, *, ignore_eos: bool
         merged["stop"] = list(stop)
     else:
         raise TypeError("stop must be a string or a list of strings")
+    merged["timeout"] = check_timeout(merged["timeout"])
     merged["max_tokens"] = max_tokens
     merged["ignore_eos"] = ignore_eos
     return merged
+
+
+def check_timeout(timeout: object) -> float | None:
+    """``timeout`` as float seconds (or None), or the error a bad value deserves."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    if not 0 <= timeout < math.inf:
+        raise ValueError(f"invalid value for 'timeout': must be a finite number >= 0, got {timeout}")
+    return float(timeout)

@@ -20,6 +20,8 @@ pub const DEFAULT_N_CTX_CAP: usize = 4096;
 pub const DEFAULT_N_BATCH: usize = 512;
 /// Requests generating at once when the caller gives no `max_sequences`.
 pub const DEFAULT_MAX_SEQUENCES: usize = 8;
+/// Requests that may wait for a sequence when the caller gives no `max_queue`.
+pub const DEFAULT_MAX_QUEUE: usize = 256;
 
 /// Gemma's turn format, for Gemma files that ship without `tokenizer.chat_template` (the
 /// catalog's gemma3-270m is one). System text is folded into the first user turn, as Gemma's
@@ -44,6 +46,9 @@ pub struct LoadOptions {
     /// Requests generating at once (default [`DEFAULT_MAX_SEQUENCES`]); each holds a KV cache of
     /// `n_ctx` positions while it runs.
     pub max_sequences: Option<usize>,
+    /// Requests that may wait for a sequence (default [`DEFAULT_MAX_QUEUE`]); past that,
+    /// requests fail with `Overloaded` unless they wait for room.
+    pub max_queue: Option<usize>,
 }
 
 pub struct LoadedModel {
@@ -57,7 +62,7 @@ pub struct LoadedModel {
 }
 
 pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
-    let LoadOptions { n_threads, n_ctx, repack_cache, max_sequences } = options.clone();
+    let LoadOptions { n_threads, n_ctx, repack_cache, max_sequences, max_queue } = options.clone();
     if n_threads == Some(0) {
         return Err(Error::invalid("n_threads", "must be at least 1"));
     }
@@ -104,7 +109,8 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     let n_ctx = n_ctx.unwrap_or_else(|| n_ctx_train.clamp(1, DEFAULT_N_CTX_CAP));
     let n_threads = n_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let max_sequences = max_sequences.unwrap_or(DEFAULT_MAX_SEQUENCES);
-    let config = EngineConfig { n_threads, n_ctx, n_batch: DEFAULT_N_BATCH, max_sequences };
+    let max_queue = max_queue.unwrap_or(DEFAULT_MAX_QUEUE);
+    let config = EngineConfig { n_threads, n_ctx, n_batch: DEFAULT_N_BATCH, max_sequences, max_queue };
     let engine = Engine::new(model, tokenizer, config)?;
     Ok(LoadedModel { engine, info, repack_cache, template })
 }

@@ -142,3 +142,59 @@ fn cancelled_requests_stop_and_the_rest_finish() {
     assert_eq!((stats.active, stats.queued, stats.kv_slots_in_use), (0, 0, 0), "{stats:?}");
     assert_eq!((stats.finished, stats.cancelled, stats.failed), (2, 3, 0), "{stats:?}");
 }
+
+#[test]
+fn a_full_engine_refuses_or_waits_for_room() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/.models/smollm2-135m-q4_1.gguf");
+    let options = LoadOptions {
+        n_threads: Some(2),
+        n_ctx: Some(256),
+        max_sequences: Some(1),
+        max_queue: Some(1),
+        ..LoadOptions::default()
+    };
+    let m = load(&path, &options).expect("load model");
+    let (prompt, mut params) = request(&m, 0);
+    params.max_tokens = 200;
+    let job = |cancel: CancelToken, sink: mpsc::Sender<Event>| Job {
+        prompt: prompt.clone(),
+        params: params.clone(),
+        session: None,
+        cancel,
+        sink: Box::new(sink),
+    };
+    // One running, one waiting: the engine is full.
+    let (running, waiting) = (CancelToken::new(), CancelToken::new());
+    let (tx_a, rx_a) = mpsc::channel();
+    m.engine.submit(job(running.clone(), tx_a)).unwrap();
+    assert!(matches!(rx_a.recv().unwrap(), Event::Token { .. }), "the first request runs");
+    let (tx_b, rx_b) = mpsc::channel();
+    m.engine.submit(job(waiting.clone(), tx_b)).unwrap();
+    let (tx, _rx) = mpsc::channel();
+    assert!(matches!(m.engine.submit(job(CancelToken::new(), tx.clone())), Err(tallow_core::Error::Overloaded(_))));
+    let t0 = std::time::Instant::now();
+    let short = Some(std::time::Duration::from_millis(100));
+    assert!(matches!(m.engine.submit_wait(job(CancelToken::new(), tx), short), Err(tallow_core::Error::Overloaded(_))));
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(100), "waited for room until the timeout");
+    let stats = m.engine.stats();
+    assert_eq!((stats.active, stats.queued), (1, 1), "{stats:?}");
+    // Room appears when the running request ends and the waiting one starts: a request that
+    // waits gets in.
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let (tx, rx) = mpsc::channel();
+            let mut quick = job(CancelToken::new(), tx);
+            quick.params.max_tokens = 3;
+            m.engine.submit_wait(quick, Some(std::time::Duration::from_secs(60))).map(|()| collect(rx))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        running.cancel();
+        waiting.cancel();
+        let (ids, reason) = waiter.join().unwrap().expect("got in once there was room");
+        assert_eq!((ids.len(), reason), (3, FinishReason::Length));
+    });
+    assert_eq!(collect(rx_a).1, FinishReason::Cancelled);
+    assert_eq!(collect(rx_b).1, FinishReason::Cancelled);
+    let stats = m.engine.stats();
+    assert_eq!((stats.active, stats.queued, stats.finished, stats.cancelled), (0, 0, 1, 2), "{stats:?}");
+}

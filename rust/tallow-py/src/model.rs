@@ -26,6 +26,8 @@ pub struct PyGenerateOptions {
     seed: Option<u64>,
     stop: Vec<String>,
     ignore_eos: bool,
+    /// Seconds to wait for room when the engine is full (`None`: fail at once).
+    timeout: Option<f64>,
 }
 
 impl PyGenerateOptions {
@@ -81,7 +83,7 @@ pub struct Model {
 #[pymethods]
 impl Model {
     #[new]
-    #[pyo3(signature = (path, n_threads = None, n_ctx = None, repack_cache = None, max_sequences = None))]
+    #[pyo3(signature = (path, n_threads = None, n_ctx = None, repack_cache = None, max_sequences = None, max_queue = None))]
     fn new(
         py: Python<'_>,
         path: std::path::PathBuf,
@@ -89,9 +91,10 @@ impl Model {
         n_ctx: Option<usize>,
         repack_cache: Option<std::path::PathBuf>,
         max_sequences: Option<usize>,
+        max_queue: Option<usize>,
     ) -> PyResult<Self> {
         guard_detached(py, move || {
-            let options = tallow_core::LoadOptions { n_threads, n_ctx, repack_cache, max_sequences };
+            let options = tallow_core::LoadOptions { n_threads, n_ctx, repack_cache, max_sequences, max_queue };
             let loaded = tallow_core::load(&path, &options)?;
             let repack_cache = loaded.repack_cache.as_str();
             Ok(Model { engine: loaded.engine, info: loaded.info, repack_cache, template: loaded.template })
@@ -180,6 +183,8 @@ impl Model {
         special: bool,
         session: Option<&ChatSession>,
     ) -> PyResult<Stream> {
+        // Checked by the Python layer: finite and >= 0.
+        let timeout = options.timeout.map(std::time::Duration::from_secs_f64);
         let params = options.into_params();
         let session = session.map(|s| s.inner.clone());
         let prompt = Prompt::Text { text: prompt.to_owned(), add_bos, special };
@@ -188,7 +193,7 @@ impl Model {
         let engine = &self.engine;
         guard_detached(py, move || {
             let tokens = engine.prepare_prompt(&prompt)?;
-            engine.submit(Job { prompt: tokens, params, session, cancel, sink: Box::new(sink) })
+            engine.submit_wait(Job { prompt: tokens, params, session, cancel, sink: Box::new(sink) }, timeout)
         })?;
         Ok(stream)
     }

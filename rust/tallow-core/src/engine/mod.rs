@@ -18,8 +18,10 @@ pub use stop::{StopMatcher, StopOutcome};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -31,6 +33,10 @@ pub struct EngineConfig {
     pub n_batch: usize,
     /// Sequences generating at once (each with a KV cache of `n_ctx`); more requests wait.
     pub max_sequences: usize,
+    /// Requests that may wait for a sequence; past that (`max_sequences` running and
+    /// `max_queue` waiting), `submit` fails with `Overloaded` or waits for room, up to the
+    /// caller's timeout.
+    pub max_queue: usize,
 }
 
 /// One submitted generation.
@@ -49,6 +55,9 @@ struct Shared {
     tokenizer: Arc<Tokenizer>,
     config: EngineConfig,
     counters: stats::Counters,
+    /// Signalled when a request ends or a queued one starts; the mutex orders a submitter's
+    /// check of the counters against it.
+    room: (Mutex<()>, Condvar),
 }
 
 pub struct Engine {
@@ -67,9 +76,18 @@ impl Engine {
         if config.max_sequences == 0 {
             return Err(Error::invalid("max_sequences", "must be at least 1"));
         }
+        if config.max_queue == 0 {
+            return Err(Error::invalid("max_queue", "must be at least 1"));
+        }
         // One step holds a prompt chunk and a token of every other sequence.
         let scratch = model.new_scratch(config.n_batch + config.max_sequences)?;
-        let shared = Arc::new(Shared { model, tokenizer, config, counters: stats::Counters::default() });
+        let shared = Arc::new(Shared {
+            model,
+            tokenizer,
+            config,
+            counters: stats::Counters::default(),
+            room: (Mutex::new(()), Condvar::new()),
+        });
         let (tx, rx) = mpsc::channel::<Job>();
         let worker = shared.clone();
         std::thread::Builder::new()
@@ -114,17 +132,41 @@ impl Engine {
         Ok(tokens)
     }
 
-    /// Queues a job. Its events arrive on `job.sink`; errors found before queueing are returned.
+    /// Queues a job. Its events arrive on `job.sink`; errors found before queueing are returned,
+    /// `Overloaded` among them when `max_queue` requests are already waiting.
     pub fn submit(&self, job: Job) -> Result<()> {
+        self.submit_wait(job, None)
+    }
+
+    /// [`Engine::submit`], waiting up to `timeout` for room when the queue is full.
+    pub fn submit_wait(&self, job: Job, timeout: Option<Duration>) -> Result<()> {
         job.params.sampling.validate()?;
+        let cfg = self.shared.config;
+        let (active, queued) = (&self.shared.counters.active, &self.shared.counters.queued);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let (lock, cvar) = &self.shared.room;
+        let mut room = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while active.load(Relaxed) + queued.load(Relaxed) >= cfg.max_sequences + cfg.max_queue {
+            let left = deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(Instant::now()));
+            if left.is_zero() {
+                return Err(Error::Overloaded(format!(
+                    "{} requests are running and {} waiting for this model (max_sequences, max_queue); \
+                     retry later, or pass a timeout to wait for room",
+                    cfg.max_sequences, cfg.max_queue
+                )));
+            }
+            room = cvar.wait_timeout(room, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        queued.fetch_add(1, Relaxed);
+        drop(room);
         let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = queue.as_ref().ok_or_else(|| Error::Internal("the engine is shut down".into()))?;
-        let queued = &self.shared.counters.queued;
-        queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tx.send(job).map_err(|_| {
-            queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            Error::Internal("the engine thread has stopped".into())
-        })
+        let sent = queue.as_ref().map(|tx| tx.send(job).is_ok());
+        if sent != Some(true) {
+            queued.fetch_sub(1, Relaxed);
+            let why = if sent.is_none() { "the engine is shut down" } else { "the engine thread has stopped" };
+            return Err(Error::Internal(why.into()));
+        }
+        Ok(())
     }
 
     /// What runs, what waits, and what ended, since the engine started.

@@ -67,7 +67,6 @@ pub(super) fn run_loop(shared: &Shared, scratch: ForwardScratch, rx: Receiver<Jo
                 .unwrap_or_else(|| "unknown panic".into());
             s.fail_all(&msg);
         }
-        shared.counters.active.store(s.active.len(), Relaxed);
     }
 }
 
@@ -99,8 +98,11 @@ impl Scheduler<'_> {
         let (cfg, counters) = (self.shared.config, &self.shared.counters);
         while self.active.len() < cfg.max_sequences {
             let Some(job) = self.waiting.pop_front() else { break };
+            // Running from here on (it may still fail to start; `active` is set right below).
             counters.queued.fetch_sub(1, Relaxed);
+            counters.active.fetch_add(1, Relaxed);
             if job.cancel.is_cancelled() {
+                counters.active.fetch_sub(1, Relaxed);
                 Counters::add(&counters.cancelled, 1);
                 let usage = Usage { prompt_tokens: job.prompt.len(), ..Usage::default() };
                 let mut sink = job.sink;
@@ -112,13 +114,14 @@ impl Scheduler<'_> {
             match started {
                 Ok((sampler, seq)) => self.active.push(Sequence::start(job, seq, sampler, cfg.n_ctx)),
                 Err(e) => {
+                    counters.active.fetch_sub(1, Relaxed);
                     Counters::add(&counters.failed, 1);
                     let mut sink = job.sink;
                     sink.send(Event::Error(e));
                 }
             }
         }
-        counters.active.store(self.active.len(), Relaxed);
+        set_active(self.shared, self.active.len());
     }
 
     /// The cache `job` runs in: its session's, or the free one sharing the longest prefix
@@ -210,7 +213,7 @@ impl Scheduler<'_> {
         for (i, outcome) in self.finished.drain(..) {
             let q = self.active.remove(i);
             // Counted before `Done` goes out, so a caller that has it sees the counts.
-            counters.active.store(self.active.len(), Relaxed);
+            set_active(self.shared, self.active.len());
             let seq = match outcome {
                 Ok(reason) => {
                     let counter =
@@ -241,8 +244,9 @@ impl Scheduler<'_> {
         self.finished.clear();
         self.batch = Vec::new();
         Counters::add(&self.shared.counters.failed, self.active.len() as u64);
-        self.shared.counters.active.store(0, Relaxed);
-        for q in self.active.drain(..) {
+        let failed: Vec<Sequence> = self.active.drain(..).collect();
+        set_active(self.shared, self.active.len());
+        for q in failed {
             let Sequence { mut job, .. } = q;
             if job.session.is_none() {
                 self.n_caches -= 1;
@@ -258,4 +262,12 @@ fn recycle<'b>(mut v: Vec<SeqBatch<'_>>) -> Vec<SeqBatch<'b>> {
     v.clear();
     // Collected in place (same layout): no allocation.
     v.into_iter().map(|_| unreachable!("empty")).collect()
+}
+
+/// Publishes the number of running sequences and wakes a submitter waiting for room. Under the
+/// lock, so a submitter between its check and its wait cannot miss it.
+fn set_active(shared: &Shared, n: usize) {
+    let _room = shared.room.0.lock().unwrap_or_else(|e| e.into_inner());
+    shared.counters.active.store(n, Relaxed);
+    shared.room.1.notify_one();
 }
