@@ -88,3 +88,27 @@ async def test_a_task_waits_for_room_without_blocking_the_loop(smollm2_path: obj
     del queued  # never started: dropping its stream is what cancels it
     assert isinstance(await asyncio.wait_for(waiter, timeout=60), str)
     assert model.stats().active == 0
+
+
+async def test_ticker_jitter_with_16_streams(smollm2: tallow.Model) -> None:
+    """A 10 ms ticker keeps its rhythm while 16 streams generate at once: the streams' tokens
+    reach the loop through call_soon_threadsafe, and nothing in tallow's async path blocks it."""
+    ticks: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(ticker())
+    prompts = [f"Story number {i}: once upon a time" for i in range(16)]
+    outs = await asyncio.gather(*(smollm2.agenerate(p, max_tokens=48, temperature=0) for p in prompts))
+    done.set()
+    await task
+    assert all(outs)
+    jitter = sorted(b - a - 0.01 for a, b in itertools.pairwise(ticks))
+    p99 = jitter[int(0.99 * (len(jitter) - 1))]
+    msg = f"ticker jitter p99 {p99 * 1000:.1f} ms, max {jitter[-1] * 1000:.1f} ms over {len(jitter)} ticks"
+    print(msg)
+    assert len(jitter) > 20 and p99 < 0.020, msg

@@ -211,3 +211,18 @@ def test_a_full_model_raises_overloaded_or_waits(smollm2_path: object) -> None:
     assert isinstance(model.generate("Hi", max_tokens=2, temperature=0, timeout=60), str)
     stats = model.stats()
     assert (stats.active, stats.queued, stats.cancelled) == (0, 0, 2), stats
+
+
+def test_ten_thousand_abandoned_streams_leak_nothing(smollm2_path: object) -> None:
+    """Streams dropped without being read are cancelled (queued or running) and free their
+    slots; the model then serves the next request."""
+    model = tallow.Model(smollm2_path, n_threads=2, n_ctx=256)  # type: ignore[arg-type]
+    for i in range(10_000):
+        stream = model.stream(f"Story {i % 7}:", max_tokens=50, temperature=0, timeout=60)
+        if i % 1000 == 0:
+            next(stream)  # some get to run first
+        del stream
+    assert model.generate("Hi", max_tokens=3, temperature=0, timeout=60) is not None
+    stats = model.stats()
+    assert (stats.active, stats.queued, stats.kv_slots_in_use) == (0, 0, 0), stats
+    assert (stats.cancelled, stats.finished, stats.failed) == (10_000, 1, 0), stats
