@@ -226,3 +226,48 @@ def test_ten_thousand_abandoned_streams_leak_nothing(smollm2_path: object) -> No
     stats = model.stats()
     assert (stats.active, stats.queued, stats.kv_slots_in_use) == (0, 0, 0), stats
     assert (stats.cancelled, stats.finished, stats.failed) == (10_000, 1, 0), stats
+
+
+_SIGINT_CHILD = """
+import sys, time, tallow
+model = tallow.Model(sys.argv[1], n_threads=2, n_ctx=2048)
+other = model.stream("Once upon a time", max_tokens=1500, temperature=0)  # a second request, running
+next(other)
+print("ready", flush=True)
+try:
+    model.generate("Count from 1 to 1000, separated by commas.", max_tokens=1500, temperature=0)
+    print("finished?!", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+other.close()
+deadline = time.monotonic() + 10
+while model.stats().active and time.monotonic() < deadline:
+    time.sleep(0.01)
+s = model.stats()
+print("stats", s.active, s.queued, s.kv_slots_in_use, s.cancelled, flush=True)
+print("next", repr(model.generate("Hi", max_tokens=3, temperature=0)), flush=True)
+"""
+
+
+def test_ctrl_c_during_generate_cancels_only_that_request(smollm2_path: object) -> None:
+    """SIGINT while `generate` blocks raises KeyboardInterrupt in the caller, cancels that
+    request (and nothing else that was not asked to stop), and leaves the model ready."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SIGINT_CHILD, str(smollm2_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.5)  # generating
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "interrupted", out
+    assert lines[1] == "stats 0 0 0 2", out
+    assert lines[2].startswith("next '"), out
