@@ -271,3 +271,43 @@ def test_ctrl_c_during_generate_cancels_only_that_request(smollm2_path: object) 
     assert lines[0] == "interrupted", out
     assert lines[1] == "stats 0 0 0 2", out
     assert lines[2].startswith("next '"), out
+
+
+_SIGINT_WAITING_CHILD = """
+import sys, time, tallow
+model = tallow.Model(sys.argv[1], n_threads=2, n_ctx=512, max_sequences=1, max_queue=1)
+running = model.stream("Once upon a time", max_tokens=400, temperature=0)
+next(running)
+waiting = model.stream("Hello", max_tokens=400, temperature=0)
+print("ready", flush=True)
+start = time.monotonic()
+try:
+    model.generate("Hi", max_tokens=3, timeout=60)
+    print("got in?!", flush=True)
+except KeyboardInterrupt:
+    print("interrupted after", round(time.monotonic() - start, 1), flush=True)
+s = model.stats()
+print("stats", s.active, s.queued, flush=True)
+"""
+
+
+def test_ctrl_c_while_waiting_for_room(smollm2_path: object) -> None:
+    """A request waiting for room (timeout=60) stops waiting at Ctrl-C, not at its timeout."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SIGINT_WAITING_CHILD, str(smollm2_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("interrupted after ") and float(lines[0].split()[-1]) < 10, out
+    assert lines[1] == "stats 1 1", out  # the running and the queued requests go on

@@ -191,10 +191,26 @@ impl Model {
         let (stream, sink) = new_pair();
         let cancel = stream_cancel(&sink);
         let engine = &self.engine;
-        guard_detached(py, move || {
+        // Ctrl-C while waiting for room: checked every `WAIT_POLL`, raised once the wait ends.
+        let interrupt: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+        let slot = &interrupt;
+        let submitted = guard_detached(py, move || {
             let tokens = engine.prepare_prompt(&prompt)?;
-            engine.submit_wait(Job { prompt: tokens, params, session, cancel, sink: Box::new(sink) }, timeout)
-        })?;
+            let job = Job { prompt: tokens, params, session, cancel, sink: Box::new(sink) };
+            engine.submit_wait_while(job, timeout, || {
+                Python::attach(|py| match py.check_signals() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                        false
+                    }
+                })
+            })
+        });
+        if let Some(e) = interrupt.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
+        }
+        submitted?;
         Ok(stream)
     }
 }

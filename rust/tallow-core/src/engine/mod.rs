@@ -140,22 +140,44 @@ impl Engine {
 
     /// [`Engine::submit`], waiting up to `timeout` for room when the queue is full.
     pub fn submit_wait(&self, job: Job, timeout: Option<Duration>) -> Result<()> {
+        self.submit_wait_while(job, timeout, || true)
+    }
+
+    /// [`Engine::submit_wait`] that also gives up waiting when `keep_waiting` (asked every
+    /// [`WAIT_POLL`], the engine unlocked) says so: the Python bindings check for Ctrl-C there.
+    pub fn submit_wait_while(
+        &self,
+        job: Job,
+        timeout: Option<Duration>,
+        mut keep_waiting: impl FnMut() -> bool,
+    ) -> Result<()> {
         job.params.sampling.validate()?;
         let cfg = self.shared.config;
         let (active, queued) = (&self.shared.counters.active, &self.shared.counters.queued);
         let deadline = timeout.map(|t| Instant::now() + t);
         let (lock, cvar) = &self.shared.room;
+        let full = || active.load(Relaxed) + queued.load(Relaxed) >= cfg.max_sequences + cfg.max_queue;
         let mut room = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while active.load(Relaxed) + queued.load(Relaxed) >= cfg.max_sequences + cfg.max_queue {
+        while full() {
             let left = deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(Instant::now()));
-            if left.is_zero() {
-                return Err(Error::Overloaded(format!(
-                    "{} requests are running and {} waiting for this model (max_sequences, max_queue); \
-                     retry later, or pass a timeout to wait for room",
-                    cfg.max_sequences, cfg.max_queue
-                )));
+            if !left.is_zero() {
+                room = cvar.wait_timeout(room, left.min(WAIT_POLL)).unwrap_or_else(|e| e.into_inner()).0;
+                if !full() {
+                    break;
+                }
+                // Asked with the lock released: it may block on other locks (Python's).
+                drop(room);
+                let go_on = keep_waiting();
+                room = lock.lock().unwrap_or_else(|e| e.into_inner());
+                if go_on {
+                    continue;
+                }
             }
-            room = cvar.wait_timeout(room, left).unwrap_or_else(|e| e.into_inner()).0;
+            return Err(Error::Overloaded(format!(
+                "{} requests are running and {} waiting for this model (max_sequences, max_queue); \
+                 retry later, or pass a timeout to wait for room",
+                cfg.max_sequences, cfg.max_queue
+            )));
         }
         queued.fetch_add(1, Relaxed);
         drop(room);
@@ -179,6 +201,9 @@ impl Engine {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
+
+/// How often a request waiting for room asks its caller whether to keep waiting.
+pub const WAIT_POLL: Duration = Duration::from_millis(100);
 
 impl Drop for Engine {
     fn drop(&mut self) {
