@@ -38,7 +38,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in DEFAULTS}
+    # The CLI runs one request at a time: it never waits for room (`timeout`).
+    return {k: getattr(args, k) for k in DEFAULTS if k != "timeout"}
 
 
 def _load(args: argparse.Namespace) -> Any:
