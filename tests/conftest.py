@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,8 +15,11 @@ GEMMA3 = MODELS / "gemma-3-270m-q4_k_m.gguf"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 # The tests' downloads and repack cache go to a directory of their own, never the user's
-# ~/.cache/tallow; subprocesses inherit it.
-os.environ["TALLOW_HOME"] = tempfile.mkdtemp(prefix="tallow-test-home-")
+# ~/.cache/tallow; subprocesses inherit it. Removed at exit: it holds the repacked weights of
+# every model the tests load (about 550 MB), and a run that left it behind filled our CI disk.
+_HOME = tempfile.mkdtemp(prefix="tallow-test-home-")
+os.environ["TALLOW_HOME"] = _HOME
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 
 
 def _need(path: Path) -> Path:
