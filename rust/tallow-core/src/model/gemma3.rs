@@ -9,9 +9,8 @@
 //! Norm weights are used as stored: llama.cpp's converter already folds Gemma's `1 + w` into
 //! the GGUF tensors.
 
-use super::attention::{attention, AttnParams};
 use super::layers::{add_assign, gelu_mul, rms_norm, rms_norm_into};
-use super::{CommonWeights, ForwardScratch, Layers, ModelConfig, SeqBatch, Weights};
+use super::{attend_seqs, CommonWeights, ForwardScratch, Layers, ModelConfig, SeqBatch, Weights};
 use crate::error::Result;
 use crate::quant::{matmul_fused_seqs, QTensor};
 use crate::threadpool::ThreadPool;
@@ -120,24 +119,8 @@ impl Layers for Gemma3 {
             // Scale Q before attention (rather than the scores), as llama.cpp does: the scaled
             // query is what gets rounded to f16.
             q.iter_mut().for_each(|x| *x *= c.attn_scale);
-            let mut t0 = 0;
-            for seq in seqs.iter_mut() {
-                let (nt, pos0) = (seq.tokens.len(), seq.cache.len());
-                let rows = |w: usize| t0 * w..(t0 + nt) * w;
-                seq.cache.store(il, pos0, &k[rows(kv_dim)], &v[rows(kv_dim)]);
-                let params = AttnParams {
-                    n_head: c.n_head,
-                    n_head_kv: c.n_head_kv,
-                    head_dim: c.head_dim,
-                    pos0,
-                    n_tokens: nt,
-                    window: if swa { c.sliding_window } else { None },
-                    scale: 1.0,
-                };
-                let (k_layer, v_layer) = (seq.cache.k_layer(il), seq.cache.v_layer(il));
-                attention(&params, &mut q[rows(q_dim)], k_layer, v_layer, &mut att[rows(q_dim)], &mut s.scores, pool);
-                t0 += nt;
-            }
+            let window = if swa { c.sliding_window } else { None };
+            attend_seqs(c, il, seqs, q, k, v, att, window, 1.0, &mut s.scores, pool);
             matmul_fused_seqs([(&b.attn_output, &mut *proj)], att, seq_tokens, mm, pool);
             rms_norm(proj, &b.post_attention_norm, c.norm_eps);
             add_assign(x, proj);

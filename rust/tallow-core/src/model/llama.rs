@@ -1,9 +1,8 @@
 //! `llama`: pre-norm decoder with RMSNorm, grouped-query attention, RoPE (GGML mode 0,
 //! adjacent pairs) and a SwiGLU feed-forward. Llama 1/2/3, Mistral, TinyLlama, SmolLM2.
 
-use super::attention::{attention, AttnParams};
 use super::layers::{add_assign, rms_norm_into, silu_mul};
-use super::{CommonWeights, ForwardScratch, Layers, ModelConfig, SeqBatch, Weights};
+use super::{attend_seqs, CommonWeights, ForwardScratch, Layers, ModelConfig, SeqBatch, Weights};
 use crate::error::Result;
 use crate::quant::{matmul_fused_seqs, QTensor};
 use crate::threadpool::ThreadPool;
@@ -92,24 +91,7 @@ impl Layers for Llama {
             matmul_fused_seqs(qkv, xn, seq_tokens, mm, pool);
             s.rope.apply(q, c.head_dim, c.rope_style);
             s.rope.apply(k, c.head_dim, c.rope_style);
-            let mut t0 = 0;
-            for seq in seqs.iter_mut() {
-                let (nt, pos0) = (seq.tokens.len(), seq.cache.len());
-                let rows = |w: usize| t0 * w..(t0 + nt) * w;
-                seq.cache.store(il, pos0, &k[rows(kv_dim)], &v[rows(kv_dim)]);
-                let params = AttnParams {
-                    n_head: c.n_head,
-                    n_head_kv: c.n_head_kv,
-                    head_dim: c.head_dim,
-                    pos0,
-                    n_tokens: nt,
-                    window: None,
-                    scale: c.attn_scale,
-                };
-                let (k_layer, v_layer) = (seq.cache.k_layer(il), seq.cache.v_layer(il));
-                attention(&params, &mut q[rows(q_dim)], k_layer, v_layer, &mut att[rows(q_dim)], &mut s.scores, pool);
-                t0 += nt;
-            }
+            attend_seqs(c, il, seqs, q, k, v, att, None, c.attn_scale, &mut s.scores, pool);
             matmul_fused_seqs([(&b.attn_output, &mut *proj)], att, seq_tokens, mm, pool);
             add_assign(x, proj);
 

@@ -175,6 +175,42 @@ impl<L: Layers + Send + Sync> Model for L {
     }
 }
 
+/// Stores each sequence's keys and values of layer `il` (rows of `k`, `v`, one sequence after
+/// another) in its cache, then runs its attention over them: `att` gets each query row's output.
+pub(crate) fn attend_seqs(
+    c: &ModelConfig,
+    il: usize,
+    seqs: &mut [SeqBatch<'_>],
+    q: &mut [f32],
+    k: &[f32],
+    v: &[f32],
+    att: &mut [f32],
+    window: Option<usize>,
+    scale: f32,
+    scores: &mut [f32],
+    pool: &ThreadPool,
+) {
+    let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
+    let mut t0 = 0;
+    for seq in seqs.iter_mut() {
+        let (nt, pos0) = (seq.tokens.len(), seq.cache.len());
+        let rows = |w: usize| t0 * w..(t0 + nt) * w;
+        seq.cache.store(il, pos0, &k[rows(kv_dim)], &v[rows(kv_dim)]);
+        let params = AttnParams {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim: c.head_dim,
+            pos0,
+            n_tokens: nt,
+            window,
+            scale,
+        };
+        let (k_layer, v_layer) = (seq.cache.k_layer(il), seq.cache.v_layer(il));
+        attention(&params, &mut q[rows(q_dim)], k_layer, v_layer, &mut att[rows(q_dim)], scores, pool);
+        t0 += nt;
+    }
+}
+
 /// Checks one sequence's tokens and cache against the model and scratch (`forward`'s errors).
 fn check_seq(cfg: &ModelConfig, tokens: &[u32], cache: &KvCache, s: &ForwardScratch) -> Result<()> {
     if tokens.is_empty() {
