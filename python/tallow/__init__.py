@@ -15,6 +15,7 @@ from .chat import Chat, Message
 from .errors import (
     ContextOverflowError,
     GGUFError,
+    ModelClosedError,
     OverloadedError,
     TallowError,
     TemplateError,
@@ -31,6 +32,7 @@ __all__ = [
     "GGUFError",
     "Message",
     "Model",
+    "ModelClosedError",
     "ModelInfo",
     "OverloadedError",
     "Sampler",

@@ -51,7 +51,7 @@ class Chat:
         if not isinstance(user, str):
             raise TypeError(f"message must be a str, not {type(user).__name__}")
         msgs: list[Message] = [*self.messages, {"role": "user", "content": user}]
-        return self._model._model.apply_chat_template([(m["role"], m["content"]) for m in msgs], True)
+        return self._model._core.apply_chat_template([(m["role"], m["content"]) for m in msgs], True)
 
     def _start(self, user: str, max_tokens: int, options: SamplingOptions) -> _tallow.Stream:
         prompt = self._prompt(user)

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ContextOverflowError",
     "GGUFError",
+    "ModelClosedError",
     "OverloadedError",
     "TallowError",
     "TemplateError",
@@ -34,3 +35,8 @@ class OverloadedError(TallowError):
 
 class TemplateError(TallowError):
     """The model's chat template is missing, invalid, or failed to render."""
+
+
+class ModelClosedError(TallowError, ValueError):
+    """The model was closed (``Model.close()``): it takes no more requests, and the ones running
+    when it closed end with this error."""

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Literal
 
 from . import _tallow
 from .catalog import repack_dir, resolve_model
-from .errors import OverloadedError
+from .errors import ModelClosedError, OverloadedError
 from .sampling import SamplingOptions, build_options, check_timeout
 
 if sys.version_info >= (3, 11):
-    from typing import Unpack
+    from typing import Self, Unpack
 else:  # pragma: no cover
-    from typing_extensions import Unpack
+    from typing_extensions import Self, Unpack
 
 if TYPE_CHECKING:
     from .chat import Chat
@@ -122,7 +122,7 @@ class Model:
         if repack_cache is None:
             repack_cache = os.environ.get("TALLOW_REPACK_CACHE", "1").strip().lower() not in _OFF
         cache = str(repack_dir()) if repack_cache else None
-        self._model = _tallow.Model(
+        self._model: _tallow.Model | None = _tallow.Model(
             str(self.path),
             n_threads=n_threads,
             n_ctx=n_ctx,
@@ -130,10 +130,33 @@ class Model:
             max_sequences=max_sequences,
             max_queue=max_queue,
         )
-        self.info: ModelInfo = ModelInfo(**self._model.info())
+        self.info: ModelInfo = ModelInfo(**self._core.info())
 
     def __repr__(self) -> str:
-        return f"tallow.Model({str(self.path)!r}, architecture={self.info.architecture!r})"
+        closed = ", closed" if self._model is None else ""
+        return f"tallow.Model({str(self.path)!r}, architecture={self.info.architecture!r}{closed})"
+
+    @property
+    def _core(self) -> _tallow.Model:
+        core = self._model
+        if core is None:
+            raise ModelClosedError(f"{self!r} is closed")
+        return core
+
+    def close(self) -> None:
+        """Ends every running and queued request (they raise ``ModelClosedError``), stops the
+        engine thread and frees the KV caches and, unless a stream still refers to them, the
+        weights. Idempotent; any later use of the model raises ``ModelClosedError``.
+        ``with tallow.Model(...) as model:`` closes it at the end of the block."""
+        core, self._model = self._model, None
+        if core is not None:
+            core.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def stats(self) -> EngineStats:
         """What runs and waits now, and what ended, since the model was loaded.
@@ -141,7 +164,7 @@ class Model:
         >>> model.stats().active                                   # doctest: +SKIP
         0
         """
-        return EngineStats(**self._model.stats())
+        return EngineStats(**self._core.stats())
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -150,11 +173,11 @@ class Model:
         special-token text such as ``<|im_start|>`` into its token."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, not {type(text).__name__}")
-        return self._model.tokenize(text, add_bos=add_bos, special=special)
+        return self._core.tokenize(text, add_bos=add_bos, special=special)
 
     def detokenize(self, ids: list[int], *, skip_special: bool = False) -> str:
         """The text of token ``ids``."""
-        return self._model.detokenize(list(ids), skip_special=skip_special)
+        return self._core.detokenize(list(ids), skip_special=skip_special)
 
     # -- generation -----------------------------------------------------------------------
 
@@ -171,7 +194,7 @@ class Model:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
         opts = build_options(max_tokens, options)
-        return self._model.start(prompt, opts, add_bos=add_bos, special=special, session=session)
+        return self._core.start(prompt, opts, add_bos=add_bos, special=special, session=session)
 
     def stream(
         self, prompt: str, *, max_tokens: int = 256, **options: Unpack[SamplingOptions]

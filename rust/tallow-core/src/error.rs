@@ -44,6 +44,9 @@ pub enum Error {
     Cancelled,
     #[error("engine overloaded: {0}")]
     Overloaded(String),
+    /// The model was closed (`Engine::close`): the request was refused or stopped.
+    #[error("the model is closed")]
+    Closed,
     #[error("I/O error on {path}: {source}")]
     Io { path: String, source: std::io::Error },
     /// A bug in tallow (a caught panic). Never expected; reported instead of aborting.

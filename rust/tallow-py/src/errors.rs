@@ -26,6 +26,7 @@ pub fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
         Error::ContextOverflow(_) => tallow_exception(py, "ContextOverflowError", msg),
         Error::Overloaded(_) => tallow_exception(py, "OverloadedError", msg),
         Error::Template(_) => tallow_exception(py, "TemplateError", msg),
+        Error::Closed => tallow_exception(py, "ModelClosedError", msg),
         Error::InvalidArgument { .. } => PyValueError::new_err(msg),
         Error::Io { path, source } => {
             let text = format!("{path}: {source}");

@@ -118,6 +118,15 @@ impl Model {
         Ok(d)
     }
 
+    /// Ends every request (`ModelClosedError`) and stops the engine thread; idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let engine = &self.engine;
+        guard_detached(py, move || {
+            engine.close();
+            Ok(())
+        })
+    }
+
     /// The engine's counters as a dict (wrapped into `tallow.EngineStats` by the Python layer).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.engine.stats();

@@ -18,6 +18,7 @@ pub use stop::{StopMatcher, StopOutcome};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
@@ -58,11 +59,15 @@ struct Shared {
     /// Signalled when a request ends or a queued one starts; the mutex orders a submitter's
     /// check of the counters against it.
     room: (Mutex<()>, Condvar),
+    /// Set by `Engine::close`: the scheduler ends every request and exits.
+    closing: AtomicBool,
 }
 
 pub struct Engine {
     shared: Arc<Shared>,
     queue: Mutex<Option<mpsc::Sender<Job>>>,
+    /// The scheduler thread, joined by `close`.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -87,14 +92,15 @@ impl Engine {
             config,
             counters: stats::Counters::default(),
             room: (Mutex::new(()), Condvar::new()),
+            closing: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel::<Job>();
         let worker = shared.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("tallow-engine".into())
             .spawn(move || scheduler::run_loop(&worker, scratch, rx))
             .map_err(|e| Error::Internal(format!("cannot start the engine thread: {e}")))?;
-        Ok(Engine { shared, queue: Mutex::new(Some(tx)) })
+        Ok(Engine { shared, queue: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
     }
 
     pub fn model(&self) -> &Arc<dyn Model> {
@@ -152,6 +158,9 @@ impl Engine {
         mut keep_waiting: impl FnMut() -> bool,
     ) -> Result<()> {
         job.params.sampling.validate()?;
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
         let cfg = self.shared.config;
         let (active, queued) = (&self.shared.counters.active, &self.shared.counters.queued);
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -185,8 +194,10 @@ impl Engine {
         let sent = queue.as_ref().map(|tx| tx.send(job).is_ok());
         if sent != Some(true) {
             queued.fetch_sub(1, Relaxed);
-            let why = if sent.is_none() { "the engine is shut down" } else { "the engine thread has stopped" };
-            return Err(Error::Internal(why.into()));
+            return Err(match sent {
+                None => Error::Closed,
+                Some(_) => Error::Internal("the engine thread has stopped".into()),
+            });
         }
         Ok(())
     }
@@ -199,6 +210,24 @@ impl Engine {
     /// Stops accepting jobs; the scheduler thread exits once the queue is drained.
     pub fn shutdown(&self) {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Stops accepting jobs, ends every running and queued request with [`Error::Closed`]
+    /// (within one step) and waits for the scheduler thread to exit, which frees the KV caches
+    /// and activation buffers; the weights go with the last handle to the engine. Idempotent.
+    pub fn close(&self) {
+        self.shared.closing.store(true, Relaxed);
+        self.shutdown();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread.filter(|t| t.thread().id() != std::thread::current().id()) {
+            // A panic in the scheduler's own code (outside the steps it guards) ended it: nothing
+            // is left to close.
+            let _ = t.join();
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.closing.load(Relaxed)
     }
 }
 

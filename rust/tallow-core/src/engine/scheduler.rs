@@ -43,9 +43,13 @@ pub(super) fn run_loop(shared: &Shared, scratch: ForwardScratch, rx: Receiver<Jo
     };
     let mut open = true;
     loop {
+        if shared.closing.load(Relaxed) {
+            return s.close(&rx);
+        }
         if s.active.is_empty() && s.waiting.is_empty() {
             match rx.recv() {
                 Ok(job) => s.waiting.push_back(job),
+                Err(_) if shared.closing.load(Relaxed) => return s.close(&rx),
                 Err(_) => return,
             }
         }
@@ -236,6 +240,28 @@ impl Scheduler<'_> {
             };
             self.free.extend(seq);
         }
+    }
+
+    /// `Engine::close`: every running and queued request ends with `Error::Closed`.
+    fn close(&mut self, rx: &Receiver<Job>) {
+        let counters = &self.shared.counters;
+        self.batch = Vec::new();
+        self.waiting.extend(rx.try_iter());
+        Counters::add(&counters.failed, (self.active.len() + self.waiting.len()) as u64);
+        counters.queued.fetch_sub(self.waiting.len(), Relaxed);
+        for job in self.waiting.drain(..) {
+            let mut sink = job.sink;
+            sink.send(Event::Error(Error::Closed));
+        }
+        let closed: Vec<Sequence> = self.active.drain(..).collect();
+        set_active(self.shared, 0);
+        for q in closed {
+            // Its cache goes too (a session starts its next turn afresh).
+            let Sequence { mut job, .. } = q;
+            job.sink.send(Event::Error(Error::Closed));
+        }
+        self.free.clear();
+        self.n_caches = 0;
     }
 
     /// After a panic: every running sequence fails (its cache may be half-written and is

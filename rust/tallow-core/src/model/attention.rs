@@ -301,6 +301,96 @@ pub fn attention(
     });
 }
 
+/// One sequence's decode query in [`attention_decode`]: row `row` of `q` and `out`, at
+/// position `pos` of its cache layer `k`, `v` (`[n_ctx, n_head_kv * head_dim]`, filled up to
+/// `pos + 1`).
+#[derive(Clone, Copy)]
+pub struct DecodeQuery<'a> {
+    pub row: usize,
+    pub pos: usize,
+    pub k: &'a [f16],
+    pub v: &'a [f16],
+}
+
+/// The single-token attention of several sequences (the decode tokens of a continuous batch)
+/// in one dispatch to the pool, each exactly as [`attention`] computes it alone: one dispatch
+/// per sequence and layer cost more than the attention itself at short contexts.
+///
+/// `p` gives the shapes, window and scale (its `pos0` and `n_tokens` are unused); `queries`
+/// yields the queries in increasing `row` order; `q`, `out` are `[rows, n_head * head_dim]`
+/// (only the queries' rows are read, rounded to f16 in place, and written); `scores` holds
+/// `pool.n_threads() * scratch_per_thread(n_kv, head_dim)` floats for the longest `n_kv`.
+pub fn attention_decode<'a, I>(
+    p: &AttnParams,
+    queries: I,
+    q: &mut [f32],
+    out: &mut [f32],
+    scores: &mut [f32],
+    pool: &ThreadPool,
+) where
+    I: Iterator<Item = DecodeQuery<'a>> + Clone + Sync,
+{
+    let (hd, n_head, n_head_kv) = (p.head_dim, p.n_head, p.n_head_kv);
+    let (q_dim, kv_dim, group) = (n_head * hd, n_head_kv * hd, n_head / n_head_kv);
+    let n_kv = queries.clone().map(|x| x.pos + 1).max().unwrap_or(0);
+    let n_queries = queries.clone().count();
+    for x in queries.clone() {
+        assert!(x.k.len() >= (x.pos + 1) * kv_dim && x.v.len() >= (x.pos + 1) * kv_dim);
+        assert!((x.row + 1) * q_dim <= q.len() && q.len() == out.len());
+    }
+    let per_thread = scratch_per_thread(n_kv, hd);
+    assert!(scores.len() >= pool.n_threads() * per_thread);
+    let (q_ptr, out_ptr, scores_ptr) =
+        (SyncPtr(q.as_mut_ptr()), SyncPtr(out.as_mut_ptr()), SyncPtr(scores.as_mut_ptr()));
+    // Units of (query, KV head): the heads that share keys and values run on one thread,
+    // which reads them from memory once. Claimed from a counter, in increasing order, so
+    // each worker walks `queries` forward once.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    pool.run(&|ti, _| {
+        let (q_ptr, out_ptr, scores_ptr) = (&q_ptr, &out_ptr, &scores_ptr);
+        // SAFETY: worker `ti` owns its scratch slice (in bounds, asserted above).
+        let own = unsafe { std::slice::from_raw_parts_mut(scores_ptr.0.add(ti * per_thread), per_thread) };
+        let (sc_all, acc) = own.split_at_mut(n_kv);
+        let (mut walk, mut at, mut cur) = (queries.clone(), 0, None);
+        loop {
+            let u = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if u >= n_queries * n_head_kv {
+                break;
+            }
+            while at <= u / n_head_kv {
+                cur = walk.next();
+                at += 1;
+            }
+            let x: DecodeQuery<'_> = cur.expect("fewer queries than counted");
+            let kh = u % n_head_kv;
+            for h in kh * group..(kh + 1) * group {
+                let at = x.row * q_dim + h * hd;
+                // SAFETY: this unit's query heads and output rows are written by this worker
+                // only (units are claimed once), in bounds (asserted above).
+                let (qh, o) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(q_ptr.0.add(at), hd),
+                        std::slice::from_raw_parts_mut(out_ptr.0.add(at), hd),
+                    )
+                };
+                round_to_f16(qh);
+                let it = Item {
+                    order: Order::VecDot,
+                    q: qh,
+                    k: x.k,
+                    v: x.v,
+                    kv_dim,
+                    kv_off: kh * hd,
+                    first: p.first_key(x.pos),
+                    pos: x.pos,
+                    scale: p.scale,
+                };
+                self::item(&it, sc_all, acc, o);
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -177,6 +177,7 @@ impl<L: Layers + Send + Sync> Model for L {
 
 /// Stores each sequence's keys and values of layer `il` (rows of `k`, `v`, one sequence after
 /// another) in its cache, then runs its attention over them: `att` gets each query row's output.
+/// The single-token sequences (decodes) share one dispatch to the pool.
 pub(crate) fn attend_seqs(
     c: &ModelConfig,
     il: usize,
@@ -191,23 +192,42 @@ pub(crate) fn attend_seqs(
     pool: &ThreadPool,
 ) {
     let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
+    let params = |pos0: usize, n_tokens: usize| AttnParams {
+        n_head: c.n_head,
+        n_head_kv: c.n_head_kv,
+        head_dim: c.head_dim,
+        pos0,
+        n_tokens,
+        window,
+        scale,
+    };
     let mut t0 = 0;
     for seq in seqs.iter_mut() {
         let (nt, pos0) = (seq.tokens.len(), seq.cache.len());
         let rows = |w: usize| t0 * w..(t0 + nt) * w;
         seq.cache.store(il, pos0, &k[rows(kv_dim)], &v[rows(kv_dim)]);
-        let params = AttnParams {
-            n_head: c.n_head,
-            n_head_kv: c.n_head_kv,
-            head_dim: c.head_dim,
-            pos0,
-            n_tokens: nt,
-            window,
-            scale,
-        };
-        let (k_layer, v_layer) = (seq.cache.k_layer(il), seq.cache.v_layer(il));
-        attention(&params, &mut q[rows(q_dim)], k_layer, v_layer, &mut att[rows(q_dim)], scores, pool);
+        if nt > 1 {
+            let (k_layer, v_layer) = (seq.cache.k_layer(il), seq.cache.v_layer(il));
+            attention(&params(pos0, nt), &mut q[rows(q_dim)], k_layer, v_layer, &mut att[rows(q_dim)], scores, pool);
+        }
         t0 += nt;
+    }
+    let seqs = &*seqs;
+    let decodes = seqs
+        .iter()
+        .scan(0, |row, seq| {
+            *row += seq.tokens.len();
+            Some((*row - 1, seq))
+        })
+        .filter(|(_, seq)| seq.tokens.len() == 1)
+        .map(|(row, seq)| attention::DecodeQuery {
+            row,
+            pos: seq.cache.len(),
+            k: seq.cache.k_layer(il),
+            v: seq.cache.v_layer(il),
+        });
+    if decodes.clone().next().is_some() {
+        attention::attention_decode(&params(0, 1), decodes, q, att, scores, pool);
     }
 }
 

@@ -597,7 +597,7 @@ fn per_token<T: Send>(
     pool: &ThreadPool,
     fill: &(dyn Fn(&[u8], &mut [T]) + Sync),
 ) {
-    if n_tokens == 1 {
+    if n_tokens == 1 || xq.len() <= SERIAL_BYTES {
         return fill(xq, table);
     }
     let (row, out_row) = (xq.len() / n_tokens, table.len() / n_tokens);
@@ -609,6 +609,11 @@ fn per_token<T: Send>(
         fill(&xq[tokens.start * row..tokens.end * row], dst);
     });
 }
+
+/// Activations of at most this many values (quantized) or bytes (tables) are prepared by the
+/// calling thread: a dispatch to the pool and back costs more than a few microseconds of work
+/// (a decode step of 8 sequences ran 6 pool dispatches per layer for these alone).
+const SERIAL_BYTES: usize = 16 * 1024;
 
 /// Entries of a type's offset table per activation block.
 fn offsets_per_block(qtype: QType) -> usize {
@@ -631,8 +636,10 @@ fn quantize<'b, A: ActBlock + Send + Sync>(
 ) -> &'b [u8] {
     let nb_a = cols / A::BLCK_SIZE; // activation blocks per token
     let xq = blocks_in::<A>(buf, n_tokens * nb_a); // [n_tokens, nb_a]
-    if n_tokens == 1 {
-        one(x, xq);
+    if n_tokens == 1 || n_tokens * cols <= SERIAL_BYTES {
+        for (x, xq) in x.chunks_exact(cols).zip(xq.chunks_exact_mut(nb_a)) {
+            one(x, xq);
+        }
     } else {
         let xq_ptr = SyncPtr(xq.as_mut_ptr());
         pool.run(&|i, n| {
