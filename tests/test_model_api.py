@@ -183,7 +183,7 @@ def test_requests_beyond_max_sequences_queue_and_match_alone(smollm2_path: objec
 
 def test_stats_count_a_stream_left_early(smollm2_path: object) -> None:
     model = tallow.Model(smollm2_path, n_threads=2, n_ctx=256)  # type: ignore[arg-type]
-    assert model.stats() == tallow.EngineStats(0, 0, 0, 0, 0, 0, 8, 0, 0, 0.0, 0.0)
+    assert model.stats() == tallow.EngineStats(0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0.0, 0.0)
     for _ in model.stream("Once upon a time", max_tokens=50, temperature=0):
         break
     model.generate("Hi", max_tokens=2, temperature=0)  # runs after the first one has ended
@@ -311,3 +311,19 @@ def test_ctrl_c_while_waiting_for_room(smollm2_path: object) -> None:
     lines = out.splitlines()
     assert lines[0].startswith("interrupted after ") and float(lines[0].split()[-1]) < 10, out
     assert lines[1] == "stats 1 1", out  # the running and the queued requests go on
+
+
+def test_requests_reuse_a_shared_prompt_prefix_exactly(gemma3_path: object) -> None:
+    # A common system prompt: later requests start from the KV prefix an earlier one left
+    # (counted in stats), and give the tokens a freshly loaded model gives.
+    system = "You are a concise assistant. Answer in one short sentence. Question: "
+    questions = ["What is the capital of Italy?", "What colour is the sky?", "Name a large animal."]
+    fresh = []
+    for q in questions:
+        m = tallow.Model(gemma3_path, n_threads=2, n_ctx=256)  # type: ignore[arg-type]
+        fresh.append(m.generate(system + q, max_tokens=8, temperature=0))
+        m.close()
+    with tallow.Model(gemma3_path, n_threads=2, n_ctx=256) as model:  # type: ignore[arg-type]
+        got = [model.generate(system + q, max_tokens=8, temperature=0) for q in questions]
+        assert model.stats().cached_prompt_tokens >= 2 * 12
+    assert got == fresh

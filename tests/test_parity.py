@@ -5,10 +5,10 @@ attention). Tokenization must match exactly, and so must greedy generation, toke
 both models: tallow reproduces llama.cpp's CPU arithmetic bit for bit (see
 rust/tallow-core/tests/model_real.rs), so there is no tolerance to state.
 
-llama.cpp's f32 summation orders depend on how many tokens a product has, so a prompt whose prefix
-was reused from an earlier request (tallow, like llama-cpp-python, keeps the previous sequence's KV
-cache) can differ from a fresh evaluation in the last bits. The references are fresh evaluations,
-so each prompt here runs on a freshly loaded model (0.15 s for Gemma 3).
+Each prompt runs on a freshly loaded model (0.15 s for Gemma 3), so nothing but the prompt
+decides the result. (A request that reuses another's cached prompt prefix gives the same tokens:
+the engine reuses only positions computed with the summation orders the prompt gets alone,
+rust/tallow-core/src/engine/prefix.rs.)
 """
 
 from __future__ import annotations

@@ -67,6 +67,9 @@ class EngineStats:
     #: Prompt tokens computed and tokens generated.
     prompt_tokens: int
     generated_tokens: int
+    #: Prompt tokens taken from a cached prefix instead of computed: a chat's history, or
+    #: another request's prompt (exactly reused: the result is the same as without it).
+    cached_prompt_tokens: int
     #: Seconds spent computing, and generated tokens per second of it.
     busy_seconds: float
     tokens_per_second: float

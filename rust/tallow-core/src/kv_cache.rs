@@ -105,6 +105,19 @@ impl KvCache {
     }
 
     /// Keeps the first `n` positions (no-op if `n >= len`). The next `forward` continues at `n`.
+    /// Holds the first `n` positions of `src` (a cache of the same shape), copied.
+    pub fn copy_prefix(&mut self, src: &KvCache, n: usize) {
+        assert!(n <= src.len && n <= self.n_ctx);
+        assert!(self.n_layer == src.n_layer && self.kv_dim == src.kv_dim, "caches of different models");
+        for layer in 0..self.n_layer {
+            let (dst, from) = (self.layer_range(layer).start, src.layer_range(layer).start);
+            let len = n * self.kv_dim;
+            self.k[dst..dst + len].copy_from_slice(&src.k[from..from + len]);
+            self.v[dst..dst + len].copy_from_slice(&src.v[from..from + len]);
+        }
+        self.len = n;
+    }
+
     pub fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);
     }

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::mpsc;
-use tallow_core::engine::{CancelToken, Event, FinishReason, GenerateParams, Job, Prompt};
+use tallow_core::engine::{CancelToken, Engine, EngineConfig, Event, FinishReason, GenerateParams, Job, Prompt};
 use tallow_core::sampler::SamplingParams;
 use tallow_core::{load, LoadOptions, LoadedModel};
 
@@ -197,4 +197,81 @@ fn a_full_engine_refuses_or_waits_for_room() {
     assert_eq!(collect(rx_b).1, FinishReason::Cancelled);
     let stats = m.engine.stats();
     assert_eq!((stats.active, stats.queued, stats.finished, stats.cancelled), (0, 0, 1, 2), "{stats:?}");
+}
+
+/// An engine on `m`'s model with its own chunk size and slots (a fresh one has no cached
+/// prefixes).
+fn engine(m: &LoadedModel, n_batch: usize) -> Engine {
+    let config = EngineConfig { n_threads: 2, n_ctx: 256, n_batch, max_sequences: 4, max_queue: 64 };
+    Engine::new(m.engine.model().clone(), m.engine.tokenizer().clone(), config).unwrap()
+}
+
+fn run_on(e: &Engine, prompt: &[u32], max_tokens: usize) -> mpsc::Receiver<Event> {
+    let (tx, rx) = mpsc::channel();
+    let params = GenerateParams { max_tokens, sampling: SamplingParams::greedy(), stop: Vec::new(), ignore_eos: true };
+    let job = Job { prompt: prompt.to_vec(), params, session: None, cancel: CancelToken::new(), sink: Box::new(tx) };
+    e.submit(job).unwrap();
+    rx
+}
+
+/// Prompts that share prefixes of many lengths: a system prompt with different questions, the
+/// same prompt again, and extensions of it by 1 to 9 tokens (every alignment of Q4_K's groups
+/// of 4 and both sides of Q6_K's 8-token threshold).
+fn shared_prefix_prompts(m: &LoadedModel) -> Vec<Vec<u32>> {
+    let enc =
+        |t: &str| m.engine.prepare_prompt(&Prompt::Text { text: t.into(), add_bos: true, special: false }).unwrap();
+    let system = "You are a helpful assistant. Answer briefly and precisely, in plain English. Question:";
+    let mut prompts: Vec<Vec<u32>> = [" What is the capital of France?", " Name three colours.", " What is 2 + 2?"]
+        .iter()
+        .map(|q| enc(&format!("{system}{q}")))
+        .collect();
+    prompts.push(prompts[0].clone());
+    let base = enc(system);
+    let extra = enc(" one two three four five six seven eight nine ten");
+    for k in 1..=9 {
+        prompts.push([&base[..], &extra[1..1 + k]].concat());
+    }
+    prompts
+}
+
+/// Reusing another request's cached prefix, finished or still running, gives exactly the
+/// tokens the request gives on a fresh engine, and does reuse.
+fn prefix_reuse_is_exact(file: &str) {
+    let m = model(file);
+    for n_batch in [512, 8] {
+        let prompts = shared_prefix_prompts(&m);
+        let fresh: Vec<Vec<u32>> = prompts.iter().map(|p| collect(run_on(&engine(&m, n_batch), p, 6)).0).collect();
+        // One after another: each can start from the caches the earlier ones left.
+        let e = engine(&m, n_batch);
+        for (p, want) in prompts.iter().zip(&fresh) {
+            assert_eq!(
+                &collect(run_on(&e, p, 6)).0,
+                want,
+                "{file}, n_batch {n_batch}, after others, {} tokens",
+                p.len()
+            );
+        }
+        let reused = e.stats().cached_prompt_tokens;
+        assert!(reused as usize > prompts.len() * 8, "{file}: only {reused} prompt tokens reused");
+        // While a long request with the system prompt runs: the others copy its prefix.
+        let e = engine(&m, n_batch);
+        let long = run_on(&e, &prompts[1], 200);
+        let first = long.recv().unwrap();
+        assert!(matches!(first, Event::Token { .. }));
+        for (p, want) in prompts.iter().zip(&fresh).skip(2) {
+            assert_eq!(&collect(run_on(&e, p, 6)).0, want, "{file}, n_batch {n_batch}, beside a running one");
+        }
+        assert!(e.stats().cached_prompt_tokens > 0, "{file}: nothing copied from the running request");
+        drop(long);
+    }
+}
+
+#[test]
+fn smollm2_prefix_reuse_is_exact() {
+    prefix_reuse_is_exact("smollm2-135m-q4_1.gguf");
+}
+
+#[test]
+fn gemma3_prefix_reuse_is_exact() {
+    prefix_reuse_is_exact("gemma-3-270m-q4_k_m.gguf");
 }

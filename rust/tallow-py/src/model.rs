@@ -140,6 +140,7 @@ impl Model {
         d.set_item("kv_slots", s.kv_slots)?;
         d.set_item("prompt_tokens", s.prompt_tokens)?;
         d.set_item("generated_tokens", s.generated_tokens)?;
+        d.set_item("cached_prompt_tokens", s.cached_prompt_tokens)?;
         d.set_item("busy_seconds", s.busy_seconds)?;
         d.set_item("tokens_per_second", s.generated_per_second())?;
         Ok(d)

@@ -3,6 +3,7 @@
 //! forward per step (`scheduler.rs`), and delivers events to each request's sink. Nothing here
 //! knows about Python.
 
+mod prefix;
 mod request;
 mod scheduler;
 mod sequence;

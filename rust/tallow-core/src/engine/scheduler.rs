@@ -5,12 +5,13 @@
 //! sequence's chunks and products are the ones it would have alone (`Model::forward_batch`),
 //! so its tokens do not depend on what else runs.
 //!
-//! Prompt prefixes are reused within a session (chat turns), whose results depend on its own
-//! history only. Not across requests: llama.cpp's summation orders depend on how many tokens a
-//! product has (`quant/kquant_order.rs`, the attention's), so keys and values computed in
-//! another request's chunks can differ in their last bits from the ones this prompt computes
-//! alone, and the same request would then give other tokens under load than alone.
+//! A new sequence starts from the longest prompt prefix it can reuse: within a session (chat
+//! turns) all it shares with the session's history, whose results depend on that history
+//! only; across requests (a common system prompt, a retried request) the part of the prefix
+//! another finished or running sequence computed with the same summation orders as this
+//! prompt alone would (`prefix.rs`), so a request gives the same tokens with or without it.
 
+use super::prefix;
 use super::sequence::Sequence;
 use super::session::CachedSequence;
 use super::stats::Counters;
@@ -116,7 +117,10 @@ impl Scheduler<'_> {
             let started =
                 Sampler::new(job.params.sampling.clone()).and_then(|sampler| Ok((sampler, self.cache_for(&job)?)));
             match started {
-                Ok((sampler, seq)) => self.active.push(Sequence::start(job, seq, sampler, cfg.n_ctx)),
+                Ok((sampler, (seq, common))) => {
+                    Counters::add(&counters.cached_prompt_tokens, common as u64);
+                    self.active.push(Sequence::start(job, seq, sampler, cfg.n_ctx, common));
+                }
                 Err(e) => {
                     counters.active.fetch_sub(1, Relaxed);
                     Counters::add(&counters.failed, 1);
@@ -128,28 +132,44 @@ impl Scheduler<'_> {
         set_active(self.shared, self.active.len());
     }
 
-    /// The cache `job` runs in: its session's, or the free one sharing the longest prefix
-    /// with its prompt, or a new one.
-    fn cache_for(&mut self, job: &Job) -> Result<CachedSequence> {
-        let n_ctx = self.shared.config.n_ctx;
-        let new = || -> Result<CachedSequence> {
-            Ok(CachedSequence { cache: self.shared.model.new_cache(n_ctx)?, tokens: Vec::new() })
-        };
+    /// The cache `job` runs in and how many of its positions the job keeps: its session's
+    /// with the prefix it shares; or the cached prefix of another request, finished or running
+    /// (copied), that the job can reuse exactly (`prefix.rs`), the longest; or an empty one.
+    fn cache_for(&mut self, job: &Job) -> Result<(CachedSequence, usize)> {
+        let (n_ctx, n_batch) = (self.shared.config.n_ctx, self.shared.config.n_batch);
+        let model = &*self.shared.model;
+        let new = || -> Result<CachedSequence> { Ok(CachedSequence::new(model.new_cache(n_ctx)?)) };
         if let Some(session) = &job.session {
             return match session.take() {
-                Some(seq) if seq.cache.capacity() == n_ctx => Ok(seq),
-                _ => new(),
+                Some(seq) if seq.cache.capacity() == n_ctx => {
+                    let common = prefix::shared_prefix(&seq.tokens, &job.prompt);
+                    Ok((seq, common))
+                }
+                _ => Ok((new()?, 0)),
             };
         }
-        // Requests without a session start from an empty cache (see `Sequence::start`).
-        match self.free.pop() {
-            Some(seq) => Ok(seq),
-            None => {
-                let seq = new()?;
-                self.n_caches += 1;
-                debug_assert!(self.n_caches <= self.shared.config.max_sequences);
-                Ok(seq)
+        let reuse = |q: &CachedSequence| prefix::reusable(model, n_batch, &q.tokens, &q.classes, &job.prompt);
+        let finished = self.free.iter().map(reuse).enumerate().max_by_key(|&(_, p)| p);
+        let running = self.active.iter().map(|q| reuse(&q.seq)).enumerate().max_by_key(|&(_, p)| p);
+        let best_running = running.filter(|&(_, p)| p > finished.map_or(0, |(_, f)| f));
+        // Free caches are taken as they are; a running sequence's prefix is copied into one.
+        let mut seq = match (finished, best_running) {
+            (Some((i, p)), None) if p > 0 => return Ok((self.free.swap_remove(i), p)),
+            _ => match self.free.pop() {
+                Some(seq) => seq,
+                None => {
+                    self.n_caches += 1;
+                    debug_assert!(self.n_caches <= self.shared.config.max_sequences);
+                    new().inspect_err(|_| self.n_caches -= 1)?
+                }
+            },
+        };
+        match best_running {
+            Some((i, p)) => {
+                seq.copy_prefix(&self.active[i].seq, p);
+                Ok((seq, p))
             }
+            None => Ok((seq, 0)),
         }
     }
 
@@ -185,7 +205,8 @@ impl Scheduler<'_> {
         self.batch = recycle(batch);
         match result {
             Ok(logits) => {
-                let prompt: usize = self.in_batch.iter().map(|&i| self.active[i].ran(cfg.n_batch)).sum();
+                let prompt: usize =
+                    self.in_batch.iter().map(|&i| self.active[i].ran(cfg.n_batch, &*self.shared.model)).sum();
                 Counters::add(&counters.prompt_tokens, prompt as u64);
                 let n_vocab = self.shared.model.config().n_vocab;
                 for (&i, row) in self.with_logits.iter().zip(logits.chunks_exact(n_vocab)) {

@@ -6,6 +6,7 @@ use super::session::CachedSequence;
 use super::{Event, FinishReason, Job, StopMatcher, StopOutcome, Usage};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
+use crate::model::Model;
 use crate::sampler::Sampler;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -31,16 +32,14 @@ pub(super) struct Sequence {
 }
 
 impl Sequence {
-    /// Starts `job` on `seq`. A session's cache keeps the longest prefix it shares with the
-    /// prompt (at least the last prompt token still runs, for its logits); any other starts
-    /// empty.
-    pub(super) fn start(job: Job, mut seq: CachedSequence, sampler: Sampler, n_ctx: usize) -> Sequence {
-        let prompt = &job.prompt;
-        let common = if job.session.is_some() { common_prefix(&seq.tokens, prompt) } else { 0 };
-        seq.cache.truncate(common);
-        seq.tokens.truncate(common);
+    /// Starts `job` on `seq`, keeping its first `common` positions (a prefix of the prompt,
+    /// short of its last token: `engine/prefix.rs`).
+    pub(super) fn start(job: Job, mut seq: CachedSequence, sampler: Sampler, n_ctx: usize, common: usize) -> Sequence {
+        debug_assert!(common < job.prompt.len() && seq.tokens[..common] == job.prompt[..common]);
+        seq.truncate(common);
         // Room for the whole context, so appending a token never reallocates.
         seq.tokens.reserve(n_ctx.saturating_sub(seq.tokens.len()));
+        seq.classes.reserve(n_ctx.saturating_sub(seq.classes.len()));
         let stop = StopMatcher::new(&job.params.stop);
         Sequence {
             job,
@@ -72,20 +71,22 @@ impl Sequence {
         }
     }
 
-    /// Records that the tokens of [`Self::next`] ran (the cache advanced past them); returns
-    /// how many of them were prompt tokens.
-    pub(super) fn ran(&mut self, n_batch: usize) -> usize {
+    /// Records that the tokens of [`Self::next`] ran (the cache advanced past them), with
+    /// the chunk classes `model` gave them; returns how many of them were prompt tokens.
+    pub(super) fn ran(&mut self, n_batch: usize, model: &dyn Model) -> usize {
         match &mut self.phase {
             Phase::Prefill { next } => {
                 let prompt = &self.job.prompt;
                 let end = (*next + n_batch).min(prompt.len());
                 self.seq.tokens.extend_from_slice(&prompt[*next..end]);
                 let n = end - *next;
+                self.seq.classes.extend((0..n).map(|t| model.chunk_class(t, n)));
                 *next = end;
                 n
             }
             Phase::Decode { token } => {
                 self.seq.tokens.push(token[0]);
+                self.seq.classes.push(model.chunk_class(0, 1));
                 0
             }
         }
@@ -162,10 +163,4 @@ impl Sequence {
         self.job.sink.send(Event::Done { finish_reason: reason, usage });
         seq
     }
-}
-
-/// Prompt tokens whose keys and values a cache holding `cached` can keep: the common prefix,
-/// short of the prompt's last token (which runs again for its logits).
-fn common_prefix(cached: &[u32], prompt: &[u32]) -> usize {
-    cached.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len().saturating_sub(1))
 }

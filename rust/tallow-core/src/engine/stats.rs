@@ -21,6 +21,9 @@ pub struct EngineStats {
     /// Prompt tokens computed (prefix reuse excluded) and tokens generated, since the start.
     pub prompt_tokens: u64,
     pub generated_tokens: u64,
+    /// Prompt tokens taken from a cached prefix instead of computed (a session's history,
+    /// another request's prompt).
+    pub cached_prompt_tokens: u64,
     /// Seconds the engine spent computing steps.
     pub busy_seconds: f64,
 }
@@ -46,6 +49,7 @@ pub(super) struct Counters {
     pub(super) failed: AtomicU64,
     pub(super) prompt_tokens: AtomicU64,
     pub(super) generated_tokens: AtomicU64,
+    pub(super) cached_prompt_tokens: AtomicU64,
     pub(super) busy_ns: AtomicU64,
 }
 
@@ -62,6 +66,7 @@ impl Counters {
             kv_slots,
             prompt_tokens: self.prompt_tokens.load(Relaxed),
             generated_tokens: self.generated_tokens.load(Relaxed),
+            cached_prompt_tokens: self.cached_prompt_tokens.load(Relaxed),
             busy_seconds: self.busy_ns.load(Relaxed) as f64 * 1e-9,
         }
     }

@@ -10,6 +10,7 @@ mod attention;
 mod attention_gemm_x86;
 #[cfg(target_arch = "x86_64")]
 mod attention_x86;
+mod chunk_orders;
 mod config;
 mod gemma3;
 mod layers;
@@ -30,6 +31,7 @@ use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
 use crate::quant::{matmul, matmul_fused_seqs, QTensor, RepackCache};
 use crate::threadpool::ThreadPool;
+use chunk_orders::ChunkOrders;
 use std::sync::Arc;
 
 /// A loaded model: shared, immutable weights.
@@ -85,6 +87,12 @@ pub trait Model: Send + Sync {
         scratch: &'s mut ForwardScratch,
         pool: &ThreadPool,
     ) -> Result<&'s [f32]>;
+
+    /// The summation orders token `t` of an `n`-token chunk of a sequence gets (a small
+    /// number): the keys and values of a position equal, bit for bit, those of another
+    /// sequence's with the same tokens up to it when every position up to it ran with the same
+    /// class in both. The engine reuses cached prefixes across requests on this.
+    fn chunk_class(&self, t: usize, n: usize) -> u8;
 }
 
 /// One sequence's part of a [`Model::forward_batch`].
@@ -127,13 +135,16 @@ pub(crate) struct CommonWeights {
     output: QTensor,
     /// Factor on the looked-up embeddings (gemma: sqrt(n_embd)).
     embd_scale: f32,
+    /// How a token's results depend on the chunk it runs in.
+    orders: ChunkOrders,
 }
 
 impl CommonWeights {
     fn load(w: &Weights, cfg: &ModelConfig, embd_scale: f32) -> Result<CommonWeights> {
         let token_embd = w.tensor("token_embd.weight")?;
         let output = if cfg.tied_embeddings { token_embd.clone() } else { w.tensor("output.weight")? };
-        Ok(CommonWeights { token_embd, output_norm: w.norm("output_norm.weight")?, output, embd_scale })
+        let orders = ChunkOrders::of(w.file);
+        Ok(CommonWeights { token_embd, output_norm: w.norm("output_norm.weight")?, output, embd_scale, orders })
     }
 }
 
@@ -172,6 +183,10 @@ impl<L: Layers + Send + Sync> Model for L {
         pool: &ThreadPool,
     ) -> Result<&'s [f32]> {
         run_batch(self, seqs, scratch, pool)
+    }
+
+    fn chunk_class(&self, t: usize, n: usize) -> u8 {
+        self.common().orders.class(t, n)
     }
 }
 
