@@ -1,9 +1,9 @@
 //! The scheduler thread (continuous batching). It admits queued jobs as sequences, up to
 //! `max_sequences` at a time; each step runs one batched forward over the last token of every
-//! decoding sequence plus the next prompt chunk of one prefilling sequence, so the weights are
-//! read once per step for all of them, then samples for each sequence that got logits. A
-//! sequence's chunks and products are the ones it would have alone (`Model::forward_batch`),
-//! so its tokens do not depend on what else runs.
+//! decoding sequence plus the next prompt chunks of prefilling ones (up to `n_batch` prompt
+//! tokens together), so the weights are read once per step for all of them, then samples for
+//! each sequence that got logits. A sequence's chunks and products are the ones it would have
+//! alone (`Model::forward_batch`), so its tokens do not depend on what else runs.
 //!
 //! A new sequence starts from the longest prompt prefix it can reuse: within a session (chat
 //! turns) all it shares with the session's history, whose results depend on that history
@@ -186,13 +186,20 @@ impl Scheduler<'_> {
         if self.active.is_empty() {
             return;
         }
-        let prefill = self.active.iter().position(Sequence::is_prefilling);
         let mut batch = recycle(std::mem::take(&mut self.batch));
         self.in_batch.clear();
         self.with_logits.clear();
+        // Prompt chunks: the first prefilling sequence's, and those of the next ones while
+        // they fit in `n_batch` tokens together (a chunk is never cut short: its size decides
+        // its summation orders).
+        let mut prompt_room = cfg.n_batch;
         for (i, q) in self.active.iter_mut().enumerate() {
-            if q.is_prefilling() && Some(i) != prefill {
-                continue;
+            if q.is_prefilling() {
+                let n = q.next_len(cfg.n_batch);
+                if n > prompt_room {
+                    continue;
+                }
+                prompt_room -= n;
             }
             let (tokens, cache, logits) = q.next(cfg.n_batch);
             self.in_batch.push(i);

@@ -58,6 +58,14 @@ impl Sequence {
         matches!(self.phase, Phase::Prefill { .. })
     }
 
+    /// How many tokens [`Self::next`] gives.
+    pub(super) fn next_len(&self, n_batch: usize) -> usize {
+        match &self.phase {
+            Phase::Prefill { next } => n_batch.min(self.job.prompt.len() - next),
+            Phase::Decode { .. } => 1,
+        }
+    }
+
     /// The tokens this sequence runs in the next step (a prompt chunk of up to `n_batch`, or
     /// its last sampled token), its cache, and whether that step gives it logits.
     pub(super) fn next(&mut self, n_batch: usize) -> (&[u32], &mut KvCache, bool) {
