@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING, Literal, TypedDict
 
 from . import _tallow
@@ -86,7 +86,7 @@ class Chat:
 
     async def astream(
         self, message: str, *, max_tokens: int = 512, **options: Unpack[SamplingOptions]
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Async version of ``stream``."""
         from .model import _aiterate, _start_in_loop
 

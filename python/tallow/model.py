@@ -6,7 +6,8 @@ import asyncio
 import functools
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -84,7 +85,9 @@ class Model:
     tokens into one forward pass per step, and queues up to ``max_queue`` more (default 256);
     past that a request raises ``OverloadedError``, or waits for room when given a
     ``timeout``. The GIL is released while it computes. Each request gives the same text as it
-    would alone.
+    would alone. Prompts run in chunks of ``n_batch`` tokens (default 512); a cancelled request
+    stops between chunks. ``n_ctx`` is the context of each request (prompt and generated
+    tokens); each running request holds a KV cache of that size.
 
     Weights are repacked at load into the layout this CPU's kernels read fastest. The repacked
     copies are kept in ``$TALLOW_HOME/repack`` (``~/.cache/tallow/repack``), so later loads of
@@ -107,6 +110,7 @@ class Model:
         repack_cache: bool | None = None,
         max_sequences: int | None = None,
         max_queue: int | None = None,
+        n_batch: int | None = None,
     ) -> None:
         if repack_cache is not None and not isinstance(repack_cache, bool):
             raise TypeError(f"repack_cache must be a bool or None, not {type(repack_cache).__name__}")
@@ -115,6 +119,7 @@ class Model:
             "n_ctx": n_ctx,
             "max_sequences": max_sequences,
             "max_queue": max_queue,
+            "n_batch": n_batch,
         }
         for name, value in sizes.items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -132,6 +137,7 @@ class Model:
             repack_cache=cache,
             max_sequences=max_sequences,
             max_queue=max_queue,
+            n_batch=n_batch,
         )
         self.info: ModelInfo = ModelInfo(**self._core.info())
 
@@ -215,7 +221,7 @@ class Model:
 
     def astream(
         self, prompt: str, *, max_tokens: int = 256, **options: Unpack[SamplingOptions]
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Async version of ``stream``: the event loop keeps running while the engine computes
         (and while a request with a ``timeout`` waits for room). Cancelling the task (or
         ``aclose()``) stops the generation."""
@@ -276,9 +282,12 @@ def _iterate(stream: _tallow.Stream) -> Iterator[str]:
         stream.cancel()
 
 
-async def _aiterate(start: _tallow.Stream | Callable[[], Awaitable[_tallow.Stream]]) -> AsyncIterator[str]:
+async def _aiterate(
+    start: _tallow.Stream | Callable[[], Awaitable[_tallow.Stream]],
+) -> AsyncGenerator[str, None]:
     stream = start if isinstance(start, _tallow.Stream) else await start()
     loop = asyncio.get_running_loop()
+    wake = _loop_wake(loop)
     try:
         while True:
             try:
@@ -287,13 +296,69 @@ async def _aiterate(start: _tallow.Stream | Callable[[], Awaitable[_tallow.Strea
                 return
             if item is None:
                 ready = loop.create_future()
-                stream.set_waker(functools.partial(loop.call_soon_threadsafe, _resolve, ready))
+                if wake is not None:
+                    wake.pending.append(ready)
+                    stream.set_waker(wake.waker)
+                else:
+                    stream.set_waker(functools.partial(loop.call_soon_threadsafe, _resolve, ready))
                 await ready
                 continue
             if item[0]:
                 yield item[0]
     finally:
         stream.cancel()
+
+
+class _LoopWake:
+    """One event loop's wake-up pipe: the engine thread writes a byte to it when a stream has
+    events (it never runs Python code, see ``stream.rs``), and the loop then wakes the tasks
+    waiting on their streams, which poll again."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        read, write = os.pipe()
+        try:
+            os.set_blocking(read, False)
+            os.set_blocking(write, False)
+            loop.add_reader(read, self._wake)
+        except BaseException:
+            os.close(read)
+            os.close(write)
+            raise
+        self.waker = _tallow.LoopWaker(write)  # owns `write` from here on
+        self.pending: list[asyncio.Future[None]] = []
+        self._read = read
+        # Closed with the loop's last reference, not at exit: a loop in a daemon thread may
+        # still watch it then.
+        weakref.finalize(self, os.close, read).atexit = False
+
+    def _wake(self) -> None:
+        try:
+            while os.read(self._read, 4096):
+                pass
+        except OSError:  # drained (EAGAIN)
+            pass
+        pending, self.pending = self.pending, []
+        for fut in pending:
+            _resolve(fut)
+
+
+_LOOP_WAKES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWake | None]
+_LOOP_WAKES = weakref.WeakKeyDictionary()
+
+
+def _loop_wake(loop: asyncio.AbstractEventLoop) -> _LoopWake | None:
+    """``loop``'s wake-up pipe, or None for loops that cannot watch a file descriptor (the
+    Windows proactor): their streams get ``call_soon_threadsafe`` instead."""
+    try:
+        return _LOOP_WAKES[loop]
+    except KeyError:
+        pass
+    try:
+        wake: _LoopWake | None = _LoopWake(loop)
+    except (NotImplementedError, AttributeError, OSError):
+        wake = None
+    _LOOP_WAKES[loop] = wake
+    return wake
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -49,6 +49,9 @@ pub struct LoadOptions {
     /// Requests that may wait for a sequence (default [`DEFAULT_MAX_QUEUE`]); past that,
     /// requests fail with `Overloaded` unless they wait for room.
     pub max_queue: Option<usize>,
+    /// Prompt tokens per prefill chunk (default [`DEFAULT_N_BATCH`]); a cancelled request stops
+    /// between chunks.
+    pub n_batch: Option<usize>,
 }
 
 pub struct LoadedModel {
@@ -62,7 +65,7 @@ pub struct LoadedModel {
 }
 
 pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
-    let LoadOptions { n_threads, n_ctx, repack_cache, max_sequences, max_queue } = options.clone();
+    let LoadOptions { n_threads, n_ctx, repack_cache, max_sequences, max_queue, n_batch } = options.clone();
     if n_threads == Some(0) {
         return Err(Error::invalid("n_threads", "must be at least 1"));
     }
@@ -110,7 +113,8 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     let n_threads = n_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let max_sequences = max_sequences.unwrap_or(DEFAULT_MAX_SEQUENCES);
     let max_queue = max_queue.unwrap_or(DEFAULT_MAX_QUEUE);
-    let config = EngineConfig { n_threads, n_ctx, n_batch: DEFAULT_N_BATCH, max_sequences, max_queue };
+    let n_batch = n_batch.unwrap_or(DEFAULT_N_BATCH);
+    let config = EngineConfig { n_threads, n_ctx, n_batch, max_sequences, max_queue };
     let engine = Engine::new(model, tokenizer, config)?;
     Ok(LoadedModel { engine, info, repack_cache, template })
 }

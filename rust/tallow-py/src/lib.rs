@@ -34,6 +34,7 @@ fn _tallow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::Model>()?;
     m.add_class::<model::ChatSession>()?;
     m.add_class::<stream::Stream>()?;
+    m.add_class::<stream::LoopWaker>()?;
     m.add_class::<sampler::PySampler>()?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;

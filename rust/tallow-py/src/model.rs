@@ -83,7 +83,7 @@ pub struct Model {
 #[pymethods]
 impl Model {
     #[new]
-    #[pyo3(signature = (path, n_threads = None, n_ctx = None, repack_cache = None, max_sequences = None, max_queue = None))]
+    #[pyo3(signature = (path, n_threads = None, n_ctx = None, repack_cache = None, max_sequences = None, max_queue = None, n_batch = None))]
     fn new(
         py: Python<'_>,
         path: std::path::PathBuf,
@@ -92,9 +92,10 @@ impl Model {
         repack_cache: Option<std::path::PathBuf>,
         max_sequences: Option<usize>,
         max_queue: Option<usize>,
+        n_batch: Option<usize>,
     ) -> PyResult<Self> {
         guard_detached(py, move || {
-            let options = tallow_core::LoadOptions { n_threads, n_ctx, repack_cache, max_sequences, max_queue };
+            let options = tallow_core::LoadOptions { n_threads, n_ctx, repack_cache, max_sequences, max_queue, n_batch };
             let loaded = tallow_core::load(&path, &options)?;
             let repack_cache = loaded.repack_cache.as_str();
             Ok(Model { engine: loaded.engine, info: loaded.info, repack_cache, template: loaded.template })

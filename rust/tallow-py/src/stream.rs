@@ -1,10 +1,18 @@
 //! `Stream`: the Python side of one request's events. Iterating blocks with the GIL released;
-//! asyncio callers poll and register a waker that the engine thread calls when events arrive.
+//! asyncio callers poll and register a waker that the engine thread fires when events arrive.
+//!
+//! The engine thread never takes the GIL: it wakes an event loop by writing a byte to a pipe
+//! the loop watches (`LoopWaker`). Running Python code there (`loop.call_soon_threadsafe`)
+//! could release the GIL inside the call, and if the interpreter began to finalize meanwhile,
+//! CPython ended the thread with `pthread_exit`, whose unwinding through Rust frames aborted
+//! the process at exit. Loops that cannot watch a file descriptor (Windows' proactor) still
+//! get a callable.
 
 use crate::errors::to_pyerr;
 use pyo3::exceptions::PyStopIteration;
 use pyo3::prelude::*;
 use std::collections::VecDeque;
+use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 use tallow_core::engine::{CancelToken, Event, EventSink, FinishReason, Usage};
@@ -12,8 +20,8 @@ use tallow_core::engine::{CancelToken, Event, EventSink, FinishReason, Usage};
 #[derive(Default)]
 struct Inbox {
     events: VecDeque<Event>,
-    /// Callable invoked once (from the engine thread) when the next event arrives.
-    waker: Option<Py<PyAny>>,
+    /// Fired once (from the engine thread) when the next event arrives.
+    waker: Option<Waker>,
     /// The consumer is gone: further events are refused, which cancels the request.
     closed: bool,
     finished: Option<(FinishReason, Usage)>,
@@ -28,6 +36,55 @@ pub(crate) struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inbox> {
         self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+enum Waker {
+    /// A loop's pipe: one byte wakes it (no GIL).
+    Pipe(Arc<std::fs::File>),
+    /// A callable, called with the GIL.
+    Call(Py<PyAny>),
+}
+
+impl Waker {
+    fn fire(self) {
+        match self {
+            // A full pipe already wakes its loop; a closed one has no loop left to wake.
+            Waker::Pipe(pipe) => drop((&*pipe).write(&[1])),
+            Waker::Call(w) => Python::attach(|py| {
+                if let Err(e) = w.call0(py) {
+                    // The event loop may be closed; the consumer will see its own error.
+                    e.write_unraisable(py, None);
+                }
+            }),
+        }
+    }
+}
+
+/// The write end of a pipe whose read end an asyncio loop watches (`loop.add_reader`):
+/// streams given it as their waker wake that loop with one byte, without the GIL.
+#[pyclass(frozen, module = "tallow._tallow")]
+pub struct LoopWaker {
+    pipe: Arc<std::fs::File>,
+}
+
+#[pymethods]
+impl LoopWaker {
+    /// Takes ownership of `write_fd`, a non-blocking pipe's write end (closed with the last
+    /// stream that holds it).
+    #[new]
+    fn new(write_fd: i32) -> PyResult<Self> {
+        if write_fd < 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err("write_fd must be a file descriptor"));
+        }
+        #[cfg(unix)]
+        // SAFETY: the caller hands the descriptor over (documented); it is not used elsewhere.
+        let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(write_fd) };
+        #[cfg(not(unix))]
+        let file: std::fs::File = {
+            return Err(pyo3::exceptions::PyOSError::new_err("LoopWaker needs a POSIX pipe"));
+        };
+        Ok(LoopWaker { pipe: Arc::new(file) })
     }
 }
 
@@ -46,12 +103,7 @@ impl EventSink for Sink {
         };
         self.0.ready.notify_all();
         if let Some(w) = waker {
-            Python::attach(|py| {
-                if let Err(e) = w.call0(py) {
-                    // The event loop may be closed; the consumer will see its own error.
-                    e.write_unraisable(py, None);
-                }
-            });
+            w.fire();
         }
         true
     }
@@ -137,20 +189,22 @@ impl Stream {
         self.take(py, &mut inbox)
     }
 
-    /// Arranges for `waker()` to be called once, from the engine thread, when an event is
-    /// ready — immediately if one already is.
-    fn set_waker(&self, py: Python<'_>, waker: Py<PyAny>) -> PyResult<()> {
-        let call_now = {
-            let mut inbox = self.shared.lock();
-            if inbox.events.is_empty() && inbox.finished.is_none() && !inbox.closed {
-                inbox.waker = Some(waker.clone_ref(py));
-                false
-            } else {
-                true
-            }
+    /// Arranges for `waker` (a `LoopWaker`, or a callable) to be fired once, from the engine
+    /// thread, when an event is ready — now if one already is.
+    fn set_waker(&self, waker: Bound<'_, PyAny>) -> PyResult<()> {
+        let waker = match waker.cast::<LoopWaker>() {
+            Ok(w) => Waker::Pipe(w.get().pipe.clone()),
+            Err(_) => Waker::Call(waker.unbind()),
         };
-        if call_now {
-            waker.call0(py)?;
+        let mut inbox = self.shared.lock();
+        if inbox.events.is_empty() && inbox.finished.is_none() && !inbox.closed {
+            inbox.waker = Some(waker);
+            return Ok(());
+        }
+        drop(inbox);
+        match waker {
+            Waker::Pipe(pipe) => drop((&*pipe).write(&[1])),
+            Waker::Call(w) => Python::attach(|py| w.call0(py).map(drop))?,
         }
         Ok(())
     }

@@ -82,6 +82,9 @@ impl Engine {
         if config.max_sequences == 0 {
             return Err(Error::invalid("max_sequences", "must be at least 1"));
         }
+        if config.n_batch == 0 {
+            return Err(Error::invalid("n_batch", "must be at least 1"));
+        }
         if config.max_queue == 0 {
             return Err(Error::invalid("max_queue", "must be at least 1"));
         }
