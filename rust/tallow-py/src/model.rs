@@ -95,7 +95,8 @@ impl Model {
         n_batch: Option<usize>,
     ) -> PyResult<Self> {
         guard_detached(py, move || {
-            let options = tallow_core::LoadOptions { n_threads, n_ctx, repack_cache, max_sequences, max_queue, n_batch };
+            let options =
+                tallow_core::LoadOptions { n_threads, n_ctx, repack_cache, max_sequences, max_queue, n_batch };
             let loaded = tallow_core::load(&path, &options)?;
             let repack_cache = loaded.repack_cache.as_str();
             Ok(Model { engine: loaded.engine, info: loaded.info, repack_cache, template: loaded.template })
