@@ -17,14 +17,14 @@ C4     ``test_cancel_during_a_long_prefill`` (here)
 C5     (HTTP server: not in this package yet)
 C6     test_model_api.py::test_a_full_model_raises_overloaded_or_waits,
        test_model_api.py::test_requests_beyond_max_sequences_queue_and_match_alone
-C7     ``test_timeout_bounds_the_wait_for_room_not_the_generation``,
+C7     ``test_timeout_stops_a_generation_with_its_text_so_far``,
+       ``test_async_timeout_stops_a_generation``, ``test_timeout_expires_in_the_queue``,
        ``test_async_timeout_expires_and_leaves_nothing_behind``,
        ``test_a_blocked_sync_request_gets_in_when_room_frees``,
        ``test_cancelling_a_task_that_waits_for_room`` (here); also
        test_model_api.py::test_a_full_model_raises_overloaded_or_waits,
        test_async.py::test_a_task_waits_for_room_without_blocking_the_loop.
-       ``timeout=`` is the wait for room, not a deadline on the generation; a deadline is
-       ``asyncio.wait_for`` (C3 above)
+       ``timeout=`` is the request's deadline: the wait for room and the generation
 C8     test_model_api.py::test_context_overflow
 C9     test_model_api.py::test_ctrl_c_during_generate_cancels_only_that_request,
        test_model_api.py::test_ctrl_c_while_waiting_for_room
@@ -410,15 +410,56 @@ def _free_room(held: Held) -> None:
     held.clear()  # the queued stream never started: dropping it is what cancels it
 
 
-def test_timeout_bounds_the_wait_for_room_not_the_generation(model: tallow.Model) -> None:
-    """C7: ``timeout`` is how long a request may wait for room; it does not cut a generation
-    that got in, however much longer than the timeout that generation runs."""
-    chunks, n_tokens = _solo(model, COUNTING, 64, GREEDY)
+def test_timeout_stops_a_generation_with_its_text_so_far(model: tallow.Model) -> None:
+    """C7: ``timeout`` is the request's deadline: a generation still running then stops at the
+    engine's next step with ``RequestTimeoutError`` (a ``TimeoutError``), ``generate`` hands
+    over the text so far as ``.text``, and the slot is freed. One that ends in time is whole."""
+    chunks, _ = _solo(model, COUNTING, 400, GREEDY)
+    whole = "".join(chunks)
     before = model.stats()
-    assert model.generate(COUNTING, max_tokens=64, timeout=0.001, temperature=0) == "".join(chunks)
-    assert list(model.stream(COUNTING, max_tokens=64, timeout=0, temperature=0)) == chunks
+    with pytest.raises(tallow.RequestTimeoutError) as raised:
+        model.generate(COUNTING, max_tokens=400, timeout=0.1, temperature=0)
+    assert isinstance(raised.value, TimeoutError)
+    assert whole.startswith(raised.value.text) and len(raised.value.text) < len(whole)
+    got: list[str] = []
+    with pytest.raises(tallow.RequestTimeoutError):
+        for piece in model.stream(COUNTING, max_tokens=400, timeout=0.1, temperature=0):
+            got.append(piece)
+    assert got == chunks[: len(got)] and len(got) < len(chunks)
+    assert model.generate(COUNTING, max_tokens=8, timeout=60, temperature=0) == "".join(
+        _solo(model, COUNTING, 8, GREEDY)[0]
+    )
     d = _delta(before, _idle_sync(model))
-    assert (d["finished"], d["cancelled"], d["generated_tokens"]) == (2, 0, 2 * n_tokens), d
+    assert (d["cancelled"], d["failed"]) == (2, 0), d
+    _assert_no_slot_in_use(model.stats())
+
+
+def test_timeout_expires_in_the_queue(smollm2_path: Path) -> None:
+    """C7: a request queued behind a running one (``max_sequences=1``) whose deadline passes
+    before it gets a slot ends with ``RequestTimeoutError`` and no text, and leaves the queue."""
+    model = tallow.Model(smollm2_path, n_threads=2, n_ctx=512, max_sequences=1)
+    running = model.stream(COUNTING, max_tokens=400, **GREEDY)
+    next(running)
+    before = model.stats()
+    with pytest.raises(tallow.RequestTimeoutError) as raised:
+        model.generate(CHECK, max_tokens=4, timeout=0.2, temperature=0)
+    assert raised.value.text == ""
+    after = model.stats()
+    assert (after.active, after.queued) == (1, 0), after
+    assert _delta(before, after)["cancelled"] == 1
+    running.close()
+    _assert_no_slot_in_use(_idle_sync(model))
+
+
+async def test_async_timeout_stops_a_generation(model: tallow.Model) -> None:
+    """C7: the same deadline in async code: ``agenerate`` raises ``RequestTimeoutError`` with
+    the text so far; the loop stays live and the next request works."""
+    chunks, _ = _solo(model, COUNTING, 400, GREEDY)
+    with pytest.raises(tallow.RequestTimeoutError) as raised:
+        await model.agenerate(COUNTING, max_tokens=400, timeout=0.1, temperature=0)
+    assert "".join(chunks).startswith(raised.value.text)
+    _assert_no_slot_in_use(await _idle(model))
+    assert (await model.agenerate(CHECK, max_tokens=4, **GREEDY)).strip()
 
 
 async def test_async_timeout_expires_and_leaves_nothing_behind(

@@ -53,11 +53,13 @@ class Chat:
         msgs: list[Message] = [*self.messages, {"role": "user", "content": user}]
         return self._model._core.apply_chat_template([(m["role"], m["content"]) for m in msgs], True)
 
-    def _start(self, user: str, max_tokens: int, options: SamplingOptions) -> _tallow.Stream:
+    def _start(
+        self, user: str, max_tokens: int, options: SamplingOptions, deadline: float | None = None
+    ) -> _tallow.Stream:
         prompt = self._prompt(user)
         # Templates write the BOS text themselves when the model wants one.
         return self._model._start(
-            prompt, max_tokens, options, add_bos=False, special=True, session=self._session
+            prompt, max_tokens, options, add_bos=False, special=True, session=self._session, deadline=deadline
         )
 
     def _record(self, user: str, answer: str) -> None:
@@ -92,7 +94,7 @@ class Chat:
 
         parts: list[str] = []
         try:
-            start = _start_in_loop(lambda o: self._start(message, max_tokens, o), options)
+            start = _start_in_loop(lambda o, d: self._start(message, max_tokens, o, d), options)
             async for text in _aiterate(start):
                 parts.append(text)
                 yield text

@@ -7,6 +7,7 @@ __all__ = [
     "GGUFError",
     "ModelClosedError",
     "OverloadedError",
+    "RequestTimeoutError",
     "TallowError",
     "TemplateError",
     "UnsupportedModelError",
@@ -40,3 +41,11 @@ class TemplateError(TallowError):
 class ModelClosedError(TallowError, ValueError):
     """The model was closed (``Model.close()``): it takes no more requests, and the ones running
     when it closed end with this error."""
+
+
+class RequestTimeoutError(TallowError, TimeoutError):
+    """A request ran past its ``timeout`` (seconds from the call, waiting for room included): it
+    was stopped there and its slot freed. ``text`` holds what ``generate``/``agenerate`` had
+    produced; a stream has already yielded it."""
+
+    text: str = ""

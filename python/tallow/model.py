@@ -6,6 +6,7 @@ import asyncio
 import functools
 import os
 import sys
+import time
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from . import _tallow
 from .catalog import repack_dir, resolve_model
-from .errors import ModelClosedError, OverloadedError
+from .errors import ModelClosedError, OverloadedError, RequestTimeoutError
 from .sampling import SamplingOptions, build_options, check_timeout
 
 if sys.version_info >= (3, 11):
@@ -199,10 +200,13 @@ class Model:
         add_bos: bool = True,
         special: bool = False,
         session: _tallow.ChatSession | None = None,
+        deadline: float | None = None,
     ) -> _tallow.Stream:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
         opts = build_options(max_tokens, options)
+        # Seconds the request may take from now, waiting for room included (``timeout``).
+        opts["deadline"] = opts["timeout"] if deadline is None else deadline
         return self._core.start(prompt, opts, add_bos=add_bos, special=special, session=session)
 
     def stream(
@@ -216,8 +220,15 @@ class Model:
         return _iterate(self._start(prompt, max_tokens, options))
 
     def generate(self, prompt: str, *, max_tokens: int = 256, **options: Unpack[SamplingOptions]) -> str:
-        """Generates from ``prompt`` and returns the whole text. Ctrl-C cancels it."""
-        return "".join(self.stream(prompt, max_tokens=max_tokens, **options))
+        """Generates from ``prompt`` and returns the whole text. Ctrl-C cancels it; past its
+        ``timeout`` it raises ``RequestTimeoutError`` with the text so far as ``.text``."""
+        parts: list[str] = []
+        try:
+            parts.extend(self.stream(prompt, max_tokens=max_tokens, **options))
+        except RequestTimeoutError as e:
+            e.text = "".join(parts)
+            raise
+        return "".join(parts)
 
     def astream(
         self, prompt: str, *, max_tokens: int = 256, **options: Unpack[SamplingOptions]
@@ -225,13 +236,19 @@ class Model:
         """Async version of ``stream``: the event loop keeps running while the engine computes
         (and while a request with a ``timeout`` waits for room). Cancelling the task (or
         ``aclose()``) stops the generation."""
-        return _aiterate(_start_in_loop(lambda o: self._start(prompt, max_tokens, o), options))
+        return _aiterate(_start_in_loop(lambda o, d: self._start(prompt, max_tokens, o, deadline=d), options))
 
     async def agenerate(
         self, prompt: str, *, max_tokens: int = 256, **options: Unpack[SamplingOptions]
     ) -> str:
         """Async version of ``generate``."""
-        parts = [t async for t in self.astream(prompt, max_tokens=max_tokens, **options)]
+        parts: list[str] = []
+        try:
+            async for t in self.astream(prompt, max_tokens=max_tokens, **options):
+                parts.append(t)
+        except RequestTimeoutError as e:
+            e.text = "".join(parts)
+            raise
         return "".join(parts)
 
     def chat(self, system: str | None = None) -> Chat:
@@ -243,30 +260,33 @@ class Model:
 
 
 def _start_in_loop(
-    start: Callable[[SamplingOptions], _tallow.Stream], options: SamplingOptions
+    start: Callable[[SamplingOptions, float | None], _tallow.Stream], options: SamplingOptions
 ) -> _tallow.Stream | Callable[[], Awaitable[_tallow.Stream]]:
     """Starts a generation from async code without blocking the event loop: now, or, when the
     engine is full and ``options`` has a ``timeout``, a coroutine function that waits for room
-    with ``asyncio.sleep`` and then starts it (``OverloadedError`` once the time is up)."""
+    with ``asyncio.sleep`` and then starts it (``OverloadedError`` once the time is up). The
+    request keeps what is left of its ``timeout`` as its deadline."""
     timeout = check_timeout(options.get("timeout"))
     now = options.copy()
     now["timeout"] = None
     try:
-        return start(now)
+        return start(now, timeout)
     except OverloadedError:
         if not timeout:
             raise
     limit: float = timeout
+    began = time.monotonic()
 
     async def wait() -> _tallow.Stream:
-        loop = asyncio.get_running_loop()
-        deadline, delay = loop.time() + limit, 0.005
+        delay = 0.005
         while True:
-            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+            left = limit - (time.monotonic() - began)
+            await asyncio.sleep(min(delay, max(0.0, left)))
+            left = limit - (time.monotonic() - began)
             try:
-                return start(now)
+                return start(now, max(0.0, left))
             except OverloadedError:
-                if loop.time() >= deadline:
+                if left <= 0:
                     raise
                 delay = min(2 * delay, 0.1)
 

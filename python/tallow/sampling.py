@@ -31,8 +31,10 @@ class SamplingOptions(TypedDict):
     presence_penalty: NotRequired[float]
     seed: NotRequired[int | None]
     stop: NotRequired[str | list[str] | None]
-    #: Seconds to wait for room when the model's engine is full (``max_sequences`` running and
-    #: ``max_queue`` waiting); ``None`` raises ``OverloadedError`` at once.
+    #: Seconds the request may take from the call: it waits up to that long for room when the
+    #: model's engine is full (``max_sequences`` running and ``max_queue`` waiting; then
+    #: ``OverloadedError``), and stops with ``RequestTimeoutError`` if it has not finished by
+    #: then. ``None``: no limit, and a full engine raises ``OverloadedError`` at once.
     timeout: NotRequired[float | None]
 
 

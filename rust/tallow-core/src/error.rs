@@ -44,6 +44,9 @@ pub enum Error {
     Cancelled,
     #[error("engine overloaded: {0}")]
     Overloaded(String),
+    /// The request's deadline passed before it finished (it stopped there, its slot freed).
+    #[error("the request timed out: {0}")]
+    Timeout(String),
     /// The model was closed (`Engine::close`): the request was refused or stopped.
     #[error("the model is closed")]
     Closed,

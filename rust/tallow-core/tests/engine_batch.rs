@@ -32,7 +32,7 @@ fn request(m: &LoadedModel, i: usize) -> (Vec<u32>, GenerateParams) {
 /// Submits a request; its events arrive on the returned receiver.
 fn submit(m: &LoadedModel, prompt: Vec<u32>, params: GenerateParams, cancel: CancelToken) -> mpsc::Receiver<Event> {
     let (tx, rx) = mpsc::channel();
-    m.engine.submit(Job { prompt, params, session: None, cancel, sink: Box::new(tx) }).unwrap();
+    m.engine.submit(Job { prompt, params, session: None, cancel, sink: Box::new(tx), deadline: None }).unwrap();
     rx
 }
 
@@ -162,6 +162,7 @@ fn a_full_engine_refuses_or_waits_for_room() {
         session: None,
         cancel,
         sink: Box::new(sink),
+        deadline: None,
     };
     // One running, one waiting: the engine is full.
     let (running, waiting) = (CancelToken::new(), CancelToken::new());
@@ -209,7 +210,14 @@ fn engine(m: &LoadedModel, n_batch: usize) -> Engine {
 fn run_on(e: &Engine, prompt: &[u32], max_tokens: usize) -> mpsc::Receiver<Event> {
     let (tx, rx) = mpsc::channel();
     let params = GenerateParams { max_tokens, sampling: SamplingParams::greedy(), stop: Vec::new(), ignore_eos: true };
-    let job = Job { prompt: prompt.to_vec(), params, session: None, cancel: CancelToken::new(), sink: Box::new(tx) };
+    let job = Job {
+        prompt: prompt.to_vec(),
+        params,
+        session: None,
+        cancel: CancelToken::new(),
+        sink: Box::new(tx),
+        deadline: None,
+    };
     e.submit(job).unwrap();
     rx
 }

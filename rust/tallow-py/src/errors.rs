@@ -27,6 +27,7 @@ pub fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
         Error::Overloaded(_) => tallow_exception(py, "OverloadedError", msg),
         Error::Template(_) => tallow_exception(py, "TemplateError", msg),
         Error::Closed => tallow_exception(py, "ModelClosedError", msg),
+        Error::Timeout(_) => tallow_exception(py, "RequestTimeoutError", msg),
         Error::InvalidArgument { .. } => PyValueError::new_err(msg),
         Error::Io { path, source } => {
             let text = format!("{path}: {source}");

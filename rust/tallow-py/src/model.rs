@@ -28,6 +28,8 @@ pub struct PyGenerateOptions {
     ignore_eos: bool,
     /// Seconds to wait for room when the engine is full (`None`: fail at once).
     timeout: Option<f64>,
+    /// Seconds from now until the request gives up, queued or running (`RequestTimeoutError`).
+    deadline: Option<f64>,
 }
 
 impl PyGenerateOptions {
@@ -195,8 +197,10 @@ impl Model {
         special: bool,
         session: Option<&ChatSession>,
     ) -> PyResult<Stream> {
-        // Checked by the Python layer: finite and >= 0.
-        let timeout = options.timeout.map(std::time::Duration::from_secs_f64);
+        // Checked by the Python layer (finite, >= 0); capped so that `now + it` cannot overflow.
+        let seconds = |s: f64| std::time::Duration::try_from_secs_f64(s.min(1e9)).unwrap_or_default();
+        let timeout = options.timeout.map(seconds);
+        let deadline = options.deadline.map(|s| std::time::Instant::now() + seconds(s));
         let params = options.into_params();
         let session = session.map(|s| s.inner.clone());
         let prompt = Prompt::Text { text: prompt.to_owned(), add_bos, special };
@@ -208,7 +212,7 @@ impl Model {
         let slot = &interrupt;
         let submitted = guard_detached(py, move || {
             let tokens = engine.prepare_prompt(&prompt)?;
-            let job = Job { prompt: tokens, params, session, cancel, sink: Box::new(sink) };
+            let job = Job { prompt: tokens, params, session, cancel, sink: Box::new(sink), deadline };
             engine.submit_wait_while(job, timeout, || {
                 Python::attach(|py| match py.check_signals() {
                     Ok(()) => true,

@@ -50,6 +50,9 @@ pub struct Job {
     pub session: Option<Arc<Session>>,
     pub cancel: CancelToken,
     pub sink: Box<dyn EventSink>,
+    /// When the request gives up, queued or running: it ends with `Error::Timeout` at the
+    /// first step after it (its text so far was sent).
+    pub deadline: Option<Instant>,
 }
 
 struct Shared {

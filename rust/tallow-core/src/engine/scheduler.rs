@@ -180,8 +180,12 @@ impl Scheduler<'_> {
         for (i, q) in self.active.iter().enumerate() {
             if q.job.cancel.is_cancelled() {
                 self.finished.push((i, Ok(FinishReason::Cancelled)));
+            } else if q.job.deadline.is_some_and(|d| start >= d) {
+                let why = format!("its deadline passed after {} generated tokens", q.n_gen());
+                self.finished.push((i, Err(Error::Timeout(why))));
             }
         }
+        self.expire_waiting(start);
         self.retire();
         if self.active.is_empty() {
             return;
@@ -254,7 +258,9 @@ impl Scheduler<'_> {
                     q.finish(reason)
                 }
                 Err(e) => {
-                    Counters::add(&counters.failed, 1);
+                    // A deadline is the caller's cancellation, not a failure.
+                    let counter = if matches!(e, Error::Timeout(_)) { &counters.cancelled } else { &counters.failed };
+                    Counters::add(counter, 1);
                     let Sequence { mut job, seq, .. } = q;
                     job.sink.send(Event::Error(e));
                     match &job.session {
@@ -267,6 +273,24 @@ impl Scheduler<'_> {
                 }
             };
             self.free.extend(seq);
+        }
+    }
+
+    /// Ends the queued jobs whose deadline passed (they never started).
+    fn expire_waiting(&mut self, now: Instant) {
+        if !self.waiting.iter().any(|j| j.deadline.is_some_and(|d| now >= d)) {
+            return;
+        }
+        let counters = &self.shared.counters;
+        let (expired, kept): (Vec<Job>, Vec<Job>) =
+            self.waiting.drain(..).partition(|j| j.deadline.is_some_and(|d| now >= d));
+        self.waiting.extend(kept);
+        counters.queued.fetch_sub(expired.len(), Relaxed);
+        Counters::add(&counters.cancelled, expired.len() as u64);
+        set_active(self.shared, self.active.len());
+        for job in expired {
+            let mut sink = job.sink;
+            sink.send(Event::Error(Error::Timeout("its deadline passed while it waited for a slot".into())));
         }
     }
 
