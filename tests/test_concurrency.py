@@ -59,7 +59,7 @@ import time
 from collections.abc import AsyncIterator, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import tallow
@@ -397,9 +397,9 @@ def full_model(smollm2_path: Path) -> Iterator[tuple[tallow.Model, Held]]:
     """A model with room for one running and one queued request, both taken (by the streams in
     the list, its only references to them)."""
     model = tallow.Model(smollm2_path, n_threads=2, n_ctx=512, max_sequences=1, max_queue=1)
-    held = cast(Held, [model.stream(COUNTING, max_tokens=400, **GREEDY)])
+    held: Held = [model.stream(COUNTING, max_tokens=400, **GREEDY)]
     next(held[0])
-    held.append(cast(Generator[str, None, None], model.stream("Hello", max_tokens=400, **GREEDY)))
+    held.append(model.stream("Hello", max_tokens=400, **GREEDY))
     yield model, held
     held.clear()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Generator
 from typing import TYPE_CHECKING, Literal, TypedDict
 
 from . import _tallow
@@ -68,7 +68,7 @@ class Chat:
 
     def stream(
         self, message: str, *, max_tokens: int = 512, **options: Unpack[SamplingOptions]
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, None]:
         """Sends ``message`` and yields the answer as it is generated. The turn is recorded when
         the answer ends (also when the loop breaks early: the partial answer is kept)."""
         stream = self._start(message, max_tokens, options)

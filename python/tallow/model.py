@@ -8,7 +8,7 @@ import os
 import sys
 import time
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -211,7 +211,7 @@ class Model:
 
     def stream(
         self, prompt: str, *, max_tokens: int = 256, **options: Unpack[SamplingOptions]
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, None]:
         """Generates from ``prompt``, yielding text as it is produced.
 
         Stops at an end-of-generation token, a ``stop`` string (never emitted, even in part)
@@ -293,7 +293,7 @@ def _start_in_loop(
     return wait
 
 
-def _iterate(stream: _tallow.Stream) -> Iterator[str]:
+def _iterate(stream: _tallow.Stream) -> Generator[str, None, None]:
     try:
         for text, _token in stream:
             if text:
