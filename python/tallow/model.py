@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import os
+import struct
 import sys
 import time
 import weakref
@@ -317,11 +319,15 @@ async def _aiterate(
             if item is None:
                 ready = loop.create_future()
                 if wake is not None:
-                    wake.pending.append(ready)
-                    stream.set_waker(wake.waker)
+                    key = wake.register(ready)
+                    try:
+                        stream.set_waker(wake.waker, key)
+                        await ready
+                    finally:
+                        wake.pending.pop(key, None)
                 else:
                     stream.set_waker(functools.partial(loop.call_soon_threadsafe, _resolve, ready))
-                await ready
+                    await ready
                 continue
             if item[0]:
                 yield item[0]
@@ -330,9 +336,9 @@ async def _aiterate(
 
 
 class _LoopWake:
-    """One event loop's wake-up pipe: the engine thread writes a byte to it when a stream has
-    events (it never runs Python code, see ``stream.rs``), and the loop then wakes the tasks
-    waiting on their streams, which poll again."""
+    """One event loop's wake-up pipe: the engine thread writes a waiting task's key (8 bytes)
+    to it when that task's stream has events (it never runs Python code, see ``stream.rs``),
+    and the loop wakes that task, which polls its stream again."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         read, write = os.pipe()
@@ -345,21 +351,29 @@ class _LoopWake:
             os.close(write)
             raise
         self.waker = _tallow.LoopWaker(write)  # owns `write` from here on
-        self.pending: list[asyncio.Future[None]] = []
+        self.pending: dict[int, asyncio.Future[None]] = {}
+        self._keys = itertools.count(1)
         self._read = read
         # Closed with the loop's last reference, not at exit: a loop in a daemon thread may
         # still watch it then.
         weakref.finalize(self, os.close, read).atexit = False
 
+    def register(self, fut: asyncio.Future[None]) -> int:
+        key = next(self._keys)
+        self.pending[key] = fut
+        return key
+
     def _wake(self) -> None:
+        data = b""
         try:
-            while os.read(self._read, 4096):
-                pass
+            while chunk := os.read(self._read, 4096):  # a multiple of 8: whole keys
+                data += chunk
         except OSError:  # drained (EAGAIN)
             pass
-        pending, self.pending = self.pending, []
-        for fut in pending:
-            _resolve(fut)
+        for (key,) in struct.iter_unpack("<Q", data):
+            fut = self.pending.pop(key, None)
+            if fut is not None:
+                _resolve(fut)
 
 
 _LOOP_WAKES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWake | None]

@@ -40,8 +40,8 @@ impl Shared {
 }
 
 enum Waker {
-    /// A loop's pipe: one byte wakes it (no GIL).
-    Pipe(Arc<std::fs::File>),
+    /// A loop's pipe and the key of the task to wake there, written as 8 bytes (no GIL).
+    Pipe(Arc<std::fs::File>, u64),
     /// A callable, called with the GIL.
     Call(Py<PyAny>),
 }
@@ -49,8 +49,9 @@ enum Waker {
 impl Waker {
     fn fire(self) {
         match self {
-            // A full pipe already wakes its loop; a closed one has no loop left to wake.
-            Waker::Pipe(pipe) => drop((&*pipe).write(&[1])),
+            // Pipe writes of 8 bytes are atomic; a full pipe means the loop is not reading (a
+            // blocked or closed loop), and a closed one has no loop left to wake.
+            Waker::Pipe(pipe, key) => drop((&*pipe).write(&key.to_le_bytes())),
             Waker::Call(w) => Python::attach(|py| {
                 if let Err(e) = w.call0(py) {
                     // The event loop may be closed; the consumer will see its own error.
@@ -62,7 +63,8 @@ impl Waker {
 }
 
 /// The write end of a pipe whose read end an asyncio loop watches (`loop.add_reader`):
-/// streams given it as their waker wake that loop with one byte, without the GIL.
+/// streams given it as their waker write their task's key to it, without the GIL, and the loop
+/// wakes that task only.
 #[pyclass(frozen, module = "tallow._tallow")]
 pub struct LoopWaker {
     pipe: Arc<std::fs::File>,
@@ -189,11 +191,12 @@ impl Stream {
         self.take(py, &mut inbox)
     }
 
-    /// Arranges for `waker` (a `LoopWaker`, or a callable) to be fired once, from the engine
-    /// thread, when an event is ready — now if one already is.
-    fn set_waker(&self, waker: Bound<'_, PyAny>) -> PyResult<()> {
+    /// Arranges for `waker` (a `LoopWaker`, which gets `key`, or a callable) to be fired once,
+    /// from the engine thread, when an event is ready — now if one already is.
+    #[pyo3(signature = (waker, key = 0))]
+    fn set_waker(&self, waker: Bound<'_, PyAny>, key: u64) -> PyResult<()> {
         let waker = match waker.cast::<LoopWaker>() {
-            Ok(w) => Waker::Pipe(w.get().pipe.clone()),
+            Ok(w) => Waker::Pipe(w.get().pipe.clone(), key),
             Err(_) => Waker::Call(waker.unbind()),
         };
         let mut inbox = self.shared.lock();
@@ -203,8 +206,8 @@ impl Stream {
         }
         drop(inbox);
         match waker {
-            Waker::Pipe(pipe) => drop((&*pipe).write(&[1])),
             Waker::Call(w) => Python::attach(|py| w.call0(py).map(drop))?,
+            pipe => pipe.fire(),
         }
         Ok(())
     }
