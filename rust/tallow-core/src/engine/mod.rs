@@ -45,8 +45,8 @@ pub struct EngineConfig {
 pub struct Job {
     pub prompt: Vec<u32>,
     pub params: GenerateParams,
-    /// Keep the KV cache in this session between requests (chat); `None` shares the engine's
-    /// own cached sequence, which still reuses a prompt prefix from the previous request.
+    /// Keep the KV cache in this session between requests (chat); `None` starts from the
+    /// prefix of another request's cache that gives the same results (`prefix.rs`), if any.
     pub session: Option<Arc<Session>>,
     pub cancel: CancelToken,
     pub sink: Box<dyn EventSink>,
