@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
+import sys
 import time
 
 import pytest
@@ -112,3 +115,34 @@ async def test_ticker_jitter_with_16_streams(smollm2: tallow.Model) -> None:
     msg = f"ticker jitter p99 {p99 * 1000:.1f} ms, max {jitter[-1] * 1000:.1f} ms over {len(jitter)} ticks"
     print(msg)
     assert len(jitter) > 20 and p99 < 0.020, msg
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reopens the pipe through /proc")
+async def test_a_full_wake_up_pipe_loses_no_task(smollm2: tallow.Model) -> None:
+    # The engine wakes an asyncio task by writing its key to the loop's pipe. With the pipe full
+    # (a loop that has not read it for a long while), the key cannot be written: the loop must
+    # then wake every waiting task rather than leave this one waiting forever.
+    from tallow import model as model_module
+
+    loop = asyncio.get_running_loop()
+    wake = model_module._loop_wake(loop)
+    assert wake is not None
+    loop.remove_reader(wake._read)  # the loop stops reading while the pipe fills
+    write_end = os.open(f"/proc/self/fd/{wake._read}", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        for size in (4096, 8):
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(write_end, b"\0" * size)
+    finally:
+        os.close(write_end)
+    expected = smollm2.generate("Hello", max_tokens=4, temperature=0)
+    before = smollm2.stats().generated_tokens
+    task = asyncio.create_task(smollm2.agenerate("Hello", max_tokens=4, temperature=0))
+    # Until the engine has produced a token, so its wake-up met the full pipe.
+    deadline = loop.time() + 30
+    while smollm2.stats().generated_tokens == before:
+        assert loop.time() < deadline
+        await asyncio.sleep(0.005)
+    loop.add_reader(wake._read, wake._wake)
+    assert await asyncio.wait_for(task, timeout=60) == expected

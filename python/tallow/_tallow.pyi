@@ -29,6 +29,7 @@ class Stream:
 @final
 class LoopWaker:
     def __new__(cls, write_fd: int) -> LoopWaker: ...
+    def take_overflow(self) -> bool: ...
 
 @final
 class Model:

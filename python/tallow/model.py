@@ -370,7 +370,13 @@ class _LoopWake:
                 data += chunk
         except OSError:  # drained (EAGAIN)
             pass
-        for (key,) in struct.iter_unpack("<Q", data):
+        if self.waker.take_overflow():
+            # A key was lost to a full pipe: every waiting task polls its stream again.
+            pending, self.pending = self.pending, {}
+            for waiting in pending.values():
+                _resolve(waiting)
+            return
+        for (key,) in struct.iter_unpack("<Q", data[: len(data) // 8 * 8]):
             fut = self.pending.pop(key, None)
             if fut is not None:
                 _resolve(fut)

@@ -41,7 +41,7 @@ impl Shared {
 
 enum Waker {
     /// A loop's pipe and the key of the task to wake there, written as 8 bytes (no GIL).
-    Pipe(Arc<std::fs::File>, u64),
+    Pipe(Arc<LoopPipe>, u64),
     /// A callable, called with the GIL.
     Call(Py<PyAny>),
 }
@@ -49,9 +49,7 @@ enum Waker {
 impl Waker {
     fn fire(self) {
         match self {
-            // Pipe writes of 8 bytes are atomic; a full pipe means the loop is not reading (a
-            // blocked or closed loop), and a closed one has no loop left to wake.
-            Waker::Pipe(pipe, key) => drop((&*pipe).write(&key.to_le_bytes())),
+            Waker::Pipe(pipe, key) => pipe.wake(key),
             Waker::Call(w) => Python::attach(|py| {
                 if let Err(e) = w.call0(py) {
                     // The event loop may be closed; the consumer will see its own error.
@@ -62,12 +60,32 @@ impl Waker {
     }
 }
 
+/// The write end of a loop's wake-up pipe.
+struct LoopPipe {
+    file: std::fs::File,
+    /// A key was lost to a full pipe: the loop wakes every waiting task instead.
+    overflowed: std::sync::atomic::AtomicBool,
+}
+
+impl LoopPipe {
+    fn wake(&self, key: u64) {
+        // Writes of 8 bytes to a pipe are atomic. A closed pipe has no loop left to wake.
+        let full = |r: std::io::Result<usize>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        if full((&self.file).write(&key.to_le_bytes())) {
+            // Flagged before the loop can have drained the pipe and looked; then a key 0 (no
+            // task's), or, if the pipe is still full, its unread bytes, wake the loop after.
+            self.overflowed.store(true, std::sync::atomic::Ordering::SeqCst);
+            drop((&self.file).write(&0u64.to_le_bytes()));
+        }
+    }
+}
+
 /// The write end of a pipe whose read end an asyncio loop watches (`loop.add_reader`):
 /// streams given it as their waker write their task's key to it, without the GIL, and the loop
 /// wakes that task only.
 #[pyclass(frozen, module = "tallow._tallow")]
 pub struct LoopWaker {
-    pipe: Arc<std::fs::File>,
+    pipe: Arc<LoopPipe>,
 }
 
 #[pymethods]
@@ -86,7 +104,13 @@ impl LoopWaker {
         let file: std::fs::File = {
             return Err(pyo3::exceptions::PyOSError::new_err("LoopWaker needs a POSIX pipe"));
         };
-        Ok(LoopWaker { pipe: Arc::new(file) })
+        Ok(LoopWaker { pipe: Arc::new(LoopPipe { file, overflowed: false.into() }) })
+    }
+
+    /// Whether a wake-up was lost to a full pipe since the last call (the loop then wakes all
+    /// its waiting tasks, which poll their streams again).
+    fn take_overflow(&self) -> bool {
+        self.pipe.overflowed.swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 }
 
