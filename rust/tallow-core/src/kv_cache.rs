@@ -104,7 +104,6 @@ impl KvCache {
         self.kv_dim
     }
 
-    /// Keeps the first `n` positions (no-op if `n >= len`). The next `forward` continues at `n`.
     /// Holds the first `n` positions of `src` (a cache of the same shape), copied.
     pub fn copy_prefix(&mut self, src: &KvCache, n: usize) {
         assert!(n <= src.len && n <= self.n_ctx);
@@ -118,6 +117,7 @@ impl KvCache {
         self.len = n;
     }
 
+    /// Keeps the first `n` positions (no-op if `n >= len`). The next `forward` continues at `n`.
     pub fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);
     }

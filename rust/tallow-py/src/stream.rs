@@ -1,8 +1,8 @@
 //! `Stream`: the Python side of one request's events. Iterating blocks with the GIL released;
 //! asyncio callers poll and register a waker that the engine thread fires when events arrive.
 //!
-//! The engine thread never takes the GIL: it wakes an event loop by writing a byte to a pipe
-//! the loop watches (`LoopWaker`). Running Python code there (`loop.call_soon_threadsafe`)
+//! The engine thread never takes the GIL: it wakes an event loop by writing the waiting task's
+//! key to a pipe the loop watches (`LoopWaker`). Running Python code there (`loop.call_soon_threadsafe`)
 //! could release the GIL inside the call, and if the interpreter began to finalize meanwhile,
 //! CPython ended the thread with `pthread_exit`, whose unwinding through Rust frames aborted
 //! the process at exit. Loops that cannot watch a file descriptor (Windows' proactor) still

@@ -278,12 +278,12 @@ impl Scheduler<'_> {
 
     /// Ends the queued jobs whose deadline passed (they never started).
     fn expire_waiting(&mut self, now: Instant) {
-        if !self.waiting.iter().any(|j| j.deadline.is_some_and(|d| now >= d)) {
+        let expired = |j: &Job| j.deadline.is_some_and(|d| now >= d);
+        if !self.waiting.iter().any(expired) {
             return;
         }
         let counters = &self.shared.counters;
-        let (expired, kept): (Vec<Job>, Vec<Job>) =
-            self.waiting.drain(..).partition(|j| j.deadline.is_some_and(|d| now >= d));
+        let (expired, kept): (Vec<Job>, Vec<Job>) = self.waiting.drain(..).partition(expired);
         self.waiting.extend(kept);
         counters.queued.fetch_sub(expired.len(), Relaxed);
         Counters::add(&counters.cancelled, expired.len() as u64);
@@ -297,7 +297,6 @@ impl Scheduler<'_> {
     /// `Engine::close`: every running and queued request ends with `Error::Closed`.
     fn close(&mut self, rx: &Receiver<Job>) {
         let counters = &self.shared.counters;
-        self.batch = Vec::new();
         self.waiting.extend(rx.try_iter());
         Counters::add(&counters.failed, (self.active.len() + self.waiting.len()) as u64);
         counters.queued.fetch_sub(self.waiting.len(), Relaxed);

@@ -332,11 +332,12 @@ pub fn attention_decode<'a, I>(
 {
     let (hd, n_head, n_head_kv) = (p.head_dim, p.n_head, p.n_head_kv);
     let (q_dim, kv_dim, group) = (n_head * hd, n_head_kv * hd, n_head / n_head_kv);
-    let n_kv = queries.clone().map(|x| x.pos + 1).max().unwrap_or(0);
-    let n_queries = queries.clone().count();
+    assert_eq!(q.len(), out.len());
+    let (mut n_kv, mut n_queries) = (0, 0);
     for x in queries.clone() {
         assert!(x.k.len() >= (x.pos + 1) * kv_dim && x.v.len() >= (x.pos + 1) * kv_dim);
-        assert!((x.row + 1) * q_dim <= q.len() && q.len() == out.len());
+        assert!((x.row + 1) * q_dim <= q.len());
+        (n_kv, n_queries) = (n_kv.max(x.pos + 1), n_queries + 1);
     }
     let per_thread = scratch_per_thread(n_kv, hd);
     assert!(scores.len() >= pool.n_threads() * per_thread);
