@@ -129,7 +129,7 @@ def check_generation(
     # Both sides parse special tokens the same way: `Model.generate` leaves them as text, so
     # this goes through the method under it, which takes the flag.
     stream = new_model()._start(prompt, max_tokens, {"temperature": 0.0}, add_bos=True, special=special)
-    got_text = "".join(text for text, _tok in stream if text)
+    got_text = "".join(text for text, _tok, _lp in stream if text)
     # A continuation cut at max_tokens may end inside a UTF-8 sequence: llama.cpp's
     # side then ends in U+FFFD, tallow's may hold the bytes back. Compare without it.
     ref_cmp = ref_text.rstrip("\ufffd")

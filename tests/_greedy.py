@@ -13,7 +13,7 @@ def greedy_ids(model: tallow.Model, prompt: dict[str, Any], n: int) -> tuple[lis
     stream = model._start(
         prompt["text"], n, {"temperature": 0.0}, add_bos=prompt["add_bos"], special=prompt["special"]
     )
-    ids = [tok for _text, tok in stream if tok is not None]
+    ids = [tok for _text, tok, _lp in stream if tok is not None]
     return ids, stream.finish_reason
 
 

@@ -140,7 +140,7 @@ def _solo(
 
 def _pieces(model: tallow.Model, prompt: str, max_tokens: int) -> list[tuple[str, int | None]]:
     """Greedy ``(text, token id)`` events, as the engine sends them (empty texts included)."""
-    return list(model._start(prompt, max_tokens, {"temperature": 0.0}))
+    return [(text, tok) for text, tok, _lp in model._start(prompt, max_tokens, {"temperature": 0.0})]
 
 
 async def _collect(stream: AsyncIterator[str]) -> list[str]:
@@ -815,7 +815,7 @@ async def test_stop_string_at_the_first_token(model: tallow.Model) -> None:
     assert await _all_ways(model, emoji, 16, ["😀"]) == ["", "", ""]
     assert list(model.stream(emoji, max_tokens=16, stop=["😀"], temperature=0)) == []
     stream = model._start(emoji, 16, {"temperature": 0.0, "stop": ["😀"]})
-    assert [t for t, _ in stream if t] == []
+    assert [t for t, _, _ in stream if t] == []
     assert stream.finish_reason == "stop"
     d = _delta(before, await _idle(model))
     assert (d["cancelled"], d["failed"]) == (0, 0), d

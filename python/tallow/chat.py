@@ -74,7 +74,7 @@ class Chat:
         stream = self._start(message, max_tokens, options)
         parts: list[str] = []
         try:
-            for text, _token in stream:
+            for text, _token, _logprobs in stream:
                 if text:
                     parts.append(text)
                     yield text

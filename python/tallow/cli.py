@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -38,8 +39,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
-    # The CLI runs one request at a time: it never waits for room (`timeout`).
-    return {k: getattr(args, k) for k in DEFAULTS if k != "timeout"}
+    # The CLI runs one request at a time: it never waits for room (`timeout`); it has no
+    # flag for `logit_bias`.
+    return {k: getattr(args, k) for k in DEFAULTS if k not in ("timeout", "logit_bias")}
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -172,6 +174,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import create_app, serve
+    except ImportError as e:
+        raise ImportError(f"{e}; the server needs extra packages: pip install 'tallow[server]'") from None
+    from .model import Model
+
+    api_key = args.api_key or os.environ.get("TALLOW_API_KEY") or None
+    model = Model(
+        args.model,
+        n_threads=args.threads,
+        n_ctx=args.n_ctx,
+        max_sequences=args.max_sequences,
+        max_queue=args.max_queue,
+    )
+    app = create_app(model, model_id=args.model_id, api_key=api_key)
+    print(
+        f"tallow: serving {app.state.model_id!r} on http://{args.host}:{args.port}/v1 "
+        f"({'API key required' if api_key else 'no API key'})",
+        file=sys.stderr,
+    )
+    try:
+        serve(app, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        model.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tallow", description="Run GGUF language models locally on the CPU."
@@ -209,6 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gen-tokens", type=int, default=128, help="tokens to decode (default 128)")
     p.add_argument("--reps", type=int, default=3, help="repetitions; the median is reported (default 3)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs tallow[server])")
+    _add_model(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $TALLOW_API_KEY)"
+    )
+    p.add_argument("--max-sequences", type=int, default=None, help="requests generating at once (default 8)")
+    p.add_argument("--max-queue", type=int, default=None, help="requests waiting; more get 429 (default 256)")
+    p.add_argument("--model-id", default=None, help="the model's name in the API (default: the file's stem)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("inspect", help="print a GGUF file's metadata and tensor table")
     p.add_argument("file")

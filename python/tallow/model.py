@@ -195,7 +195,7 @@ class Model:
 
     def _start(
         self,
-        prompt: str,
+        prompt: str | list[int],
         max_tokens: int,
         options: SamplingOptions,
         *,
@@ -203,10 +203,15 @@ class Model:
         special: bool = False,
         session: _tallow.ChatSession | None = None,
         deadline: float | None = None,
+        logprobs: int | None = None,
     ) -> _tallow.Stream:
-        if not isinstance(prompt, str):
+        """Starts a request on the engine. ``prompt``: text, or token ids used as they are."""
+        if isinstance(prompt, list):
+            if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**32 for t in prompt):
+                raise TypeError("a prompt of tokens must be a list of non-negative token ids")
+        elif not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
-        opts = build_options(max_tokens, options)
+        opts = build_options(max_tokens, options, logprobs=logprobs)
         # Seconds the request may take from now, waiting for room included (``timeout``).
         opts["deadline"] = opts["timeout"] if deadline is None else deadline
         return self._core.start(prompt, opts, add_bos=add_bos, special=special, session=session)
@@ -297,7 +302,7 @@ def _start_in_loop(
 
 def _iterate(stream: _tallow.Stream) -> Generator[str, None, None]:
     try:
-        for text, _token in stream:
+        for text, _token, _logprobs in stream:
             if text:
                 yield text
     finally:
@@ -307,6 +312,20 @@ def _iterate(stream: _tallow.Stream) -> Generator[str, None, None]:
 async def _aiterate(
     start: _tallow.Stream | Callable[[], Awaitable[_tallow.Stream]],
 ) -> AsyncGenerator[str, None]:
+    pieces = _apieces(start)
+    try:
+        async for text, _token, _logprobs in pieces:
+            if text:
+                yield text
+    finally:
+        await pieces.aclose()
+
+
+async def _apieces(
+    start: _tallow.Stream | Callable[[], Awaitable[_tallow.Stream]],
+) -> AsyncGenerator[_tallow.Piece, None]:
+    """The stream's pieces, awaited without blocking the loop; closing the generator (or
+    cancelling the task awaiting it) cancels the request."""
     stream = start if isinstance(start, _tallow.Stream) else await start()
     loop = asyncio.get_running_loop()
     wake = _loop_wake(loop)
@@ -329,8 +348,7 @@ async def _aiterate(
                     stream.set_waker(functools.partial(loop.call_soon_threadsafe, _resolve, ready))
                     await ready
                 continue
-            if item[0]:
-                yield item[0]
+            yield item
     finally:
         stream.cancel()
 

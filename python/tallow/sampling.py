@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Mapping
 from typing import Any, TypedDict
 
 if sys.version_info >= (3, 11):
@@ -31,6 +32,9 @@ class SamplingOptions(TypedDict):
     presence_penalty: NotRequired[float]
     seed: NotRequired[int | None]
     stop: NotRequired[str | list[str] | None]
+    #: Added to a token's logit before anything else: ``{token_id: bias}``. ``-math.inf`` bans
+    #: the token, ``math.inf`` forces it.
+    logit_bias: NotRequired[Mapping[int, float] | None]
     #: Seconds the request may take from the call: it waits up to that long for room when the
     #: model's engine is full (``max_sequences`` running and ``max_queue`` waiting; then
     #: ``OverloadedError``), and stops with ``RequestTimeoutError`` if it has not finished by
@@ -49,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "presence_penalty": 0.0,
     "seed": None,
     "stop": None,
+    "logit_bias": None,
     "timeout": None,
 }
 
@@ -62,8 +67,11 @@ def _check_int(name: str, value: object) -> int:
     return value
 
 
-def build_options(max_tokens: int, options: SamplingOptions, *, ignore_eos: bool = False) -> dict[str, Any]:
-    """Merges ``options`` over the defaults and checks types; value ranges are checked by the engine."""
+def build_options(
+    max_tokens: int, options: SamplingOptions, *, ignore_eos: bool = False, logprobs: int | None = None
+) -> dict[str, Any]:
+    """Merges ``options`` over the defaults and checks types; value ranges are checked by the
+    engine. ``logprobs``: report each token's log-probability and that many alternatives."""
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
@@ -95,10 +103,30 @@ def build_options(max_tokens: int, options: SamplingOptions, *, ignore_eos: bool
         merged["stop"] = list(stop)
     else:
         raise TypeError("stop must be a string or a list of strings")
+    merged["logit_bias"] = _logit_bias(merged["logit_bias"])
     merged["timeout"] = check_timeout(merged["timeout"])
     merged["max_tokens"] = max_tokens
     merged["ignore_eos"] = ignore_eos
+    merged["logprobs"] = logprobs
     return merged
+
+
+def _logit_bias(bias: object) -> list[tuple[int, float]]:
+    """``{token_id: bias}`` as the engine's pairs; ids beyond the vocabulary are the engine's
+    to refuse (it knows the vocabulary)."""
+    if bias is None:
+        return []
+    if not isinstance(bias, Mapping):
+        raise TypeError(f"logit_bias must be a mapping of token id to bias, not {type(bias).__name__}")
+    pairs = []
+    for tok, b in bias.items():
+        tok = _check_int("logit_bias token id", tok)
+        if not 0 <= tok < 2**32:
+            raise ValueError(f"invalid value for 'logit_bias': token id {tok} is outside the vocabulary")
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or math.isnan(b):
+            raise ValueError(f"invalid value for 'logit_bias': the bias of {tok} must be a number, got {b!r}")
+        pairs.append((tok, float(b)))
+    return pairs
 
 
 def check_timeout(timeout: object) -> float | None:

@@ -203,6 +203,7 @@ fn engine_steps(file: &str, params: SamplingParams, stop: &[&str]) -> [(usize, b
         sampling: params,
         stop: stop.iter().map(|s| s.to_string()).collect(),
         ignore_eos: true,
+        logprobs: None,
     };
     let job = Job { prompt, params, session: None, cancel: CancelToken::new(), sink: Box::new(sink), deadline: None };
     // This thread only sleeps until the engine is done, so every count is the engine's.

@@ -26,7 +26,10 @@ fn request(m: &LoadedModel, i: usize) -> (Vec<u32>, GenerateParams) {
     } else {
         SamplingParams { seed: Some(1000 + i as u64), temperature: 0.9, ..SamplingParams::default() }
     };
-    (prompt, GenerateParams { max_tokens: 12 + 3 * (i % 5), sampling, stop: Vec::new(), ignore_eos: true })
+    (
+        prompt,
+        GenerateParams { max_tokens: 12 + 3 * (i % 5), sampling, stop: Vec::new(), ignore_eos: true, logprobs: None },
+    )
 }
 
 /// Submits a request; its events arrive on the returned receiver.
@@ -209,7 +212,13 @@ fn engine(m: &LoadedModel, n_batch: usize) -> Engine {
 
 fn run_on(e: &Engine, prompt: &[u32], max_tokens: usize) -> mpsc::Receiver<Event> {
     let (tx, rx) = mpsc::channel();
-    let params = GenerateParams { max_tokens, sampling: SamplingParams::greedy(), stop: Vec::new(), ignore_eos: true };
+    let params = GenerateParams {
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        stop: Vec::new(),
+        ignore_eos: true,
+        logprobs: None,
+    };
     let job = Job {
         prompt: prompt.to_vec(),
         params,

@@ -26,6 +26,10 @@ pub struct PyGenerateOptions {
     seed: Option<u64>,
     stop: Vec<String>,
     ignore_eos: bool,
+    /// `(token id, bias)` added to the logits before sampling.
+    logit_bias: Vec<(u32, f32)>,
+    /// Alternatives per token to report with its log-probability (`None`: no log-probabilities).
+    logprobs: Option<usize>,
     /// Seconds to wait for room when the engine is full (`None`: fail at once).
     timeout: Option<f64>,
     /// Seconds from now until the request gives up, queued or running (`RequestTimeoutError`).
@@ -46,12 +50,20 @@ impl PyGenerateOptions {
                 frequency_penalty: self.frequency_penalty,
                 presence_penalty: self.presence_penalty,
                 seed: self.seed,
-                ..SamplingParams::default()
+                logit_bias: self.logit_bias,
             },
             stop: self.stop,
             ignore_eos: self.ignore_eos,
+            logprobs: self.logprobs,
         }
     }
+}
+
+/// A prompt as text, or as token ids (used as they are: no BOS is added).
+#[derive(FromPyObject)]
+pub enum PromptArg {
+    Text(String),
+    Tokens(Vec<u32>),
 }
 
 /// A chat session's KV cache, kept between turns.
@@ -169,6 +181,23 @@ impl Model {
         guard_detached(py, move || Ok(tok.decode(&ids, skip_special)))
     }
 
+    /// The raw bytes of each token (a piece may be part of a UTF-8 character); special tokens
+    /// give their text.
+    fn token_bytes<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Vec<Bound<'py, pyo3::types::PyBytes>>> {
+        let tok = self.engine.tokenizer();
+        let n_vocab = tok.n_vocab();
+        ids.iter()
+            .map(|&id| {
+                if id as usize >= n_vocab {
+                    return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                        "invalid value for 'ids': token id {id} is outside the vocabulary (size {n_vocab})"
+                    )));
+                }
+                Ok(pyo3::types::PyBytes::new(py, &tok.token_to_piece(id, true)))
+            })
+            .collect()
+    }
+
     /// Renders the model's chat template over `messages` (`[(role, content), ...]`).
     #[pyo3(signature = (messages, add_generation_prompt = true))]
     fn apply_chat_template(
@@ -185,13 +214,13 @@ impl Model {
         })
     }
 
-    /// Starts a generation and returns its stream. The prompt is tokenized and checked here,
-    /// so a too-long prompt raises ContextOverflowError immediately.
+    /// Starts a generation and returns its stream. The prompt (text, or token ids) is
+    /// tokenized and checked here, so a too-long prompt raises ContextOverflowError at once.
     #[pyo3(signature = (prompt, options, add_bos = true, special = false, session = None))]
     fn start(
         &self,
         py: Python<'_>,
-        prompt: &str,
+        prompt: PromptArg,
         options: PyGenerateOptions,
         add_bos: bool,
         special: bool,
@@ -203,7 +232,10 @@ impl Model {
         let deadline = options.deadline.map(|s| std::time::Instant::now() + seconds(s));
         let params = options.into_params();
         let session = session.map(|s| s.inner.clone());
-        let prompt = Prompt::Text { text: prompt.to_owned(), add_bos, special };
+        let prompt = match prompt {
+            PromptArg::Text(text) => Prompt::Text { text, add_bos, special },
+            PromptArg::Tokens(ids) => Prompt::Tokens(ids),
+        };
         let (stream, sink) = new_pair();
         let cancel = stream_cancel(&sink);
         let engine = &self.engine;

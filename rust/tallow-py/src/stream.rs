@@ -141,11 +141,14 @@ pub(crate) fn new_pair() -> (Stream, Sink) {
     (Stream { shared: shared.clone() }, Sink(shared))
 }
 
-/// One piece of generated output: `(text, token_id)`; `token_id` is None for text released
-/// at the end without a new token.
-type Piece = (String, Option<u32>);
+/// A token's log-probability and its position's most likely tokens, `(id, logprob)`.
+type Logprobs = (f32, Vec<(u32, f32)>);
 
-/// Events of one generation request. Iterate it for `(text, token_id)` pieces.
+/// One piece of generated output: `(text, token_id, logprobs)`; `token_id` is None for text
+/// released at the end without a new token, `logprobs` None unless the request asked for them.
+type Piece = (String, Option<u32>, Option<Logprobs>);
+
+/// Events of one generation request. Iterate it for `(text, token_id, logprobs)` pieces.
 #[pyclass(frozen, module = "tallow._tallow")]
 pub struct Stream {
     shared: Arc<Shared>,
@@ -159,8 +162,10 @@ impl Stream {
         }
         match inbox.events.pop_front() {
             None => Ok(None),
-            Some(Event::Token { id, text }) => Ok(Some((text, Some(id)))),
-            Some(Event::Text(text)) => Ok(Some((text, None))),
+            Some(Event::Token { id, text, logprobs }) => {
+                Ok(Some((text, Some(id), logprobs.map(|l| (l.logprob, l.top)))))
+            }
+            Some(Event::Text(text)) => Ok(Some((text, None, None))),
             Some(Event::Done { finish_reason, usage }) => {
                 inbox.finished = Some((finish_reason, usage));
                 Err(PyStopIteration::new_err(()))

@@ -3,6 +3,7 @@
 //! forward per step (`scheduler.rs`), and delivers events to each request's sink. Nothing here
 //! knows about Python.
 
+mod logprobs;
 mod prefix;
 mod request;
 mod scheduler;
@@ -11,6 +12,7 @@ mod session;
 mod stats;
 mod stop;
 
+pub use logprobs::{TokenLogprobs, MAX_TOP_LOGPROBS};
 pub use request::{CancelToken, Event, EventSink, FinishReason, GenerateParams, Prompt, Usage};
 pub use session::Session;
 pub use stats::EngineStats;
@@ -124,8 +126,20 @@ impl Engine {
 
     /// Tokenizes `prompt` and checks it fits the context.
     pub fn prepare_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let n_ctx = self.shared.config.n_ctx;
         let tokens = match prompt {
-            Prompt::Text { text, add_bos, special } => self.shared.tokenizer.encode(text, *add_bos, *special)?,
+            Prompt::Text { text, add_bos, special } => {
+                // A prompt too long to fit is refused before tokenizing it (a 2 GB prompt
+                // would take minutes, and memory).
+                if let Some(cap) = self.shared.tokenizer.max_text_bytes(n_ctx).filter(|&cap| text.len() > cap) {
+                    return Err(Error::ContextOverflow(format!(
+                        "the prompt has {} bytes, more than {n_ctx} tokens of this model can hold \
+                         ({cap} bytes at most); shorten the prompt or load the model with a larger n_ctx",
+                        text.len()
+                    )));
+                }
+                self.shared.tokenizer.encode(text, *add_bos, *special)?
+            }
             Prompt::Tokens(t) => t.clone(),
         };
         if tokens.is_empty() {
@@ -135,7 +149,6 @@ impl Engine {
         if let Some(bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
             return Err(Error::invalid("prompt", format!("token id {bad} is outside the vocabulary (size {n_vocab})")));
         }
-        let n_ctx = self.shared.config.n_ctx;
         if tokens.len() > n_ctx {
             return Err(Error::ContextOverflow(format!(
                 "the prompt has {} tokens but the context holds {n_ctx}; shorten the prompt or load the model with a larger n_ctx",
@@ -164,7 +177,7 @@ impl Engine {
         timeout: Option<Duration>,
         mut keep_waiting: impl FnMut() -> bool,
     ) -> Result<()> {
-        job.params.sampling.validate()?;
+        job.params.validate(self.shared.model.config().n_vocab)?;
         if self.is_closed() {
             return Err(Error::Closed);
         }

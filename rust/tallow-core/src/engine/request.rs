@@ -1,6 +1,7 @@
 //! What a caller submits to the engine and what it gets back.
 
-use crate::error::Error;
+use super::logprobs::{TokenLogprobs, MAX_TOP_LOGPROBS};
+use crate::error::{Error, Result};
 use crate::sampler::SamplingParams;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,11 +16,38 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Keep generating past end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
+    /// `Some(n)`: each token's event carries its log-probability and the `n` most likely
+    /// tokens at its position (`n <= MAX_TOP_LOGPROBS`).
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        GenerateParams { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new(), ignore_eos: false }
+        GenerateParams {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+            logprobs: None,
+        }
+    }
+}
+
+impl GenerateParams {
+    /// Checks every setting against a vocabulary of `n_vocab` tokens; the error names the
+    /// first bad one.
+    pub fn validate(&self, n_vocab: usize) -> Result<()> {
+        self.sampling.validate()?;
+        if let Some(&(id, _)) = self.sampling.logit_bias.iter().find(|&&(id, _)| id as usize >= n_vocab) {
+            return Err(Error::invalid(
+                "logit_bias",
+                format!("token id {id} is outside the vocabulary (size {n_vocab})"),
+            ));
+        }
+        if let Some(n) = self.logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
+            return Err(Error::invalid("logprobs", format!("must be in [0, {MAX_TOP_LOGPROBS}], got {n}")));
+        }
+        Ok(())
     }
 }
 
@@ -58,6 +86,8 @@ pub enum Event {
     Token {
         id: u32,
         text: String,
+        /// When the request asked for them (`GenerateParams::logprobs`).
+        logprobs: Option<Box<TokenLogprobs>>,
     },
     /// Text released at the end without a new token (held-back bytes or a partial stop string
     /// that never completed).

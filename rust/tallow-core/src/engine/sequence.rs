@@ -2,6 +2,7 @@
 //! tokens (sampling, detokenizing, stop strings, events). The scheduler (`scheduler.rs`) puts
 //! its next tokens into a batch and hands it its logits.
 
+use super::logprobs::TokenLogprobs;
 use super::session::CachedSequence;
 use super::{Event, FinishReason, Job, StopMatcher, StopOutcome, Usage};
 use crate::error::Result;
@@ -132,7 +133,8 @@ impl Sequence {
             StopOutcome::Emit(t) => (t, false),
             StopOutcome::Stop(t) => (t, true),
         };
-        if !self.job.sink.send(Event::Token { id, text }) {
+        let logprobs = self.job.params.logprobs.map(|n| Box::new(TokenLogprobs::of(logits, id, n)));
+        if !self.job.sink.send(Event::Token { id, text, logprobs }) {
             return Ok(Some(FinishReason::Cancelled));
         }
         if stopped {

@@ -31,6 +31,9 @@ pub struct Tokenizer {
     vocab: Vocab,
     special: SpecialMatcher,
     encoder: Encoder,
+    /// The most bytes of text one token stands for; `None` for WordPiece, which drops
+    /// whitespace and accents, so a token may stand for any amount of text.
+    max_token_bytes: Option<usize>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -54,7 +57,26 @@ impl Tokenizer {
             VocabKind::Bpe | VocabKind::Gemma4 => Encoder::Bpe(BpeEncoder::new(&vocab)?),
             VocabKind::Wpm => Encoder::Wpm(WpmEncoder::new(&vocab)?),
         };
-        Ok(Tokenizer { vocab, special, encoder })
+        let mut tok = Tokenizer { vocab, special, encoder, max_token_bytes: None };
+        if !matches!(tok.encoder, Encoder::Wpm(_)) {
+            // A piece is the text it was cut from (SentencePiece's `▁` decodes to the space it
+            // replaced); 4 covers an unknown character that becomes `<unk>`.
+            let mut piece = Vec::new();
+            let longest = (0..tok.n_vocab() as u32).fold(4, |m, id| {
+                piece.clear();
+                tok.append_piece(id, true, &mut piece);
+                m.max(piece.len())
+            });
+            tok.max_token_bytes = Some(longest);
+        }
+        Ok(tok)
+    }
+
+    /// A size past which `n_tokens` tokens cannot hold a text, so a caller can refuse a huge
+    /// prompt before tokenizing it; `None` when no such bound exists (WordPiece).
+    pub fn max_text_bytes(&self, n_tokens: usize) -> Option<usize> {
+        // + 8: a leading space SentencePiece adds, and BOS/EOS framing.
+        self.max_token_bytes.map(|b| n_tokens.saturating_mul(b).saturating_add(8))
     }
 
     pub fn n_vocab(&self) -> usize {
