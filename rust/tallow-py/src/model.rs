@@ -1,6 +1,6 @@
 //! `Model`: a loaded GGUF model with its engine thread.
 
-use crate::errors::{guard, guard_detached};
+use crate::errors::guard_detached;
 use crate::stream::{new_pair, Stream};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -181,9 +181,15 @@ impl Model {
         guard_detached(py, move || Ok(tok.decode(&ids, skip_special)))
     }
 
-    /// The raw bytes of each token (a piece may be part of a UTF-8 character); special tokens
-    /// give their text.
-    fn token_bytes<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Vec<Bound<'py, pyo3::types::PyBytes>>> {
+    /// The raw bytes of each token (a piece may be part of a UTF-8 character). Control tokens
+    /// (BOS, turn markers) give their text, or nothing when `special` is false.
+    #[pyo3(signature = (ids, special = true))]
+    fn token_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        ids: Vec<u32>,
+        special: bool,
+    ) -> PyResult<Vec<Bound<'py, pyo3::types::PyBytes>>> {
         let tok = self.engine.tokenizer();
         let n_vocab = tok.n_vocab();
         ids.iter()
@@ -193,7 +199,7 @@ impl Model {
                         "invalid value for 'ids': token id {id} is outside the vocabulary (size {n_vocab})"
                     )));
                 }
-                Ok(pyo3::types::PyBytes::new(py, &tok.token_to_piece(id, true)))
+                Ok(pyo3::types::PyBytes::new(py, &tok.token_to_piece(id, special)))
             })
             .collect()
     }
@@ -206,8 +212,11 @@ impl Model {
         messages: Vec<(String, String)>,
         add_generation_prompt: bool,
     ) -> PyResult<String> {
-        guard(py, || {
-            let t = self.template.as_ref().map_err(|e| tallow_core::Error::Template(e.clone()))?;
+        // Rendered with the GIL released: a slow template (it is fuel-limited) does not stop
+        // other Python threads.
+        let template = &self.template;
+        guard_detached(py, move || {
+            let t = template.as_ref().map_err(|e| tallow_core::Error::Template(e.clone()))?;
             let msgs: Vec<ChatMessage> =
                 messages.into_iter().map(|(role, content)| ChatMessage { role, content }).collect();
             t.render(&msgs, add_generation_prompt)
