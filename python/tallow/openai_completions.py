@@ -11,6 +11,7 @@ from sync or async code:
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -316,6 +317,12 @@ def _start(model: Model, req: CompletionRequest | ChatRequest) -> _tallow.Stream
     )
 
 
+async def _astart(model: Model, req: CompletionRequest | ChatRequest) -> _tallow.Stream:
+    """``_start`` off the event loop: rendering a chat template and tokenizing a long prompt take
+    milliseconds (with the GIL released), while other requests' tokens keep flowing."""
+    return await asyncio.to_thread(_start, model, req)
+
+
 class _Builder:
     """Turns one request's engine pieces into OpenAI chunks, and the chunks into a response."""
 
@@ -500,7 +507,7 @@ async def _awhole(model: Model, req: CompletionRequest | ChatRequest, model_id: 
     from .model import _apieces
 
     builder = _Builder(model, req, model_id)
-    stream = _start(model, req)
+    stream = await _astart(model, req)
     pieces = _apieces(stream)
     try:
         async for piece in pieces:
@@ -528,9 +535,11 @@ async def acompletion(model: Model, req: CompletionRequest, model_id: str) -> Co
     return result
 
 
-def acompletion_chunks(model: Model, req: CompletionRequest, model_id: str) -> AsyncIterator[CompletionChunk]:
-    """Async ``completion_chunks``: starts ``req`` now, without blocking; the chunks are awaited."""
-    return _achunks(_Builder(model, req, model_id), _start(model, req))
+async def acompletion_chunks(
+    model: Model, req: CompletionRequest, model_id: str
+) -> AsyncIterator[CompletionChunk]:
+    """Async ``completion_chunks``: awaiting it starts ``req``; the chunks are awaited."""
+    return _achunks(_Builder(model, req, model_id), await _astart(model, req))
 
 
 def chat_completion(model: Model, req: ChatRequest, model_id: str) -> ChatCompletion:
@@ -551,8 +560,8 @@ async def achat_completion(model: Model, req: ChatRequest, model_id: str) -> Cha
     return result
 
 
-def achat_completion_chunks(
+async def achat_completion_chunks(
     model: Model, req: ChatRequest, model_id: str
 ) -> AsyncIterator[ChatCompletionChunk]:
-    """Async ``chat_completion_chunks``: starts ``req`` now, without blocking; the chunks are awaited."""
-    return _achunks(_Builder(model, req, model_id), _start(model, req))
+    """Async ``chat_completion_chunks``: awaiting it starts ``req``; the chunks are awaited."""
+    return _achunks(_Builder(model, req, model_id), await _astart(model, req))

@@ -299,7 +299,7 @@ def create_app(
         check_model(req.model)
         path = "/v1/completions"
         if req.stream:
-            return await generate(request, path, None, acompletion_chunks(model, req, name))
+            return await generate(request, path, None, await acompletion_chunks(model, req, name))
         return await generate(request, path, acompletion(model, req, name), None)
 
     async def chat_completions(request: Request) -> Response:
@@ -307,7 +307,7 @@ def create_app(
         check_model(req.model)
         path = "/v1/chat/completions"
         if req.stream:
-            return await generate(request, path, None, achat_completion_chunks(model, req, name))
+            return await generate(request, path, None, await achat_completion_chunks(model, req, name))
         return await generate(request, path, achat_completion(model, req, name), None)
 
     def card() -> dict[str, Any]:
