@@ -348,10 +348,10 @@ async def test_overload_is_429_with_retry_after(small: Server) -> None:
     body = {"prompt": "Tell me a story.", "max_tokens": 48, "logit_bias": NO_EOS}
     auth = {"Authorization": f"Bearer {KEY}"}
     async with httpx.AsyncClient(base_url=small.url, headers=auth, timeout=60) as c:
-        rs = await asyncio.gather(*(c.post("/v1/completions", json=body) for _ in range(8)))
+        rs = await asyncio.gather(*(c.post("/v1/completions", json=body) for _ in range(200)))
     codes = sorted(r.status_code for r in rs)
-    # One runs, one waits; the rest are refused at once.
-    assert codes.count(200) >= 2 and codes.count(429) >= 4, codes
+    # One runs, one waits; the rest are refused at once (C6), and the server stays responsive.
+    assert set(codes) == {200, 429} and codes.count(200) >= 2 and codes.count(429) >= 100, codes
     for r in rs:
         if r.status_code == 429:
             assert r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "overloaded"

@@ -323,7 +323,7 @@ async def _aiterate(
 
 async def _apieces(
     start: _tallow.Stream | Callable[[], Awaitable[_tallow.Stream]],
-) -> AsyncGenerator[_tallow.Piece, None]:
+) -> AsyncGenerator[_tallow._Piece, None]:
     """The stream's pieces, awaited without blocking the loop; closing the generator (or
     cancelling the task awaiting it) cancels the request."""
     stream = start if isinstance(start, _tallow.Stream) else await start()

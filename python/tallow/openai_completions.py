@@ -334,7 +334,7 @@ class _Builder:
         self.created = int(time.time())
         self.model_id = model_id
         self.text: list[str] = []
-        self.tokens: list[tuple[int, _tallow.Logprobs]] = []
+        self.tokens: list[tuple[int, _tallow._Logprobs]] = []
         self.offset = 0
         self.echo = ""
         if isinstance(req, CompletionRequest) and req.echo:
@@ -356,11 +356,11 @@ class _Builder:
         choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": None}
         return {**self._head(), "choices": [choice]}
 
-    def piece(self, piece: _tallow.Piece) -> dict[str, Any] | None:
+    def piece(self, piece: _tallow._Piece) -> dict[str, Any] | None:
         """A chunk for one engine piece, or None when it carries nothing to send yet."""
         text, token, logprobs = piece
         self.text.append(text)
-        new: list[tuple[int, _tallow.Logprobs]] = []
+        new: list[tuple[int, _tallow._Logprobs]] = []
         if token is not None and logprobs is not None:
             new = [(token, logprobs)]
             self.tokens.extend(new)
@@ -403,14 +403,14 @@ class _Builder:
             choice = {"text": self.echo + text, "index": 0, "logprobs": lp, "finish_reason": reason}
         return {**head, "choices": [choice], "usage": _usage(stream)}
 
-    def _pieces(self, tokens: list[tuple[int, _tallow.Logprobs]]) -> tuple[list[bytes], list[list[bytes]]]:
+    def _pieces(self, tokens: list[tuple[int, _tallow._Logprobs]]) -> tuple[list[bytes], list[list[bytes]]]:
         ids = [t for t, _ in tokens]
         alts = [a for _, (_, top) in tokens for a, _ in top]
         data = self.model._core.token_bytes(ids + alts)
         own, rest = data[: len(ids)], iter(data[len(ids) :])
         return own, [[next(rest) for _ in top] for _, (_, top) in tokens]
 
-    def _chat_logprobs(self, tokens: list[tuple[int, _tallow.Logprobs]]) -> ChatCompletionLogprobs:
+    def _chat_logprobs(self, tokens: list[tuple[int, _tallow._Logprobs]]) -> ChatCompletionLogprobs:
         own, alts = self._pieces(tokens)
         content: list[ChatTokenLogprob] = []
         for (_, (lp, top)), b, top_b in zip(tokens, own, alts, strict=True):
@@ -427,7 +427,7 @@ class _Builder:
             )
         return {"content": content}
 
-    def _completion_logprobs(self, tokens: list[tuple[int, _tallow.Logprobs]]) -> CompletionLogprobs:
+    def _completion_logprobs(self, tokens: list[tuple[int, _tallow._Logprobs]]) -> CompletionLogprobs:
         own, alts = self._pieces(tokens)
         out: CompletionLogprobs = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for (_, (lp, top)), b, top_b in zip(tokens, own, alts, strict=True):

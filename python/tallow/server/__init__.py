@@ -21,7 +21,8 @@ def serve(
     port: int = 8000,
     log_level: str = "info",
 ) -> None:
-    """Runs ``app`` with uvicorn until interrupted (Ctrl-C, SIGTERM)."""
+    """Runs ``app`` with uvicorn until interrupted (Ctrl-C, SIGTERM). Requests still running
+    then get 5 seconds to finish before they are cancelled."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level)  # type: ignore[arg-type]
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)  # type: ignore[arg-type]
