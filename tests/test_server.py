@@ -452,3 +452,18 @@ def test_serve_needs_no_key_by_default(smollm2_path: Path) -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=20)
+
+
+def test_shutdown_with_a_running_stream(smollm2_path: Path) -> None:
+    """SIGTERM with a stream running: the server gives it a few seconds, cancels it and exits."""
+    with _serve(smollm2_path, "-c", "8192") as s, s.client() as c:
+        with c.stream("POST", "/v1/completions", json={**_long(True), "max_tokens": 8000}) as r:
+            lines = r.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))
+            began = time.monotonic()
+            s.proc.terminate()
+            with contextlib.suppress(httpx.HTTPError):
+                for _ in lines:
+                    pass
+        s.proc.wait(timeout=30)
+        assert time.monotonic() - began < 15
