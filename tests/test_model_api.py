@@ -110,9 +110,18 @@ def test_missing_file_and_unknown_name() -> None:
         tallow.Model("no-such-catalog-model")
 
 
+def test_n_ctx_zero_is_the_training_context(smollm2_path: object) -> None:
+    with tallow.Model(smollm2_path, n_ctx=0) as m:  # type: ignore[arg-type]
+        assert m.info.context_length == 8192 and m.info.n_ctx == 8192
+        # The default caps it at 4096.
+    with tallow.Model(smollm2_path) as m:  # type: ignore[arg-type]
+        assert m.info.n_ctx == 4096
+        assert (m.info.bos_token_id, m.info.eos_token_id) == (1, 2)
+
+
 def test_bad_constructor_arguments(smollm2_path: object) -> None:
     with pytest.raises(ValueError, match="n_ctx"):
-        tallow.Model(smollm2_path, n_ctx=0)  # type: ignore[arg-type]
+        tallow.Model(smollm2_path, n_ctx=-1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="n_threads"):
         tallow.Model(smollm2_path, n_threads="2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_sequences"):

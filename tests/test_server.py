@@ -193,11 +193,15 @@ def test_logprobs(oai: openai.OpenAI) -> None:
         assert t.top_logprobs[0].token == t.token and t.top_logprobs[0].logprob == t.logprob
         assert t.logprob <= 0 and sum(2.718281828**a.logprob for a in t.top_logprobs) <= 1.0001
         assert bytes(t.bytes or []).decode() == t.token
-    c = oai.completions.create(model=MODEL_ID, prompt="1, 2, 3,", max_tokens=4, temperature=0, logprobs=2)
+    prompt = "1, 2, 3,"
+    c = oai.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=4, temperature=0, logprobs=2)
     lp = c.choices[0].logprobs
-    assert lp is not None and lp.tokens and len(lp.tokens) == 4
-    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(4)]
-    assert all(len(d) <= 2 for d in lp.top_logprobs or [])
+    assert lp is not None and lp.tokens and len(lp.tokens) == 4 and lp.top_logprobs
+    # OpenAI's legacy shape: offsets count from the prompt's start; the chosen token is among
+    # the alternatives (here the most likely one, so there are still 2).
+    assert lp.text_offset == [len(prompt) + sum(len(t) for t in lp.tokens[:i]) for i in range(4)]
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs or [], lp.top_logprobs, strict=True):
+        assert len(top) == 2 and top[token] == logprob == max(top.values())
 
 
 async def test_async_client_batches_concurrent_requests(server: Server) -> None:

@@ -44,6 +44,9 @@ class ModelInfo:
     quantization: str
     context_length: int | None
     vocab_size: int
+    #: The beginning- and end-of-sequence token ids, if the model has them.
+    bos_token_id: int | None
+    eos_token_id: int | None
     chat_template: str | None
     n_ctx: int
     n_threads: int
@@ -90,7 +93,8 @@ class Model:
     ``timeout``. The GIL is released while it computes. Each request gives the same text as it
     would alone. Prompts run in chunks of ``n_batch`` tokens (default 512); a cancelled request
     stops between chunks. ``n_ctx`` is the context of each request (prompt and generated
-    tokens); each running request holds a KV cache of that size.
+    tokens; default: the model's training context, up to 4096; ``0``: the model's, uncapped);
+    each running request holds a KV cache of that size.
 
     Weights are repacked at load into the layout this CPU's kernels read fastest. The repacked
     copies are kept in ``$TALLOW_HOME/repack`` (``~/.cache/tallow/repack``), so later loads of
@@ -127,8 +131,9 @@ class Model:
         for name, value in sizes.items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
-            if value is not None and value < 1:
-                raise ValueError(f"invalid value for '{name}': must be >= 1, got {value}")
+            least = 0 if name == "n_ctx" else 1  # n_ctx=0: the model's training context
+            if value is not None and value < least:
+                raise ValueError(f"invalid value for '{name}': must be >= {least}, got {value}")
         self.path: Path = resolve_model(model, allow_download=allow_download)
         if repack_cache is None:
             repack_cache = os.environ.get("TALLOW_REPACK_CACHE", "1").strip().lower() not in _OFF

@@ -193,7 +193,7 @@ def _common(body: Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
     _unsupported(body, ("tools", "functions", "tool_choice", "function_call", "grammar"))
     fmt = body.get("response_format")
     if fmt is not None and fmt != {"type": "text"}:
-        raise InvalidRequestError("response_format", "only {'type': 'text'} is supported by tallow")
+        raise _fail("response_format", "only {'type': 'text'} is supported by tallow")
     options: SamplingOptions = {}
     floats = {
         "temperature": (0.0, 1e6),
@@ -335,10 +335,13 @@ class _Builder:
         self.model_id = model_id
         self.text: list[str] = []
         self.tokens: list[tuple[int, _tallow._Logprobs]] = []
-        self.offset = 0
         self.echo = ""
-        if isinstance(req, CompletionRequest) and req.echo:
-            self.echo = req.prompt if isinstance(req.prompt, str) else model.detokenize(req.prompt)
+        #: Where the next token's text starts in prompt + completion (completions' logprobs).
+        self.offset = 0
+        if isinstance(req, CompletionRequest):
+            prompt = req.prompt if isinstance(req.prompt, str) else model.detokenize(req.prompt)
+            self.echo = prompt if req.echo else ""
+            self.offset = len(prompt)
 
     def _head(self) -> dict[str, Any]:
         kind = "chat.completion.chunk" if self.chat else "text_completion"
@@ -356,14 +359,20 @@ class _Builder:
         choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": None}
         return {**self._head(), "choices": [choice]}
 
-    def piece(self, piece: _tallow._Piece) -> dict[str, Any] | None:
-        """A chunk for one engine piece, or None when it carries nothing to send yet."""
+    def record(self, piece: _tallow._Piece) -> tuple[str, list[tuple[int, _tallow._Logprobs]]]:
+        """Keeps one engine piece for the whole response: its text, and its token with its
+        log-probabilities when the request asked for them."""
         text, token, logprobs = piece
         self.text.append(text)
         new: list[tuple[int, _tallow._Logprobs]] = []
         if token is not None and logprobs is not None:
             new = [(token, logprobs)]
             self.tokens.extend(new)
+        return text, new
+
+    def piece(self, piece: _tallow._Piece) -> dict[str, Any] | None:
+        """A chunk for one engine piece, or None when it carries nothing to send yet."""
+        text, new = self.record(piece)
         if not text and not new:
             return None
         if self.chat:
@@ -398,7 +407,6 @@ class _Builder:
                 "finish_reason": reason,
             }
         else:
-            self.offset = 0
             lp = self._completion_logprobs(self.tokens) if self.req.logprobs is not None else None
             choice = {"text": self.echo + text, "index": 0, "logprobs": lp, "finish_reason": reason}
         return {**head, "choices": [choice], "usage": _usage(stream)}
@@ -428,6 +436,8 @@ class _Builder:
         return {"content": content}
 
     def _completion_logprobs(self, tokens: list[tuple[int, _tallow._Logprobs]]) -> CompletionLogprobs:
+        """OpenAI's legacy shape: ``text_offset`` counts from the prompt's start, and each
+        position's ``top_logprobs`` holds the chosen token too (so up to ``logprobs + 1``)."""
         own, alts = self._pieces(tokens)
         out: CompletionLogprobs = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for (_, (lp, top)), b, top_b in zip(tokens, own, alts, strict=True):
@@ -435,8 +445,9 @@ class _Builder:
             out["tokens"].append(token)
             out["token_logprobs"].append(_finite(lp))
             top_text = {_text(tb): _finite(tl) for (_, tl), tb in zip(top, top_b, strict=True)}
+            top_text[token] = _finite(lp)
             out["top_logprobs"].append(top_text)
-            out["text_offset"].append(len(self.echo) + self.offset)
+            out["text_offset"].append(self.offset)
             self.offset += len(token)
         return out
 
@@ -497,7 +508,7 @@ def _whole(model: Model, req: CompletionRequest | ChatRequest, model_id: str) ->
     stream = _start(model, req)
     try:
         for piece in stream:
-            builder.piece(piece)
+            builder.record(piece)
     finally:
         stream.cancel()
     return builder.whole(stream)
@@ -511,7 +522,7 @@ async def _awhole(model: Model, req: CompletionRequest | ChatRequest, model_id: 
     pieces = _apieces(stream)
     try:
         async for piece in pieces:
-            builder.piece(piece)
+            builder.record(piece)
     finally:
         await pieces.aclose()
     return builder.whole(stream)

@@ -38,7 +38,7 @@ const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% set ns = namespace(system='') %}
 pub struct LoadOptions {
     /// Compute threads (default: the machine's available parallelism).
     pub n_threads: Option<usize>,
-    /// Context length (default: the model's, capped at [`DEFAULT_N_CTX_CAP`]).
+    /// Context length (default: the model's, capped at [`DEFAULT_N_CTX_CAP`]; `0`: the model's, uncapped).
     pub n_ctx: Option<usize>,
     /// Directory of the repack cache (`quant/repack_cache.rs`); `None` repacks into memory on
     /// every load.
@@ -71,9 +71,6 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     }
     if max_sequences == Some(0) {
         return Err(Error::invalid("max_sequences", "must be at least 1"));
-    }
-    if n_ctx == Some(0) {
-        return Err(Error::invalid("n_ctx", "must be at least 1"));
     }
     let file = Arc::new(GgufFile::open(path)?);
     let tokenizer = Arc::new(Tokenizer::from_gguf(&file)?);
@@ -109,7 +106,11 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
         None => Err("this model has no chat template (tokenizer.chat_template)".to_string()),
     };
     let n_ctx_train = model.config().n_ctx_train;
-    let n_ctx = n_ctx.unwrap_or_else(|| n_ctx_train.clamp(1, DEFAULT_N_CTX_CAP));
+    let n_ctx = match n_ctx {
+        None => n_ctx_train.clamp(1, DEFAULT_N_CTX_CAP),
+        Some(0) => n_ctx_train.max(1), // llama.cpp's 0: the context the model was trained with
+        Some(n) => n,
+    };
     let n_threads = n_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let max_sequences = max_sequences.unwrap_or(DEFAULT_MAX_SEQUENCES);
     let max_queue = max_queue.unwrap_or(DEFAULT_MAX_QUEUE);

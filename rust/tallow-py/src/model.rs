@@ -127,6 +127,8 @@ impl Model {
         d.set_item("quantization", &i.quantization)?;
         d.set_item("context_length", i.context_length)?;
         d.set_item("vocab_size", i.vocab_size)?;
+        d.set_item("bos_token_id", self.engine.tokenizer().bos())?;
+        d.set_item("eos_token_id", self.engine.tokenizer().eos())?;
         d.set_item("chat_template", &i.chat_template)?;
         d.set_item("n_ctx", self.engine.config().n_ctx)?;
         d.set_item("n_threads", self.engine.config().n_threads)?;
