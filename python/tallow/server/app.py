@@ -265,50 +265,41 @@ def create_app(
 
         return handle
 
-    async def generate(
-        request: Request, path: str, whole: Coroutine[Any, Any, Any] | None, chunks: AsyncIterator[Any] | None
-    ) -> Response:
-        began = time.monotonic()
-        if chunks is not None:
+    def generation(
+        path: str, parse: Callable[..., Any], whole: Callable[..., Any], chunks: Callable[..., Any]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A generation route: ``parse`` checks the body, then ``whole`` answers it at once or
+        ``chunks`` as server-sent events; the client's disconnect cancels either."""
 
-            def on_end(gone: bool, first: float | None) -> None:
-                if gone:
-                    metrics.disconnects.labels(path).inc()
-                    metrics.requests.labels(path, "499").inc()
-                    return
-                metrics.requests.labels(path, "200").inc()
-                metrics.duration.labels(path).observe(time.monotonic() - began)
-                if first is not None:
-                    metrics.first_token.labels(path).observe(first)
+        async def run(request: Request) -> Response:
+            req = parse(await read_json(request), model)
+            check_model(req.model)
+            began = time.monotonic()
+            if req.stream:
 
-            return _EventStream(chunks, on_end)
-        assert whole is not None
-        result: list[Any] = []
+                def on_end(gone: bool, first: float | None) -> None:
+                    if gone:
+                        metrics.disconnects.labels(path).inc()
+                        metrics.requests.labels(path, "499").inc()
+                        return
+                    metrics.requests.labels(path, "200").inc()
+                    metrics.duration.labels(path).observe(time.monotonic() - began)
+                    if first is not None:
+                        metrics.first_token.labels(path).observe(first)
 
-        async def work() -> None:
-            result.append(await whole)
+                return _EventStream(await chunks(model, req, name), on_end)
+            result: list[Any] = []
 
-        if await _race(work(), _disconnected(request.receive)):
-            metrics.disconnects.labels(path).inc()
-            # Nobody reads it; 499 is what nginx logs for a client that closed the request.
-            return Response(status_code=499)
-        return JSONResponse(result[0])
+            async def work() -> None:
+                result.append(await whole(model, req, name))
 
-    async def completions(request: Request) -> Response:
-        req = parse_completion(await read_json(request), model)
-        check_model(req.model)
-        path = "/v1/completions"
-        if req.stream:
-            return await generate(request, path, None, await acompletion_chunks(model, req, name))
-        return await generate(request, path, acompletion(model, req, name), None)
+            if await _race(work(), _disconnected(request.receive)):
+                metrics.disconnects.labels(path).inc()
+                # Nobody reads it; 499 is what nginx logs for a client that closed the request.
+                return Response(status_code=499)
+            return JSONResponse(result[0])
 
-    async def chat_completions(request: Request) -> Response:
-        req = parse_chat(await read_json(request), model)
-        check_model(req.model)
-        path = "/v1/chat/completions"
-        if req.stream:
-            return await generate(request, path, None, await achat_completion_chunks(model, req, name))
-        return await generate(request, path, achat_completion(model, req, name), None)
+        return run
 
     def card() -> dict[str, Any]:
         return {"id": name, "object": "model", "created": created, "owned_by": "tallow"}
@@ -331,10 +322,21 @@ def create_app(
     routes = [
         Route("/v1/models", endpoint("/v1/models", models), methods=["GET"]),
         Route("/v1/models/{model:path}", endpoint("/v1/models", model_card), methods=["GET"]),
-        Route("/v1/completions", endpoint("/v1/completions", completions), methods=["POST"]),
+        Route(
+            "/v1/completions",
+            endpoint(
+                "/v1/completions",
+                generation("/v1/completions", parse_completion, acompletion, acompletion_chunks),
+            ),
+            methods=["POST"],
+        ),
         Route(
             "/v1/chat/completions",
-            endpoint("/v1/chat/completions", chat_completions, "messages"),
+            endpoint(
+                "/v1/chat/completions",
+                generation("/v1/chat/completions", parse_chat, achat_completion, achat_completion_chunks),
+                "messages",
+            ),
             methods=["POST"],
         ),
         Route("/health", health, methods=["GET"]),
