@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import tallow
+from _signals import sigint_default
 
 
 def tallow_cli(
@@ -128,6 +129,7 @@ def test_ctrl_c_stops_the_answer_not_the_chat(smollm2_path: Path) -> None:
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "tallow", "chat", str(smollm2_path), "-n", "2000", "--temperature", "0"],
+        preexec_fn=sigint_default,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

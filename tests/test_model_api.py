@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import tallow
+from _signals import sigint_default
 
 
 def test_info(smollm2: tallow.Model) -> None:
@@ -266,6 +267,7 @@ def test_ctrl_c_during_generate_cancels_only_that_request(smollm2_path: object) 
 
     proc = subprocess.Popen(
         [sys.executable, "-c", _SIGINT_CHILD, str(smollm2_path)],
+        preexec_fn=sigint_default,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -307,6 +309,7 @@ def test_ctrl_c_while_waiting_for_room(smollm2_path: object) -> None:
 
     proc = subprocess.Popen(
         [sys.executable, "-c", _SIGINT_WAITING_CHILD, str(smollm2_path)],
+        preexec_fn=sigint_default,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
