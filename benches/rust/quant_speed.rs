@@ -37,6 +37,9 @@ fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    if let Ok(name) = std::env::var("QUANT_SPEED_GEMM") {
+        return gemm_only(&name);
+    }
     let (rows, cols) = (1024, 2048);
     let pool = ThreadPool::new(1);
     let best = kernels();
@@ -115,6 +118,31 @@ fn model_shapes(budget: Duration) {
             );
         }
     }
+}
+
+/// One type's prefill GEMM on one thread, 5 medians of 1 s each (to see the spread).
+fn gemm_only(name: &str) {
+    let qtype = [QType::Q4_0, QType::Q4_1, QType::Q8_0, QType::Q4_K, QType::Q5_K, QType::Q6_K]
+        .into_iter()
+        .find(|q| q.name() == name)
+        .unwrap_or_else(|| panic!("QUANT_SPEED_GEMM: unknown type {name}"));
+    let (rows, cols, n_tokens) = match std::env::var("QUANT_SPEED_SHAPE") {
+        Ok(shape) => {
+            let n: Vec<usize> = shape.split('x').map(|n| n.parse().expect("QUANT_SPEED_SHAPE: ROWSxCOLSxTOKENS")).collect();
+            (n[0], n[1], n[2])
+        }
+        Err(_) if qtype == QType::Q6_K => (2048, 8192, 128),
+        Err(_) => (8192, 2048, 128),
+    };
+    let pool = ThreadPool::new(1);
+    let w = QTensor::from_bytes("w", qtype, rows, cols, &quantize(qtype, &floats(1, rows * cols))).unwrap().interleaved();
+    let x = floats(2, n_tokens * cols);
+    let mut y = vec![0f32; n_tokens * rows];
+    let mut scratch = MatmulScratch::default();
+    let runs: Vec<String> = (0..5)
+        .map(|_| format!("{:.0}", time(Duration::from_secs(1), || matmul(&w, &x, n_tokens, &mut y, &mut scratch, &pool))))
+        .collect();
+    println!("{name} {rows}x{cols} x {n_tokens} tokens, 1 thread, µs: {}", runs.join(" "));
 }
 
 fn quantize(qtype: QType, xs: &[f32]) -> Vec<u8> {
