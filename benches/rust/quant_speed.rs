@@ -128,19 +128,23 @@ fn gemm_only(name: &str) {
         .unwrap_or_else(|| panic!("QUANT_SPEED_GEMM: unknown type {name}"));
     let (rows, cols, n_tokens) = match std::env::var("QUANT_SPEED_SHAPE") {
         Ok(shape) => {
-            let n: Vec<usize> = shape.split('x').map(|n| n.parse().expect("QUANT_SPEED_SHAPE: ROWSxCOLSxTOKENS")).collect();
+            let n: Vec<usize> =
+                shape.split('x').map(|n| n.parse().expect("QUANT_SPEED_SHAPE: ROWSxCOLSxTOKENS")).collect();
             (n[0], n[1], n[2])
         }
         Err(_) if qtype == QType::Q6_K => (2048, 8192, 128),
         Err(_) => (8192, 2048, 128),
     };
     let pool = ThreadPool::new(1);
-    let w = QTensor::from_bytes("w", qtype, rows, cols, &quantize(qtype, &floats(1, rows * cols))).unwrap().interleaved();
+    let w =
+        QTensor::from_bytes("w", qtype, rows, cols, &quantize(qtype, &floats(1, rows * cols))).unwrap().interleaved();
     let x = floats(2, n_tokens * cols);
     let mut y = vec![0f32; n_tokens * rows];
     let mut scratch = MatmulScratch::default();
     let runs: Vec<String> = (0..5)
-        .map(|_| format!("{:.0}", time(Duration::from_secs(1), || matmul(&w, &x, n_tokens, &mut y, &mut scratch, &pool))))
+        .map(|_| {
+            format!("{:.0}", time(Duration::from_secs(1), || matmul(&w, &x, n_tokens, &mut y, &mut scratch, &pool)))
+        })
         .collect();
     println!("{name} {rows}x{cols} x {n_tokens} tokens, 1 thread, µs: {}", runs.join(" "));
 }
