@@ -5,6 +5,10 @@
 //! type, µs per product for decode (1 token) and prefill (16 tokens): candle's generic path
 //! (`matmul_candle`: candle's `from_float` + `vec_dot`), tallow's scalar table, and the table
 //! this CPU gets (`kernels()`), with the speed-up over candle.
+//!
+//! `QUANT_SPEED_GEMM=Q4_K` (any type of the per-type table) times only that type's prefill GEMM,
+//! one thread, the tiles models load: 8192x2048 (2048x8192 for Q6_K) × 128 tokens, or
+//! `QUANT_SPEED_SHAPE=ROWSxCOLSxTOKENS`; five medians of 1 s each, to show the spread.
 
 use std::time::{Duration, Instant};
 use tallow_core::quant::{kernels, matmul, matmul_candle, matmul_with, Kernels, MatmulScratch, QTensor, QType};
@@ -120,9 +124,9 @@ fn model_shapes(budget: Duration) {
     }
 }
 
-/// One type's prefill GEMM on one thread, 5 medians of 1 s each (to see the spread).
+/// `QUANT_SPEED_GEMM` (see the file's docs).
 fn gemm_only(name: &str) {
-    let qtype = [QType::Q4_0, QType::Q4_1, QType::Q8_0, QType::Q4_K, QType::Q5_K, QType::Q6_K]
+    let qtype = QType::ALL
         .into_iter()
         .find(|q| q.name() == name)
         .unwrap_or_else(|| panic!("QUANT_SPEED_GEMM: unknown type {name}"));
