@@ -8,7 +8,12 @@
 //!
 //! `QUANT_SPEED_GEMM=Q4_K` (any type of the per-type table) times only that type's prefill GEMM,
 //! one thread, the tiles models load: 8192x2048 (2048x8192 for Q6_K) × 128 tokens, or
-//! `QUANT_SPEED_SHAPE=ROWSxCOLSxTOKENS`; five medians of 1 s each, to show the spread.
+//! `QUANT_SPEED_SHAPE=ROWSxCOLSxTOKENS`; five medians of 1 s each, to show the spread. On x86
+//! with AVX-512 VNNI it also prints the bound the multiply pipes set on that product: their
+//! rate, measured here (independent 512-bit `vpdpbusd` chains: on Zen 4 `vpdpbusd`, `vpmulld`,
+//! `vpmaddwd` and `vfmadd` share these pipes, one 512-bit operation a cycle, while `vcvtdq2ps`
+//! and the shifts and masks run beside them), times the multiplies the tile issues per 16 rows,
+//! block and token (`MULTIPLIES_PER_BLOCK`).
 
 use std::time::{Duration, Instant};
 use tallow_core::quant::{kernels, matmul, matmul_candle, matmul_with, Kernels, MatmulScratch, QTensor, QType};
@@ -151,6 +156,63 @@ fn gemm_only(name: &str) {
         })
         .collect();
     println!("{name} {rows}x{cols} x {n_tokens} tokens, 1 thread, µs: {}", runs.join(" "));
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(rate), Some(&(_, per_block))) =
+        (multiply_rate(), MULTIPLIES_PER_BLOCK.iter().find(|(q, _)| *q == qtype))
+    {
+        let blocks = (rows / 16) * (cols / qtype.block_size()) * n_tokens;
+        let bound_us = (blocks * per_block) as f64 / rate * 1e6;
+        println!(
+            "multiply pipes: {:.2} G 512-bit operations/s; {per_block} per 16 rows, block and token -> bound {bound_us:.0} µs",
+            rate / 1e9
+        );
+    }
+}
+
+/// Multiplies (`vpdpbusd`, `vpmulld`, `vpmaddwd`, `vfmadd`, `vmulps`) the x16 prefill tiles
+/// issue per 16 rows, weight block and token, read off `x86_x16_legacy.rs` and
+/// `x86_x16_kquant.rs`.
+#[cfg(target_arch = "x86_64")]
+const MULTIPLIES_PER_BLOCK: [(QType, usize); 4] = [
+    // 8 `vpdpbusd` for 16 × 32 products, 8 fmas (one per vec_dot lane), d_w · d_y.
+    (QType::Q8_0, 17),
+    // 8 `vpdpbusd`, one fma per block (llama.cpp's repacked order), d_w · d_y.
+    (QType::Q4_0, 10),
+    // 64 `vpdpbusd`, 8 `vpmulld` (scales), 4 `vpmaddwd` (minimums), 8 fmas, 2 multiplies.
+    (QType::Q4_K, 86),
+    // 64 `vpdpbusd`, 16 `vpmulld` (scales), one multiply, one fma.
+    (QType::Q6_K, 82),
+];
+
+/// 512-bit `vpdpbusd` per second on this core (12 independent chains, so latency does not
+/// bound it), or `None` without AVX-512 VNNI.
+#[cfg(target_arch = "x86_64")]
+fn multiply_rate() -> Option<f64> {
+    use std::arch::x86_64::*;
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    fn chains(n: usize) -> [__m512i; 12] {
+        let (x, y) = std::hint::black_box((_mm512_set1_epi8(3), _mm512_set1_epi8(5)));
+        let mut acc = [_mm512_setzero_si512(); 12];
+        for _ in 0..n {
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbusd_epi32(*a, x, y);
+            }
+        }
+        acc
+    }
+    if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")) {
+        return None;
+    }
+    let n = 20_000_000;
+    let best = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            // SAFETY: the features were detected above.
+            std::hint::black_box(unsafe { chains(n) });
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    Some((12 * n) as f64 / best)
 }
 
 fn quantize(qtype: QType, xs: &[f32]) -> Vec<u8> {

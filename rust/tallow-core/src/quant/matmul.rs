@@ -39,7 +39,7 @@ pub struct MatmulScratch {
     /// Accumulator starts of the x16 tiles that offset signed weights to unsigned ones (and
     /// Q4_K's sub-block sums), one table per entry of [`OFFSET_TYPES`] (`TileArgs::a_offsets`):
     /// computed from the activations once per product, not once per row group.
-    offsets: [Vec<i32>; 4],
+    offsets: [Vec<i32>; 5],
     /// The f16 scales of the Q8_0 and Q8_1 activation blocks as f32, for the x16 tiles of the
     /// 32-element formats (`TileArgs::a_scales`).
     scales: [Vec<f32>; 2],
@@ -546,7 +546,7 @@ fn fill_scales(table: &mut Vec<f32>, act: QType, xq: &[u8], n_tokens: usize, poo
 
 /// Weight types whose x16 tiles read a table computed from the activations: the signed ones
 /// take their accumulator starts from it, Q4_K the sums its minimums multiply.
-const OFFSET_TYPES: [QType; 4] = [QType::Q4_0, QType::Q5_0, QType::Q8_0, QType::Q4_K];
+const OFFSET_TYPES: [QType; 5] = [QType::Q4_0, QType::Q5_0, QType::Q8_0, QType::Q4_K, QType::Q6_K];
 
 /// The entry of [`OFFSET_TYPES`] whose table a `qtype` weight's tiles read: Q5_K's minimums
 /// multiply the same sub-block sums as Q4_K's.
@@ -563,17 +563,19 @@ fn offsets_type(qtype: QType) -> QType {
 /// several.
 fn fill_offsets(table: &mut Vec<i32>, qtype: QType, xq: &[u8], n_tokens: usize, pool: &ThreadPool) {
     let per_block = offsets_per_block(qtype);
-    let block = if qtype == QType::Q4_K { size_of::<BlockQ8K>() } else { size_of::<BlockQ8_0>() };
+    let block = if matches!(qtype, QType::Q4_K | QType::Q6_K) { size_of::<BlockQ8K>() } else { size_of::<BlockQ8_0>() };
     table.resize(xq.len() / block * per_block, 0);
     let fill = |blocks: &[u8], out: &mut [i32]| {
         for (blk, out) in blocks.chunks_exact(block).zip(out.chunks_exact_mut(per_block)) {
             let y = |k: usize| blk[2 + 4 * k..6 + 4 * k].iter().map(|&q| q as i8 as i32).sum::<i32>();
+            let bsum = |g: usize| i16::from_le_bytes([blk[260 + 2 * g], blk[261 + 2 * g]]) as i32;
             match qtype {
+                // Σ (u - 32) · y over each 16-element group: its accumulator starts at -32 · Σ y.
+                QType::Q6_K => out.iter_mut().enumerate().for_each(|(g, o)| *o = -32 * bsum(g)),
                 // Word j: the sums of sub-blocks 2j and 2j + 1 (32 activations each, from the
                 // block's 16-element `bsums`) as the low and high i16, the pair `vpmaddwd`
                 // multiplies with the pair of minimums (|sum| <= 32 · 128 fits).
                 QType::Q4_K => {
-                    let bsum = |g: usize| i16::from_le_bytes([blk[260 + 2 * g], blk[261 + 2 * g]]) as i32;
                     let sub = |s: usize| (bsum(2 * s) + bsum(2 * s + 1)) as u16 as u32;
                     out.iter_mut().enumerate().for_each(|(j, o)| *o = (sub(2 * j) | sub(2 * j + 1) << 16) as i32);
                 }
@@ -620,6 +622,7 @@ fn offsets_per_block(qtype: QType) -> usize {
     match offsets_type(qtype) {
         QType::Q4_0 => 1,
         QType::Q4_K => 4,
+        QType::Q6_K => 16,
         _ => 8,
     }
 }

@@ -188,7 +188,7 @@ pub(super) unsafe fn q4k<const T: usize, const GEMM: bool>(nb: usize, args: &Til
 /// `4k..4k + 4` of every 32 elements, then `hsum_float_8`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn q6k<const T: usize, const TILED: bool>(nb: usize, args: &TileArgs) {
-    let TileArgs { w, b_stride, a, a_stride, out, out_stride, .. } = *args;
+    let TileArgs { w, b_stride, a, a_stride, out, out_stride, a_offsets, .. } = *args;
     // Group block (x16.rs): d at 0, scales at 32, then the quants in the order read here,
     // 384 bytes per k: ql of (h 0, low), (h 0, high), (h 1, low), (h 1, high), then qh of h 0, h 1.
     const D: usize = 0;
@@ -231,12 +231,18 @@ pub(super) unsafe fn q6k<const T: usize, const TILED: bool>(nb: usize, args: &Ti
             let y = |t: usize, h: usize, c: usize, k: usize| bcast_i32(ap(t).add(4 + 128 * h + 32 * c + 4 * k));
             if TILED {
                 // One integer sum per row: each 16-element group's 4 chunks summed, then scaled.
+                // Σ (u - 32) · y = Σ u · y - 32 · Σ y: a group's accumulators start at the
+                // second term, from the table computed once per product.
+                let start = |grp: usize| -> [__m512i; T] {
+                    std::array::from_fn(|t| _mm512_set1_epi32(*a_offsets.add((t * nb + i) * 16 + grp)))
+                };
                 let mut isum = [_mm512_setzero_si512(); T];
                 for h in 0..2 {
                     for half in 0..2 {
                         // Chunks c and c + 2 take the low and high nibbles of the same bytes.
                         for c0 in 0..2 {
-                            let mut grp = [[_mm512_setzero_si512(); 2]; T];
+                            let (s0, s1) = (start(8 * h + 2 * c0 + half), start(8 * h + 2 * c0 + 4 + half));
+                            let mut grp: [[__m512i; 2]; T] = std::array::from_fn(|t| [s0[t], s1[t]]);
                             for k in 4 * half..4 * half + 4 {
                                 let q = [quant(h, k, c0), quant(h, k, c0 + 2)];
                                 for (t, grp) in grp.iter_mut().enumerate() {
@@ -255,8 +261,7 @@ pub(super) unsafe fn q6k<const T: usize, const TILED: bool>(nb: usize, args: &Ti
                     }
                 }
                 for t in 0..T {
-                    let off = (0..8).fold(_mm512_setzero_si512(), |s, k| _mm512_add_epi32(s, offset(t, k)));
-                    let term = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(isum[t], off)), dw);
+                    let term = _mm512_mul_ps(_mm512_cvtepi32_ps(isum[t]), dw);
                     acc[t][0] = _mm512_fmadd_ps(term, _mm512_set1_ps(*(ap(t) as *const f32)), acc[t][0]);
                 }
             } else {
