@@ -16,7 +16,7 @@
 
 use super::blocks::{ActBlock, BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::kernels::{kernels, Kernels, VecDotFn};
-use super::kquant_order::{self, k_order, IntKernels};
+use super::kquant_order::{self, k_order, IntKernels, KOrder};
 use super::legacy_dot::RowDot;
 use super::shares::Shares;
 use super::{reference, x16, QTensor, QType};
@@ -427,10 +427,19 @@ fn run(
             };
         }
     }
-    // Accumulator starts of the x16 tiles of signed types, Q4_K's sub-block sums.
+    // Accumulator starts of the x16 tiles of signed types, Q4_K's sub-block sums, Q6_K's group
+    // offsets (which only its tiled order reads: a decode's `vec_dot` order forms its own).
+    let reads_offsets = |w: &QTensor| {
+        w.interleave() == x16::ROWS
+            && (w.qtype != QType::Q6_K
+                || scratch
+                    .seq_pos
+                    .iter()
+                    .any(|p| k_order(w.qtype, w.rows, p.t as usize, p.n as usize) == Some(KOrder::Q6KTiled)))
+    };
     for (ty, table) in OFFSET_TYPES.iter().zip(scratch.offsets.iter_mut()) {
         table.clear();
-        if products.iter().flatten().any(|(w, ..)| offsets_type(w.qtype) == *ty && w.interleave() == x16::ROWS) {
+        if products.iter().flatten().any(|(w, ..)| offsets_type(w.qtype) == *ty && reads_offsets(w)) {
             fill_offsets(table, *ty, acts[act_slot(*ty)], n_tokens, pool);
         }
     }
