@@ -8,10 +8,14 @@ alternating which goes first; the table shows medians. One unmeasured run of eac
 first, after the file has been read once, so both start from the file in the page cache, and
 tallow from its repack cache (the repacked copies of the weights that its first load of a file
 writes, see ``tallow.Model``); that run's load times are printed as the very first load. Each
-repetition also loads the file once more in tallow with an empty repack cache of its own (a
-process that only loads), so the table's "first load" row is a median too: what a user's first
-load of a file costs, repacking and writing the cache, against llama.cpp's load (which has no
-cache). ``--repack-cache off`` measures tallow repacking on every load instead. Both are driven
+repetition also runs a first use of the file in each engine: a process that loads it (tallow
+with an empty repack cache of its own) and streams the first token of a 32-token prompt, so the
+table's "first load" rows are medians too: what a user's first load of a file costs against
+llama.cpp's load (which has no cache), until the model is usable and until its first token.
+tallow's first load returns before its repack cache file is written (a background thread packs
+the weights, and a generation that needs one first packs it itself); that process then waits
+for the file, and the time to that point is printed under the table. ``--repack-cache off``
+measures tallow repacking on every load instead. Both are driven
 from Python as a user would (``tallow.Model.stream`` / ``llama_cpp.Llama.generate``, token by
 token), greedy, through the same harness (``python/tallow/bench.py``): prefill rate (512-token
 prompt), time to first token (32-token prompt), decode rate (128 tokens), load time, peak RSS.
@@ -74,9 +78,6 @@ def worker(side: str, model: str, threads: int, n_ctx: int, args: argparse.Names
         tm = tallow.Model(model, n_threads=threads, n_ctx=n_ctx, repack_cache=args.repack_cache == "on")
         load_s = time.perf_counter() - t0
         repack_cache: str = tm.info.repack_cache
-        if args.load_only:
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            return {"load_s": load_s, "peak_rss_mb": rss, "repack_cache": repack_cache}
 
         def stream(prompt: str, max_tokens: int) -> Any:
             return tm.stream(prompt, max_tokens=max_tokens, temperature=0.0)
@@ -111,11 +112,32 @@ def worker(side: str, model: str, threads: int, n_ctx: int, args: argparse.Names
         def count(text: str) -> int:
             return len(llm.tokenize(text.encode()))
 
+    if args.load_only:
+        return first_use(side, bench, stream, count, t0, load_s, repack_cache)
     m = bench.measure(
         stream, count, prompt_tokens=args.prompt_tokens, ttft_tokens=32, gen_tokens=args.gen_tokens
     )
     out: dict[str, Any] = m.as_dict()
     out["load_s"] = load_s
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["repack_cache"] = repack_cache
+    return out
+
+
+def first_use(
+    side: str, bench: Any, stream: Any, count: Any, t0: float, load_s: float, repack_cache: str
+) -> dict[str, Any]:
+    """The rest of a first-use process: the first token of a 32-token prompt, then (tallow) the
+    wait for the repack cache file that the load started writing."""
+    prompt = bench.prose_prompt(32, count, "Tale 0")
+    t1 = time.perf_counter()
+    first, _, _ = bench.time_stream(stream, prompt, 1)
+    out: dict[str, Any] = {"load_s": load_s, "first_token_s": t1 + first - t0}
+    if side == "tallow":
+        from tallow import _tallow  # type: ignore[import-not-found]
+
+        _tallow.wait_for_repack_writes()
+        out["cache_written_s"] = time.perf_counter() - t0
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["repack_cache"] = repack_cache
     return out
@@ -203,12 +225,12 @@ def run_side(side: str, args: argparse.Namespace, env: dict[str, str] | None = N
     return result
 
 
-def first_load(args: argparse.Namespace) -> dict[str, Any]:
-    """tallow loading the file with an empty repack cache of its own (repacking, writing the
-    cache), in a process that only loads; the cache is deleted afterwards."""
+def first_load(side: str, args: argparse.Namespace) -> dict[str, Any]:
+    """A first use of the file (`first_use`); tallow's with an empty repack cache of its own,
+    deleted afterwards."""
     home = tempfile.mkdtemp(prefix="tallow-compare-")
     try:
-        return run_side("tallow", args, env=dict(os.environ, TALLOW_HOME=home))
+        return run_side(side, args, env=dict(os.environ, TALLOW_HOME=home))
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -246,12 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     first = {side: run_side(side, args) for side in SIDES}
     print(f"first runs (not measured): {first}", file=sys.stderr)
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
-    first_loads: list[dict[str, Any]] = []
+    first_loads: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
     for rep in range(args.reps):
         order = SIDES if rep % 2 == 0 else SIDES[::-1]
-        if args.repack_cache == "on":
-            first_loads.append(first_load(args))
-            print(f"rep {rep + 1}/{args.reps} tallow first load: {first_loads[-1]}", file=sys.stderr)
+        for side in order if args.repack_cache == "on" else ():
+            first_loads[side].append(first_load(side, args))
+            print(f"rep {rep + 1}/{args.reps} {side} first use: {first_loads[side][-1]}", file=sys.stderr)
         for side in order:
             before = probe.best()
             run = run_side(side, args)
@@ -278,13 +300,22 @@ def main(argv: list[str] | None = None) -> int:
         scale = 1000.0 if unit == "ms" and key.endswith("_s") else 1.0
         a, b = med["tallow"][key] * scale, med["llama.cpp"][key] * scale
         print(f"| {label} ({unit}) | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
-    if first_loads:
+    written = ""
+    if first_loads["tallow"]:
         # llama.cpp has no cache: each of its loads is a first load.
-        fl = {k: statistics.median(r[k] for r in first_loads) for k in ("load_s", "peak_rss_mb")}
-        a, b = 1000 * fl["load_s"], 1000 * med["llama.cpp"]["load_s"]
-        print(f"| first load, repack cache written (ms) | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
-        a, b = fl["peak_rss_mb"], med["llama.cpp"]["peak_rss_mb"]
-        print(f"| peak RSS of that load (MiB) | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+        keys = ("load_s", "first_token_s", "peak_rss_mb")
+        fl = {s: {k: statistics.median(r[k] for r in first_loads[s]) for k in keys} for s in SIDES}
+        rows = [
+            ("load_s", "first load, model usable (ms)", 1000),
+            ("first_token_s", "first load + first token, 32-token prompt (ms)", 1000),
+            ("peak_rss_mb", "peak RSS of that process (MiB)", 1),
+        ]
+        for key, label, scale in rows:
+            a, b = scale * fl["tallow"][key], scale * fl["llama.cpp"][key]
+            print(f"| {label} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+        done = statistics.median(r["cache_written_s"] for r in first_loads["tallow"])
+        written = f"tallow's first-use processes had their repack cache files written {1000 * done:.0f} ms "
+        written += "after they started (median). "
     print(
         f"\nread bandwidth probed around each run {min(probes):.1f}-{max(probes):.1f} GB/s; "
         f"{bpt / 2**20:.1f} MiB of weights per token -> decode bound "
@@ -295,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     t_first, l_first = (1000 * first[s]["load_s"] for s in SIDES)
     first_status = first["tallow"]["repack_cache"]
     print(
-        f"first, unmeasured run: load tallow {t_first:.0f} ms (repack cache {first_status}), "
+        f"{written}First, unmeasured run: load tallow {t_first:.0f} ms (repack cache {first_status}), "
         f"llama.cpp {l_first:.0f} ms; tallow's repack cache in the measured runs: {', '.join(statuses)}"
     )
     if args.json:

@@ -114,6 +114,41 @@ def test_processes_loading_at_once_all_succeed(smollm2_path: Path, tmp_path: Pat
         assert len(list((tmp_path / "repack").glob("*.repack"))) == 1
 
 
+def test_a_process_that_exits_right_after_loading_leaves_the_file(smollm2_path: Path, tmp_path: Path) -> None:
+    """The load returns before the cache file is written; the interpreter's exit waits for the
+    writer, so the next process maps the file."""
+    env = {**os.environ, "TALLOW_HOME": str(tmp_path)}
+    load_only = "import sys, tallow; print(tallow.Model(sys.argv[1], n_ctx=64).info.repack_cache)"
+    if tallow.build_info()["matmul_tiles"] == "none":  # TALLOW_KERNELS=scalar: nothing to repack
+        out = subprocess.run(
+            [sys.executable, "-c", load_only, str(smollm2_path)], env=env, capture_output=True, text=True
+        )
+        assert out.stdout.strip() == "skipped", out.stderr
+        return
+    first = subprocess.run(
+        [sys.executable, "-c", load_only, str(smollm2_path)], env=env, capture_output=True, text=True
+    )
+    assert (first.returncode, first.stdout.strip()) == (0, "written"), first.stderr
+    files = list((tmp_path / "repack").glob("*.repack"))
+    assert len(files) == 1 and not list((tmp_path / "repack").glob("*.tmp"))
+    second = subprocess.run(
+        [sys.executable, "-c", load_only, str(smollm2_path)], env=env, capture_output=True, text=True
+    )
+    assert (second.returncode, second.stdout.strip()) == (0, "hit"), second.stderr
+
+
+def test_waiting_for_the_writers(smollm2_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tallow import _tallow
+
+    monkeypatch.setenv("TALLOW_HOME", str(tmp_path))
+    tallow.Model(smollm2_path, n_ctx=64)
+    assert _tallow.wait_for_repack_writes(120.0) is True
+    assert not list((tmp_path / "repack").glob("*.tmp"))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="timeout"):
+            _tallow.wait_for_repack_writes(bad)
+
+
 def test_portable_kernels_do_not_read_a_tiled_cache(smollm2_path: Path, tmp_path: Path) -> None:
     """A cache written with the AVX-512 layout is never mapped by a process whose kernels want
     another (TALLOW_KERNELS=avx2 reads 4-row groups, scalar none)."""

@@ -54,8 +54,9 @@ class ModelInfo:
     n_ctx: int
     n_threads: int
     #: What the repack cache did for this load: ``"hit"`` (the repacked weights were mapped from
-    #: the cache), ``"written"`` (repacked now, cached for the next load), ``"skipped"`` (nothing
-    #: large to repack, or the cache directory could not be written) or ``"off"``.
+    #: the cache), ``"written"`` (a new cache file is being written after the load, see
+    #: ``Model``), ``"skipped"`` (nothing to repack, or the cache directory could not be
+    #: written) or ``"off"``.
     repack_cache: Literal["hit", "written", "skipped", "off"]
 
 
@@ -99,10 +100,13 @@ class Model:
     tokens; default: the model's training context, up to 4096; ``0``: the model's, uncapped);
     each running request holds a KV cache of that size.
 
-    Weights are repacked at load into the layout this CPU's kernels read fastest. The repacked
-    copies are kept in ``$TALLOW_HOME/repack`` (``~/.cache/tallow/repack``), so later loads of
-    the same file map them instead of repacking: ``repack_cache=False`` (or
-    ``TALLOW_REPACK_CACHE=0`` in the environment) turns that off. The cache holds at most 32 GiB
+    Weights are repacked into the layout this CPU's kernels read fastest. The repacked copies
+    are kept in ``$TALLOW_HOME/repack`` (``~/.cache/tallow/repack``), so later loads of the same
+    file map them instead of repacking: ``repack_cache=False`` (or ``TALLOW_REPACK_CACHE=0`` in
+    the environment) turns that off, and every load repacks in memory. The first load of a file
+    returns once it is mapped, and a background thread writes the copies (a generation that
+    needs a weight first packs it itself); before the interpreter exits it waits for that
+    thread, so that the next load finds the file. The cache holds at most 32 GiB
     (``TALLOW_REPACK_CACHE_MAX_GB``), least recently used first out, and drops the copies of
     files that were changed or deleted.
 
@@ -151,6 +155,8 @@ class Model:
             n_batch=n_batch,
         )
         self.info: ModelInfo = ModelInfo(**self._core.info())
+        if self.info.repack_cache == "written":
+            _finish_repack_writes_at_exit()
 
     def __repr__(self) -> str:
         closed = ", closed" if self._model is None else ""
@@ -434,3 +440,21 @@ def _loop_wake(loop: asyncio.AbstractEventLoop) -> _LoopWake | None:
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+@functools.cache
+def _finish_repack_writes_at_exit() -> None:
+    """Registers (once) the wait for the repack cache's writer thread at interpreter exit."""
+    import atexit
+
+    atexit.register(_finish_repack_writes)
+
+
+def _finish_repack_writes() -> None:
+    """Lets the repack cache files this process is writing be finished; Ctrl-C gives up, and the
+    next load of the model writes its file again."""
+    try:
+        while not _tallow.wait_for_repack_writes(0.1):
+            pass
+    except KeyboardInterrupt:
+        pass

@@ -206,3 +206,50 @@ fn an_unwritable_cache_directory_loads_without_the_cache() {
     let model = load_model_with(file, cache.as_ref()).unwrap();
     assert_eq!(logits(&*model).len(), 8 * model.config().n_vocab + model.config().n_vocab);
 }
+
+#[test]
+fn a_model_dropped_before_its_writer_ends_still_leaves_the_file() {
+    if !repacks() {
+        return;
+    }
+    let path = model_path("smollm2-135m-q4_1.gguf");
+    let dir = TempDir::new("dropped");
+    let plain = bits(&logits(&*load_model(Arc::new(GgufFile::open(&path).unwrap())).unwrap()));
+    let (first, status) = load_cached(&path, &dir.0);
+    assert_eq!(status, RepackCacheStatus::Written);
+    drop(first); // before any product: the writer alone packs every tensor
+                 // A second load in this process waits for the first one's writer, then maps the file.
+    let (second, status) = load_cached(&path, &dir.0);
+    assert_eq!(status, RepackCacheStatus::Hit);
+    assert_eq!(bits(&logits(&*second)), plain);
+    assert!(tallow_core::quant::wait_for_repack_writes(Some(Duration::from_secs(60))));
+    assert_eq!(wait_published(&dir.0, 1).len(), 1);
+}
+
+#[test]
+fn threads_loading_one_file_at_once_share_one_cache_file() {
+    if !repacks() {
+        return;
+    }
+    let path = model_path("gemma-3-270m-q4_k_m.gguf");
+    let dir = TempDir::new("threads");
+    let plain = bits(&logits(&*load_model(Arc::new(GgufFile::open(&path).unwrap())).unwrap()));
+    let statuses: Vec<RepackCacheStatus> = std::thread::scope(|s| {
+        let loads: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let (model, status) = load_cached(&path, &dir.0);
+                    // Products on a model whose weights the writer may still be packing.
+                    assert_eq!(bits(&logits(&*model)), plain);
+                    status
+                })
+            })
+            .collect();
+        loads.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let written = statuses.iter().filter(|s| **s == RepackCacheStatus::Written).count();
+    assert_eq!(written, 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| matches!(s, RepackCacheStatus::Written | RepackCacheStatus::Hit)), "{statuses:?}");
+    assert!(tallow_core::quant::wait_for_repack_writes(Some(Duration::from_secs(60))));
+    assert_eq!(wait_published(&dir.0, 1).len(), 1);
+}

@@ -22,8 +22,9 @@ pub(crate) const HUGE_PAGE: usize = 2 << 20;
 const ALIGN: usize = 64;
 
 /// `len` bytes of a mapping: anonymous memory, zero until written, or a repack cache file
-/// (`repack_cache.rs`). Written once, by `QTensor::interleaved`, before the tensor is shared;
-/// read-only afterwards.
+/// (`repack_cache.rs`). Written once, by `QTensor::interleaved` before the tensor is shared, or
+/// chunk by chunk by a `DeferredPack` (`deferred.rs`) before it is marked ready; read-only
+/// afterwards.
 pub(crate) struct Region {
     map: Arc<memmap2::MmapRaw>,
     start: usize,
@@ -63,20 +64,22 @@ impl Region {
         Region { map, start, len }
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: `start..start + len` lies inside the mapping, which `self.map` keeps alive;
-        // no one writes it once `bytes_mut`'s borrow has ended.
+        // no one writes it once it is shared for reading.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(self.start), self.len) }
     }
 
-    /// The region for writing.
-    ///
-    /// # Safety
-    /// No other borrow of this region may be live; regions of one chunk never overlap, so
-    /// distinct regions may be written at the same time.
-    pub(crate) unsafe fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as `bytes`, and the caller holds the only borrow.
-        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(self.start), self.len) }
+    /// The region's first byte, for writing: regions of one mapping never overlap, so distinct
+    /// regions, or distinct ranges of one, may be written at the same time, as long as nothing
+    /// reads those bytes meanwhile.
+    pub(crate) fn as_mut_ptr(&self) -> *mut u8 {
+        // SAFETY: `start` lies inside the mapping (checked where the region was made).
+        unsafe { self.map.as_mut_ptr().add(self.start) }
     }
 }
 
@@ -96,17 +99,17 @@ mod tests {
 
     #[test]
     fn regions_are_aligned_disjoint_and_zeroed() {
-        let mut a = Region::alloc(1000).unwrap();
-        let mut b = Region::alloc(3000).unwrap();
+        let a = Region::alloc(1000).unwrap();
+        let b = Region::alloc(3000).unwrap();
         let big = Region::alloc(2 * HUGE_PAGE).unwrap();
         for r in [&a, &b, &big] {
             assert_eq!(r.bytes().as_ptr() as usize % ALIGN, 0);
             assert!(r.bytes().iter().all(|&x| x == 0));
         }
-        // SAFETY: each region is borrowed once.
+        // SAFETY: each region is written once, before it is read.
         unsafe {
-            a.bytes_mut().fill(1);
-            b.bytes_mut().fill(2);
+            std::ptr::write_bytes(a.as_mut_ptr(), 1, a.len());
+            std::ptr::write_bytes(b.as_mut_ptr(), 2, b.len());
         }
         assert!(a.bytes().iter().all(|&x| x == 1) && b.bytes().iter().all(|&x| x == 2));
     }

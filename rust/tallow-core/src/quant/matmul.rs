@@ -84,6 +84,44 @@ fn blocks_in<T>(buf: &mut Vec<u64>, n: usize) -> &mut [T] {
     unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut T, n) }
 }
 
+/// A weight as one product reads it: its bytes and layout taken once, so that every worker
+/// reads the same ones while a deferred pack (`deferred.rs`) completes meanwhile. Both layouts
+/// give the same bits (`tests/quant_llama_order.rs`); the packed one is faster.
+#[derive(Clone, Copy)]
+struct Weight<'w> {
+    t: &'w QTensor,
+    data: &'w [u8],
+    g: usize,
+}
+
+impl<'w> Weight<'w> {
+    fn of(t: &'w QTensor) -> Weight<'w> {
+        let (data, g) = t.layout();
+        Weight { t, data, g }
+    }
+
+    fn data(&self) -> &'w [u8] {
+        self.data
+    }
+
+    fn interleave(&self) -> usize {
+        self.g
+    }
+}
+
+impl std::ops::Deref for Weight<'_> {
+    type Target = QTensor;
+    fn deref(&self) -> &QTensor {
+        self.t
+    }
+}
+
+impl std::fmt::Debug for Weight<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} (rows in groups of {})", self.t, self.g)
+    }
+}
+
 /// A raw output pointer that workers write disjoint parts of.
 pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
 // SAFETY: every user writes only indices no other worker touches in the same `run`.
@@ -165,9 +203,20 @@ impl RowKernel {
         })
     }
 
+    /// Whether this kernel computes weights in their GGUF layout about as fast as packed ones
+    /// (the 32-element formats' row tiles), so a product need not wait for a deferred pack.
+    fn fast_on_plain_rows(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            RowKernel::Tiles { .. } => true,
+            RowKernel::Exact(_) | RowKernel::Table(_) => true,
+            RowKernel::KQuant { .. } => false,
+        }
+    }
+
     /// Granularity of the row split of `w`: a worker's rows start at a multiple of this.
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // the tiles are x86's
-    fn row_group(self, w: &QTensor, n_tokens: usize) -> usize {
+    fn row_group(self, w: &Weight<'_>, n_tokens: usize) -> usize {
         match self {
             _ if w.interleave() == x16::ROWS => x16::ROWS,
             #[cfg(target_arch = "x86_64")]
@@ -180,7 +229,7 @@ impl RowKernel {
     /// `act_row` bytes; `out` points at `[n_tokens, w.rows]` floats no other worker writes in
     /// `rows`; `seq_pos[t]` places token `t` in its sequence.
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // the tiles are x86's
-    fn rows(self, w: &QTensor, rows: std::ops::Range<usize>, act: &Acts<'_>, seq_pos: &[SeqPos], out: *mut f32) {
+    fn rows(self, w: &Weight<'_>, rows: std::ops::Range<usize>, act: &Acts<'_>, seq_pos: &[SeqPos], out: *mut f32) {
         let Acts { xq, act_row, offsets, scales } = *act;
         let n_tokens = seq_pos.len();
         // The llama.cpp path token `t` takes for this weight (the K-quants' orders differ).
@@ -344,7 +393,14 @@ pub fn matmul_fused_seqs<const N: usize>(
     for (slot, (w, y)) in quantized.iter_mut().zip(products) {
         check_shapes(w, x, n_tokens, y);
         match RowKernel::exact(k, w.qtype, w.rows) {
-            Some(kernel) => *slot = Some((w, SyncPtr(y.as_mut_ptr()), kernel)),
+            Some(kernel) => {
+                // A weight still being packed after the load: the K-quants' row-by-row path is
+                // many times slower than their tiles, so those finish the pack first.
+                if !kernel.fast_on_plain_rows() {
+                    w.ensure_packed(Some(pool));
+                }
+                *slot = Some((Weight::of(w), SyncPtr(y.as_mut_ptr()), kernel))
+            }
             // F32/F16/BF16: candle's generic path, a sequence at a time (its blocking may
             // depend on the token count).
             None => {
@@ -380,12 +436,12 @@ pub fn matmul_with(
     let Some(dot) = k.vec_dot_fn(w.qtype) else {
         return reference::matmul_candle(w, x, n_tokens, y, scratch, pool);
     };
-    let product = Some((w, SyncPtr(y.as_mut_ptr()), RowKernel::Table(dot)));
+    let product = Some((Weight::of(w), SyncPtr(y.as_mut_ptr()), RowKernel::Table(dot)));
     run(&[product], x, &[n_tokens], scratch, pool, Quantizer::Table(k));
 }
 
 /// A weight, where its products go (`[n_tokens, rows]`) and how its rows are computed.
-type Product<'w> = (&'w QTensor, SyncPtr<f32>, RowKernel);
+type Product<'w> = (Weight<'w>, SyncPtr<f32>, RowKernel);
 
 /// Quantizes `x` for every activation type the products need, then computes all products in
 /// one pass over the pool, each worker taking its share of every product's rows.
@@ -429,7 +485,7 @@ fn run(
     }
     // Accumulator starts of the x16 tiles of signed types, Q4_K's sub-block sums, Q6_K's group
     // offsets (which only its tiled order reads: a decode's `vec_dot` order forms its own).
-    let reads_offsets = |w: &QTensor| {
+    let reads_offsets = |w: &Weight<'_>| {
         w.interleave() == x16::ROWS
             && (w.qtype != QType::Q6_K
                 || scratch
@@ -446,7 +502,7 @@ fn run(
     // f32 scales of the Q8_0 and Q8_1 blocks, for the x16 tiles of the 32-element formats.
     for ((act, table), xq) in ACT_TYPES.iter().zip(scratch.scales.iter_mut()).zip(acts) {
         table.clear();
-        let x16_legacy = |w: &QTensor| w.interleave() == x16::ROWS && super::act_type(w.qtype) == Some(*act);
+        let x16_legacy = |w: &Weight<'_>| w.interleave() == x16::ROWS && super::act_type(w.qtype) == Some(*act);
         if products.iter().flatten().any(|(w, ..)| x16_legacy(w)) {
             fill_scales(table, *act, xq, n_tokens, pool);
         }

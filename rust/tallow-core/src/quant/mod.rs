@@ -12,6 +12,7 @@ mod aarch64_neon_kquant;
 pub mod activation;
 mod arena;
 pub mod blocks;
+mod deferred;
 mod kernels;
 pub mod kquant_order;
 mod legacy_dot;
@@ -44,7 +45,7 @@ pub(crate) use matmul::layout_rows;
 pub use matmul::{matmul, matmul_fused, matmul_fused_seqs, matmul_with, tiles_for, MatmulScratch};
 pub use qtype::QType;
 pub use reference::{dequantize_row, matmul_candle};
-pub use repack_cache::{RepackCache, RepackCacheStatus};
+pub use repack_cache::{wait_for_repack_writes, RepackCache, RepackCacheStatus};
 pub use tensor::{QTensor, INTERLEAVE};
 
 use crate::error::{Error, Result};

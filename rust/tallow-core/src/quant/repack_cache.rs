@@ -23,13 +23,21 @@
 //! pages). Tensor boundaries need no alignment for this: a folio may hold the end of one tensor
 //! and the start of the next.
 //!
-//! A new file is written under a temporary name and renamed into place once whole, at the end
-//! of the load; a thread then syncs it to disk and marks it durable. A file that is not yet
-//! durable is only trusted in the boot that wrote it (the page cache holds it whole; after a
-//! crash, pages may be missing), so a short-lived process (`tallow run`) still leaves a usable
-//! file behind. A file that does not parse or whose identity differs is a miss. Nothing here
-//! fails a load: when the cache cannot be read or written, the weights are repacked into memory
-//! as without it.
+//! Writing a new file is a first touch of the model's size in fresh memory, which on a VM can
+//! take seconds, so it happens after the load (`deferred.rs`): the load returns with the
+//! tensors in their GGUF layout, each paired with its place in the file, and a writer thread
+//! packs them there in load order, at a low priority, while a product that needs a tensor
+//! first packs what is left of it itself. Products only ever read the packed copies.
+//!
+//! The file is written under a temporary name and renamed into place once whole; the writer
+//! then syncs it to disk and marks it durable. A file that is not yet durable is only trusted
+//! in the boot that wrote it (the page cache holds it whole; after a crash, pages may be
+//! missing), so a short-lived process still leaves a usable file behind, as long as it lets
+//! the writer finish ([`wait_for_repack_writes`]; the Python package does at exit). A second
+//! load of the same file in the same process waits for the first one's writer, then maps the
+//! file. A file that does not parse or whose identity differs is a miss. Nothing here fails a
+//! load: when the cache cannot be read or written, the weights are repacked into memory as
+//! without it.
 
 use super::arena::Region;
 use super::{layout_rows, QTensor, QType};
@@ -38,7 +46,8 @@ use memmap2::{MmapOptions, MmapRaw};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Last bytes of every cache file.
 const MAGIC: &[u8; 8] = b"TLWRPK01";
@@ -62,8 +71,8 @@ pub enum RepackCacheStatus {
     Off,
     /// Large weights were mapped from an existing cache file.
     Hit,
-    /// Large weights were repacked into a new cache file, renamed into place at the end of the
-    /// load and synced to disk in the background.
+    /// A new cache file is being written: its tensors are packed by a background thread (or by
+    /// the first products that need them), then it is renamed into place and synced to disk.
     Written,
     /// Not used: nothing large to repack, or the cache directory could not be written.
     Skipped,
@@ -131,7 +140,7 @@ enum State {
         entries: HashMap<String, Entry>,
         used: usize,
     },
-    Writing(Writer),
+    Writing(Box<Writer>),
     /// Nothing to do (a failed write, or a file that held none of the tensors asked for).
     Idle,
 }
@@ -144,6 +153,8 @@ impl RepackCache {
         let id = Identity::of(path, file)?;
         let key = id.key();
         let final_path = dir.join(format!("{key}.repack"));
+        // Waits while another load of this process writes the same file.
+        let claim = Claim::take(final_path.clone());
         let state = match read_index(&final_path, &id) {
             Some((map, entries)) => {
                 touch(&final_path);
@@ -156,7 +167,7 @@ impl RepackCache {
                 if capacity == 0 || !has_room(dir, capacity) {
                     return None;
                 }
-                State::Writing(Writer::create(dir, &key, final_path, id, capacity)?)
+                State::Writing(Box::new(Writer::create(dir, &key, final_path, id, capacity, claim)?))
             }
         };
         Some(RepackCache { state: Mutex::new(state) })
@@ -176,17 +187,17 @@ impl RepackCache {
                 Some(t.clone().with_layout(g, region))
             }
             State::Writing(w) => {
-                // Repacked straight into the file's pages: one first touch of fresh memory, as
-                // without the cache (a copy into memory and then to the file took twice as
-                // long: 1.7B Q8_0 first load 5.2-6.6 s against 2.0-2.4 s this way, 1.3-3.1 s
-                // without the cache, alternating runs).
+                // Packed straight into the file's pages (a copy into memory and then to the
+                // file took twice as long: 1.7B Q8_0 first load 5.2-6.6 s against 2.0-2.4 s),
+                // after the load (`deferred.rs`).
                 let Some((region, offset)) = w.alloc(len) else {
-                    // No room after all: drop the file; tensors repacked into it stay valid,
+                    // No room after all: drop the file; tensors packed into it stay valid,
                     // mapped from the unlinked file until the model is dropped.
                     *state = State::Idle;
                     return None;
                 };
-                let out = t.clone().interleaved_into(g, region);
+                let out = t.clone().deferred_into(g, region);
+                w.jobs.push(out.clone());
                 w.entries.push(Entry {
                     name: t.name.clone(),
                     qtype: t.qtype as u32,
@@ -202,16 +213,111 @@ impl RepackCache {
         }
     }
 
-    /// Ends the load: publishes a newly written file (synced to disk in the background) and
-    /// says what the cache did.
+    /// Ends the load: hands a new file to its writer thread, and says what the cache did.
     pub fn finish(self) -> RepackCacheStatus {
         match self.state.into_inner().unwrap_or_else(|e| e.into_inner()) {
             State::Reading { used, .. } if used > 0 => RepackCacheStatus::Hit,
-            State::Writing(w) if !w.entries.is_empty() => match w.publish() {
-                true => RepackCacheStatus::Written,
-                false => RepackCacheStatus::Skipped,
-            },
+            State::Writing(w) if !w.entries.is_empty() => {
+                let spawned = std::thread::Builder::new().name("tallow-repack-cache".into()).spawn(move || {
+                    // One thread per core (first touches of fresh pages run in parallel), all
+                    // yielding to the products that run meanwhile.
+                    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+                    std::thread::scope(|scope| {
+                        for _ in 1..threads {
+                            scope.spawn(|| {
+                                lower_priority();
+                                w.jobs.iter().for_each(|t| t.pack_some());
+                            });
+                        }
+                        lower_priority();
+                        // In load order, as a forward pass reads them; each also packed by the
+                        // first product that needs it.
+                        w.jobs.iter().for_each(|t| t.ensure_packed(None));
+                    });
+                    if let Some((file, trailer_at, dir, dst)) = w.publish() {
+                        make_durable(&file, trailer_at);
+                        evict(&dir, &dst, max_bytes());
+                    }
+                });
+                // Without a writer the tensors are packed by the products that need them,
+                // into the unlinked file, which is not published.
+                match spawned {
+                    Ok(_) => RepackCacheStatus::Written,
+                    Err(_) => RepackCacheStatus::Skipped,
+                }
+            }
             _ => RepackCacheStatus::Skipped,
+        }
+    }
+}
+
+/// Waits until no load of this process is writing a repack cache file, at most `timeout`;
+/// whether none is. A process that exits sooner leaves its file unfinished, and the next load
+/// of the model writes it again.
+pub fn wait_for_repack_writes(timeout: Option<Duration>) -> bool {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let (lock, changed) = &CLAIMS;
+    let mut claims = lock.lock().unwrap_or_else(|e| e.into_inner());
+    // A forked child inherits its parent's claims but none of its threads.
+    let pid = std::process::id();
+    while claims.iter().any(|c| c.1 == pid) {
+        let Some(deadline) = deadline else {
+            claims = changed.wait(claims).unwrap_or_else(|e| e.into_inner());
+            continue;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        claims = changed.wait_timeout(claims, left).unwrap_or_else(|e| e.into_inner()).0;
+    }
+    true
+}
+
+/// The cache files this process is reading the index of or writing, by final path, with the
+/// id of the process that claimed them.
+static CLAIMS: (Mutex<Vec<(PathBuf, u32)>>, Condvar) = (Mutex::new(Vec::new()), Condvar::new());
+
+/// This process's claim on one cache file: while it lives, no other load of the process opens
+/// the file (two writers would share a temporary name).
+struct Claim(PathBuf);
+
+impl Claim {
+    /// Waits until no one else holds `path`, then holds it.
+    fn take(path: PathBuf) -> Claim {
+        let (lock, changed) = &CLAIMS;
+        let mut claims = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = std::process::id();
+        while claims.iter().any(|c| c.0 == path && c.1 == pid) {
+            claims = changed.wait(claims).unwrap_or_else(|e| e.into_inner());
+        }
+        claims.push((path.clone(), pid));
+        Claim(path)
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let (lock, changed) = &CLAIMS;
+        let mut claims = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = std::process::id();
+        claims.retain(|c| c.0 != self.0 || c.1 != pid);
+        changed.notify_all();
+    }
+}
+
+/// Makes this thread run only on cores that nothing else of the process wants (Linux's
+/// `SCHED_IDLE`; elsewhere a no-op): the writer must not slow down the products that run
+/// meanwhile. (At `nice 10` it still took the cores from pool workers for whole time slices, and
+/// every product waits for its slowest worker: first tokens of 1.7B Q8_0 took 0.9-2.4 s.)
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on this thread, with a zeroed parameter block (priority 0, as
+    // SCHED_IDLE requires).
+    unsafe {
+        let param: libc::sched_param = std::mem::zeroed();
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            let _ = libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
         }
     }
 }
@@ -228,13 +334,17 @@ struct Writer {
     /// End of the data written so far.
     end: u64,
     entries: Vec<Entry>,
+    /// The tensors to pack, in load order.
+    jobs: Vec<QTensor>,
     /// Set once the file is renamed into place, so `Drop` leaves it alone.
     published: bool,
+    /// Dropped last: other loads of the file wait until the file is published or removed.
+    _claim: Claim,
 }
 
 impl Writer {
     /// A temporary file of `capacity` bytes (`reserve`d), mapped for writing.
-    fn create(dir: &Path, key: &str, final_path: PathBuf, id: Identity, capacity: u64) -> Option<Writer> {
+    fn create(dir: &Path, key: &str, final_path: PathBuf, id: Identity, capacity: u64, claim: Claim) -> Option<Writer> {
         remove_stale_tmp(dir);
         let tmp_path = dir.join(format!("{key}.{}.tmp", std::process::id()));
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp_path).ok()?;
@@ -253,7 +363,20 @@ impl Writer {
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::HugePage); // optional
         let (dir, map) = (dir.to_path_buf(), Arc::new(map));
-        Some(Writer { dir, tmp_path, final_path, file, map, id, end: 0, entries: Vec::new(), published: false })
+        let (entries, jobs) = (Vec::new(), Vec::new());
+        Some(Writer {
+            dir,
+            tmp_path,
+            final_path,
+            file,
+            map,
+            id,
+            end: 0,
+            entries,
+            jobs,
+            published: false,
+            _claim: claim,
+        })
     }
 
     /// The next `len` bytes of the file, and their offset in it; `None` past the reservation.
@@ -264,9 +387,10 @@ impl Writer {
         Some((Region::in_map(self.map.clone(), offset as usize, len), offset))
     }
 
-    /// Writes the index and trailer, renames the file into place and hands it to a thread
-    /// that makes it durable. False when the file cannot be finished.
-    fn publish(mut self) -> bool {
+    /// Writes the index and trailer (every tensor packed) and renames the file into place.
+    /// Returns the file, where its trailer is, the directory and the final path, for
+    /// `make_durable` and `evict`; `None` when the file cannot be finished.
+    fn publish(mut self) -> Option<(File, u64, PathBuf, PathBuf)> {
         use std::io::{Seek, SeekFrom, Write};
         let mut tail = encode_index(&self.id, &self.entries);
         let index_len = tail.len() as u64;
@@ -280,17 +404,11 @@ impl Writer {
         // the file whole from the moment it is renamed; `Trailer::usable` covers a crash before
         // it reaches the disk.
         if written.is_err() || std::fs::rename(&self.tmp_path, &self.final_path).is_err() {
-            return false;
+            return None;
         }
         self.published = true;
-        let (dir, dst) = (self.dir.clone(), self.final_path.clone());
-        let trailer_at = self.end + index_len;
-        let Ok(file) = self.file.try_clone() else { return true }; // the next reader syncs it
-        let _ = std::thread::Builder::new().name("tallow-repack-cache".into()).spawn(move || {
-            make_durable(&file, trailer_at);
-            evict(&dir, &dst, max_bytes());
-        });
-        true
+        let file = self.file.try_clone().ok()?; // without it, the next reader syncs the file
+        Some((file, self.end + index_len, self.dir.clone(), self.final_path.clone()))
     }
 }
 

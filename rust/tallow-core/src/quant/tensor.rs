@@ -1,9 +1,11 @@
 //! `QTensor`: a quantized 2-D weight, borrowed from the mapped GGUF file.
 
 use super::arena::Region;
+use super::deferred::DeferredPack;
 use super::{x16, QType};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
+use crate::threadpool::ThreadPool;
 use std::sync::Arc;
 
 /// Where a tensor's bytes live: in the map (zero-copy) or in an owned buffer (repacked,
@@ -34,9 +36,12 @@ pub struct QTensor {
     pub cols: usize,
     pub rows: usize,
     bytes: Bytes,
-    /// Rows per interleaved group: 1 (row after row), [`INTERLEAVE`] or 16 (see
+    /// Rows per interleaved group of `bytes`: 1 (row after row), [`INTERLEAVE`] or 16 (see
     /// [`QTensor::interleaved`]).
     interleave: usize,
+    /// The packed copy being written after the load (`deferred.rs`); once it is complete, the
+    /// tensor's data are that copy.
+    deferred: Option<Arc<DeferredPack>>,
 }
 
 /// Rows of a group in the AVX2 tiles' layout (`x86_legacy_tile.rs`).
@@ -67,7 +72,7 @@ impl QTensor {
         } else {
             Self::owned_copy(data)
         };
-        Ok(QTensor { name: t.name.clone(), qtype: t.qtype, cols, rows, bytes, interleave: 1 })
+        Ok(QTensor { name: t.name.clone(), qtype: t.qtype, cols, rows, bytes, interleave: 1, deferred: None })
     }
 
     /// A tensor over owned bytes (tests, synthetic weights, repacked layouts).
@@ -82,7 +87,8 @@ impl QTensor {
                 format!("expected {want} bytes for {rows}x{cols} {qtype}, got {}", data.len()),
             ));
         }
-        Ok(QTensor { name: name.to_string(), qtype, cols, rows, bytes: Self::owned_copy(data), interleave: 1 })
+        let bytes = Self::owned_copy(data);
+        Ok(QTensor { name: name.to_string(), qtype, cols, rows, bytes, interleave: 1, deferred: None })
     }
 
     fn owned_copy(data: &[u8]) -> Bytes {
@@ -114,82 +120,100 @@ impl QTensor {
     /// `None` when it stays as it is.
     pub(crate) fn repack_rows(&self) -> Option<usize> {
         let g = super::matmul::layout_rows(self.qtype);
-        (g > 1 && self.interleave == 1 && self.rows > 0 && self.rows.is_multiple_of(g)).then_some(g)
+        let plain = self.interleave == 1 && self.deferred.is_none();
+        (g > 1 && plain && self.rows > 0 && self.rows.is_multiple_of(g)).then_some(g)
     }
 
     /// [`QTensor::interleaved`] into `region` (fresh, as long as the data) with groups of `g`
-    /// rows.
-    pub(crate) fn interleaved_into(self, g: usize, mut region: Region) -> QTensor {
-        let src = self.data();
-        // SAFETY: the region is new, and this is its only borrow.
-        let map = unsafe { region.bytes_mut() };
-        assert_eq!(map.len(), src.len(), "{self:?}: region of the wrong size");
-        let group = g * self.row_bytes();
-        let n_groups = self.rows / g;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).min(n_groups);
-        let per_thread = n_groups.div_ceil(threads) * group;
+    /// rows, packed now by one thread per core (first touches of fresh pages dominate, and
+    /// they run in parallel).
+    pub(crate) fn interleaved_into(self, g: usize, region: Region) -> QTensor {
+        let t = self.deferred_into(g, region);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
         std::thread::scope(|scope| {
-            for (k, (dst, rows)) in map.chunks_mut(per_thread).zip(src.chunks(per_thread)).enumerate() {
-                let this = &self;
-                scope.spawn(move || this.pack_groups(g, rows, dst, k * per_thread));
+            for _ in 1..threads {
+                scope.spawn(|| t.pack_some());
             }
+            t.ensure_packed(None);
         });
-        if let Bytes::Mapped { file, start, len } = &self.bytes {
-            file.release(*start, *len); // the pages straddling the chunk boundaries too
-        }
-        self.with_layout(g, region)
+        t
+    }
+
+    /// This tensor over `region`, which receives its data in groups of `g` rows later
+    /// ([`QTensor::ensure_packed`], or a repack cache's writer thread): until then the tensor
+    /// reads its own bytes.
+    pub(crate) fn deferred_into(self, g: usize, region: Region) -> QTensor {
+        self.deferred_into_chunks(g, region, super::deferred::CHUNK_BYTES)
+    }
+
+    /// [`QTensor::deferred_into`] in chunks of about `chunk_bytes` (tests take small ones).
+    pub(crate) fn deferred_into_chunks(self, g: usize, region: Region, chunk_bytes: usize) -> QTensor {
+        let pack = DeferredPack::new(region, g, self.rows, self.row_bytes(), chunk_bytes);
+        QTensor { deferred: Some(Arc::new(pack)), ..self }
     }
 
     /// This tensor's metadata over `region`, which already holds its data in groups of `g`
     /// rows (a repack cache file).
     pub(crate) fn with_layout(self, g: usize, region: Region) -> QTensor {
-        QTensor { bytes: Bytes::Arena(Arc::new(region)), interleave: g, ..self }
+        QTensor { bytes: Bytes::Arena(Arc::new(region)), interleave: g, deferred: None, ..self }
     }
 
-    /// Packs whole groups of `g` rows (`src`, row after row, starting `offset` bytes into the
-    /// tensor) into `dst`, releasing the source pages every few MiB so that a large tensor (a
-    /// tied embedding) is never resident twice.
-    fn pack_groups(&self, g: usize, src: &[u8], dst: &mut [u8], offset: usize) {
-        let (ts, rb) = (self.qtype.type_size(), self.row_bytes());
-        let group = g * rb;
-        const RELEASE_EVERY: usize = 4 << 20;
-        let mut released = 0;
-        for (n, (dst, rows)) in dst.chunks_exact_mut(group).zip(src.chunks_exact(group)).enumerate() {
-            for (i, dst) in dst.chunks_exact_mut(g * ts).enumerate() {
-                let block = |r: usize| &rows[r * rb + i * ts..r * rb + (i + 1) * ts];
-                if g == x16::ROWS {
-                    x16::pack_block(self.qtype, block, dst);
-                } else {
-                    for (r, d) in dst.chunks_exact_mut(ts).enumerate() {
-                        d.copy_from_slice(block(r));
-                    }
-                }
-            }
-            let done = (n + 1) * group;
-            if let Bytes::Mapped { file, start, .. } = &self.bytes {
-                if done - released >= RELEASE_EVERY || done == src.len() {
-                    file.release(start + offset + released, done - released);
-                    released = done;
-                }
+    /// Makes sure the packed copy this tensor is waiting for (if any) is complete: packs the
+    /// chunks no one has taken, on `pool`'s threads or this one, then waits for those other
+    /// threads are writing. From then on [`QTensor::data`] and [`QTensor::interleave`] are
+    /// those of the packed copy.
+    pub fn ensure_packed(&self, pool: Option<&ThreadPool>) {
+        if let Some(pack) = &self.deferred {
+            pack.finish(self.qtype, self.source(), pool);
+            if pack.take_release() {
+                self.release_source();
             }
         }
     }
 
+    /// Packs chunks of the copy this tensor is waiting for until none is left to take, without
+    /// waiting for other threads' chunks (a helper of [`QTensor::ensure_packed`]).
+    pub(crate) fn pack_some(&self) {
+        if let Some(pack) = &self.deferred {
+            pack.work(self.qtype, self.source());
+        }
+    }
+
+    /// Drops this process's pages of the source bytes once the packed copy is complete, so
+    /// that the model is not resident twice. Not before: products may read the source until
+    /// then, and a read of a dropped page faults it back in from the file.
+    fn release_source(&self) {
+        if let Bytes::Mapped { file, start, len } = &self.bytes {
+            file.release(*start, *len);
+        }
+    }
+
     /// Rows per interleaved group: 1, or [`INTERLEAVE`] or 16 after
-    /// [`QTensor::interleaved`].
+    /// [`QTensor::interleaved`]. (A tensor packed after the load changes layout once; read the
+    /// data and layout together with [`QTensor::layout`], or after [`QTensor::ensure_packed`].)
     pub fn interleave(&self) -> usize {
-        self.interleave
+        self.layout().1
+    }
+
+    /// The raw blocks and their rows per interleaved group, read together: the packed copy once
+    /// complete, the tensor's own bytes before.
+    pub fn layout(&self) -> (&[u8], usize) {
+        match self.deferred.as_deref().and_then(|p| Some((p.packed()?, p.rows_per_group()))) {
+            Some(packed) => packed,
+            None => (self.source(), self.interleave),
+        }
     }
 
     /// Row `r` as f32 (`out` holds `cols` values), whatever the layout.
     pub fn dequantize_row_into(&self, r: usize, out: &mut [f32]) {
         assert!(r < self.rows && out.len() == self.cols, "row {r} of {:?} into {} values", self, out.len());
         let rb = self.row_bytes();
-        if self.interleave == 1 {
-            return super::dequantize_row(self.qtype, &self.data()[r * rb..(r + 1) * rb], out);
+        let (data, g) = self.layout();
+        if g == 1 {
+            return super::dequantize_row(self.qtype, &data[r * rb..(r + 1) * rb], out);
         }
-        let (ts, g) = (self.qtype.type_size(), self.interleave);
-        let group = &self.data()[(r / g) * g * rb..(r / g + 1) * g * rb];
+        let ts = self.qtype.type_size();
+        let group = &data[(r / g) * g * rb..(r / g + 1) * g * rb];
         let bs = self.qtype.block_size();
         for (i, o) in out.chunks_exact_mut(bs).enumerate() {
             if g == x16::ROWS {
@@ -206,6 +230,11 @@ impl QTensor {
     /// The raw blocks in the tensor's layout: row after row, or interleaved groups of rows
     /// ([`QTensor::interleave`]).
     pub fn data(&self) -> &[u8] {
+        self.layout().0
+    }
+
+    /// The bytes this tensor was made over, whatever a deferred pack has done since.
+    fn source(&self) -> &[u8] {
         match &self.bytes {
             Bytes::Mapped { file, start, len } => &file.bytes()[*start..*start + *len],
             Bytes::Arena(region) => region.bytes(),
@@ -218,13 +247,14 @@ impl QTensor {
 
     /// Bytes of one row.
     pub fn row_bytes(&self) -> usize {
-        self.data().len() / self.rows.max(1)
+        self.source().len() / self.rows.max(1)
     }
 
     /// The raw blocks of row `r` (row-after-row layout only).
     pub fn row(&self, r: usize) -> &[u8] {
-        assert_eq!(self.interleave, 1, "{self:?}: rows of an interleaved tensor are not contiguous");
+        let (data, g) = self.layout();
+        assert_eq!(g, 1, "{self:?}: rows of an interleaved tensor are not contiguous");
         let rb = self.row_bytes();
-        &self.data()[r * rb..(r + 1) * rb]
+        &data[r * rb..(r + 1) * rb]
     }
 }
