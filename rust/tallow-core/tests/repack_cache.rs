@@ -167,8 +167,23 @@ fn a_changed_source_or_a_damaged_cache_file_is_a_miss() {
         ("index", bad_index),
         ("unsynced in another boot", unsynced_elsewhere),
     ];
+    // A new file in place of the cache file, as the cache itself replaces files: the threads
+    // that mark a file durable after syncing it (the writer's, a reader's) write through their
+    // own handles, to the file they opened.
+    let replace = |bytes: &[u8]| {
+        let tmp = current.with_extension("replacement");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, &current).unwrap();
+    };
+    let durable = |what: &str| {
+        let t0 = Instant::now();
+        while std::fs::read(&current).unwrap()[n - 16] != 1 {
+            assert!(t0.elapsed() < Duration::from_secs(120), "{what}: never marked durable");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     for (what, bytes) in damaged {
-        std::fs::write(&current, &bytes).unwrap();
+        replace(&bytes);
         let (model, status) = load_cached(&path, &dir.0);
         assert_eq!(status, RepackCacheStatus::Written, "{what}");
         assert_eq!(bits(&logits(&*model)), plain, "{what}");
@@ -178,17 +193,10 @@ fn a_changed_source_or_a_damaged_cache_file_is_a_miss() {
 
     // Not synced yet, but written in this boot (its writer exited before the background sync):
     // the page cache holds it whole, so it is used, and the reader marks it durable.
-    let durable = |what: &str| {
-        let t0 = Instant::now();
-        while std::fs::read(&current).unwrap()[n - 16] != 1 {
-            assert!(t0.elapsed() < Duration::from_secs(120), "{what}: never marked durable");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
     durable("published file"); // by the writer's background sync
     let mut unsynced_here = std::fs::read(&current).unwrap();
     unsynced_here[n - 16] = 0;
-    std::fs::write(&current, &unsynced_here).unwrap();
+    replace(&unsynced_here);
     assert_eq!(load_cached(&path, &dir.0).1, RepackCacheStatus::Hit);
     durable("file read before it was synced"); // by the reader's
 }
