@@ -8,7 +8,8 @@
 //!
 //! `QUANT_SPEED_GEMM=Q4_K` (any type of the per-type table) times only that type's prefill GEMM,
 //! one thread, the tiles models load: 8192x2048 (2048x8192 for Q6_K) × 128 tokens, or
-//! `QUANT_SPEED_SHAPE=ROWSxCOLSxTOKENS`; five medians of 1 s each, to show the spread. On x86
+//! `QUANT_SPEED_SHAPE=ROWSxCOLSxTOKENS` (`QUANT_SPEED_LAYOUT=plain`: the weights left row after
+//! row); five medians of 1 s each, to show the spread. On x86
 //! with AVX-512 VNNI it also prints the bound the multiply pipes set on that product: their
 //! rate, measured here (independent 512-bit `vpdpbusd` chains: on Zen 4 `vpdpbusd`, `vpmulld`,
 //! `vpmaddwd` and `vfmadd` share these pipes, one 512-bit operation a cycle, while `vcvtdq2ps`
@@ -145,8 +146,11 @@ fn gemm_only(name: &str) {
         Err(_) => (8192, 2048, 128),
     };
     let pool = ThreadPool::new(1);
-    let w =
-        QTensor::from_bytes("w", qtype, rows, cols, &quantize(qtype, &floats(1, rows * cols))).unwrap().interleaved();
+    let w = QTensor::from_bytes("w", qtype, rows, cols, &quantize(qtype, &floats(1, rows * cols))).unwrap();
+    // `QUANT_SPEED_LAYOUT=plain`: the GGUF's row-after-row layout, as products read a weight
+    // whose packed copy a first load is still writing (quant/deferred.rs).
+    let plain = std::env::var("QUANT_SPEED_LAYOUT").is_ok_and(|v| v == "plain");
+    let w = if plain { w } else { w.interleaved() };
     let x = floats(2, n_tokens * cols);
     let mut y = vec![0f32; n_tokens * rows];
     let mut scratch = MatmulScratch::default();
@@ -155,7 +159,8 @@ fn gemm_only(name: &str) {
             format!("{:.0}", time(Duration::from_secs(1), || matmul(&w, &x, n_tokens, &mut y, &mut scratch, &pool)))
         })
         .collect();
-    println!("{name} {rows}x{cols} x {n_tokens} tokens, 1 thread, µs: {}", runs.join(" "));
+    let layout = if plain { "plain rows" } else { "packed" };
+    println!("{name} {rows}x{cols} x {n_tokens} tokens, {layout}, 1 thread, µs: {}", runs.join(" "));
     #[cfg(target_arch = "x86_64")]
     if let (Some(rate), Some(&(_, per_block))) =
         (multiply_rate(), MULTIPLIES_PER_BLOCK.iter().find(|(q, _)| *q == qtype))

@@ -6,11 +6,13 @@
 //! load of a 1.8 GB Q8_0 file took 3.4 s against llama.cpp's 0.66 s map of the unchanged GGUF.
 //! So such a load returns as soon as the file is mapped, each tiled weight still in its GGUF
 //! layout and paired with a `DeferredPack`: where its packed copy goes, and a counter of the
-//! chunks taken. The cache's writer thread packs the weights in load order (the order a forward
-//! pass reads them). A product that needs a weight before then (`QTensor::ensure_packed`) takes
-//! the chunks left with the pool's threads and waits for those in flight. Products therefore
-//! always read the packed layout, and their bits never depend on the timing; only embedding
-//! lookups, which dequantize single rows, read whichever layout is complete (the same values).
+//! chunks taken. The cache's writer threads pack the weights in load order (the order a forward
+//! pass reads them), on cores nothing else wants. A product that needs a weight before then
+//! (`QTensor::ensure_packed`) takes the chunks left with the pool's threads and waits for those
+//! in flight, unless reading the GGUF layout costs less than packing (short products of Q8_0
+//! weights whose pack has not begun, `matmul.rs`). Both layouts give the same bits
+//! (`tests/quant_llama_order.rs`), so results never depend on the timing. Each chunk's source
+//! pages are released once it is packed, so memory does not double.
 
 use super::arena::Region;
 use super::{x16, QType};
@@ -80,13 +82,21 @@ impl DeferredPack {
     }
 
     /// Whether the caller is the first to ask since the copy is complete: it then releases the
-    /// source's pages.
+    /// source's pages once more, whole (the pages straddling chunk boundaries, and those that
+    /// products reading the source faulted back in meanwhile).
     pub(crate) fn take_release(&self) -> bool {
         self.ready.load(Ordering::Acquire) && !self.released.swap(true, Ordering::AcqRel)
     }
 
-    /// Writes chunks until none is left to claim. `src` is the tensor's data row after row.
-    pub(crate) fn work(&self, qtype: QType, src: &[u8]) {
+    /// Whether some thread has begun writing the packed copy.
+    pub(crate) fn started(&self) -> bool {
+        self.next.load(Ordering::Relaxed) > 0
+    }
+
+    /// Writes chunks until none is left to claim. `src` is the tensor's data row after row;
+    /// `release(start, len)` is told each source range once it is packed, so that a large
+    /// tensor (a tied embedding) is never resident twice.
+    pub(crate) fn work(&self, qtype: QType, src: &[u8], release: &(dyn Fn(usize, usize) + Sync)) {
         assert_eq!(src.len(), self.dst.len(), "a pack from a source of another size");
         loop {
             let c = self.next.fetch_add(1, Ordering::Relaxed);
@@ -100,6 +110,7 @@ impl DeferredPack {
             // `ready`, which waits for every chunk.
             let dst = unsafe { std::slice::from_raw_parts_mut(self.dst.as_mut_ptr().add(range.start), range.len()) };
             pack_groups(qtype, self.g, self.group_bytes / self.g, &src[range.clone()], dst);
+            release(range.start, range.len());
             if self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.n_chunks {
                 let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
                 self.ready.store(true, Ordering::Release);
@@ -110,13 +121,19 @@ impl DeferredPack {
 
     /// Packs what is left, on `pool`'s threads (or this one alone), and returns once every
     /// chunk is written, by whichever thread took it.
-    pub(crate) fn finish(&self, qtype: QType, src: &[u8], pool: Option<&ThreadPool>) {
+    pub(crate) fn finish(
+        &self,
+        qtype: QType,
+        src: &[u8],
+        release: &(dyn Fn(usize, usize) + Sync),
+        pool: Option<&ThreadPool>,
+    ) {
         if self.ready.load(Ordering::Acquire) {
             return;
         }
         match pool {
-            Some(pool) => pool.run(&|_, _| self.work(qtype, src)),
-            None => self.work(qtype, src),
+            Some(pool) => pool.run(&|_, _| self.work(qtype, src, release)),
+            None => self.work(qtype, src, release),
         }
         let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         while !self.ready.load(Ordering::Acquire) {
@@ -180,6 +197,41 @@ mod tests {
                 assert_eq!(t.interleave(), g, "{qtype}");
                 assert!(t.data() == want.data(), "{qtype}: round {round}");
             }
+        }
+    }
+
+    /// A product of a weight whose pack has not begun reads it as it is where that costs less
+    /// (Q8_0, a few tokens) and packs it first otherwise; either way its bits are those of the
+    /// packed weight's product.
+    #[test]
+    fn products_read_plain_rows_or_pack_first_with_the_same_bits() {
+        use crate::quant::{matmul, MatmulScratch};
+        use crate::threadpool::ThreadPool;
+        let pool = ThreadPool::new(2);
+        for (qtype, n_tokens, packs) in [(QType::Q8_0, 3, false), (QType::Q8_0, 100, true), (QType::Q4_K, 3, true)] {
+            let g = layout_rows(qtype);
+            if g == 1 {
+                continue; // no tiles on this CPU (TALLOW_KERNELS=scalar)
+            }
+            let (rows, cols) = (4 * g, 512);
+            let n = rows * qtype.row_bytes(cols as u64).unwrap() as usize;
+            let mut bytes: Vec<u8> = (0..n).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+            let ts = qtype.type_size();
+            for blk in bytes.chunks_exact_mut(ts) {
+                blk[1] = 0x14; // finite f16 scales: Q8_0's d; Q4_K's d and dmin
+                blk[3] = 0x10;
+            }
+            let plain = QTensor::from_bytes("w", qtype, rows, cols, &bytes).unwrap();
+            let x: Vec<f32> = (0..n_tokens * cols).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 97.0).collect();
+            let product = |w: &QTensor| {
+                let mut y = vec![0f32; n_tokens * rows];
+                matmul(w, &x, n_tokens, &mut y, &mut MatmulScratch::default(), &pool);
+                y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let want = product(&plain.clone().interleaved());
+            let t = plain.deferred_into(g, Region::alloc(n).unwrap());
+            assert_eq!(product(&t), want, "{qtype} x {n_tokens}");
+            assert_eq!(t.interleave(), if packs { g } else { 1 }, "{qtype} x {n_tokens}: packed first?");
         }
     }
 }

@@ -25,9 +25,10 @@
 //!
 //! Writing a new file is a first touch of the model's size in fresh memory, which on a VM can
 //! take seconds, so it happens after the load (`deferred.rs`): the load returns with the
-//! tensors in their GGUF layout, each paired with its place in the file, and a writer thread
-//! packs them there in load order, at a low priority, while a product that needs a tensor
-//! first packs what is left of it itself. Products only ever read the packed copies.
+//! tensors in their GGUF layout, each paired with its place in the file, and writer threads
+//! pack them there in load order, on cores nothing else wants, while a product that needs a
+//! tensor first packs what is left of it itself (or, where that costs less, reads the GGUF
+//! layout, which gives the same bits).
 //!
 //! The file is written under a temporary name and renamed into place once whole; the writer
 //! then syncs it to disk and marks it durable. A file that is not yet durable is only trusted

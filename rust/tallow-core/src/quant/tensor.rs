@@ -107,7 +107,7 @@ impl QTensor {
     ///
     /// The copy lives in the repack arena (`arena.rs`), written by one thread per core (first
     /// touches of fresh pages dominate, and they run in parallel), and the file's pages it came
-    /// from are released as it goes, so memory does not double.
+    /// from are released once it is complete, so memory does not double.
     pub fn interleaved(self) -> QTensor {
         let Some(g) = self.repack_rows() else { return self };
         match Region::alloc(self.data().len()) {
@@ -128,8 +128,10 @@ impl QTensor {
     /// rows, packed now by one thread per core (first touches of fresh pages dominate, and
     /// they run in parallel).
     pub(crate) fn interleaved_into(self, g: usize, region: Region) -> QTensor {
-        let t = self.deferred_into(g, region);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+        // A chunk per thread.
+        let chunk = region.len().div_ceil(threads).max(1);
+        let t = self.deferred_into_chunks(g, region, chunk);
         std::thread::scope(|scope| {
             for _ in 1..threads {
                 scope.spawn(|| t.pack_some());
@@ -164,27 +166,31 @@ impl QTensor {
     /// those of the packed copy.
     pub fn ensure_packed(&self, pool: Option<&ThreadPool>) {
         if let Some(pack) = &self.deferred {
-            pack.finish(self.qtype, self.source(), pool);
+            pack.finish(self.qtype, self.source(), &|start, len| self.release_source(start, len), pool);
             if pack.take_release() {
-                self.release_source();
+                self.release_source(0, self.source().len());
             }
         }
+    }
+
+    /// Whether this tensor waits for a packed copy that no thread has begun writing yet.
+    pub(crate) fn pack_pending(&self) -> bool {
+        self.deferred.as_deref().is_some_and(|p| !p.started())
     }
 
     /// Packs chunks of the copy this tensor is waiting for until none is left to take, without
     /// waiting for other threads' chunks (a helper of [`QTensor::ensure_packed`]).
     pub(crate) fn pack_some(&self) {
         if let Some(pack) = &self.deferred {
-            pack.work(self.qtype, self.source());
+            pack.work(self.qtype, self.source(), &|start, len| self.release_source(start, len));
         }
     }
 
-    /// Drops this process's pages of the source bytes once the packed copy is complete, so
-    /// that the model is not resident twice. Not before: products may read the source until
-    /// then, and a read of a dropped page faults it back in from the file.
-    fn release_source(&self) {
-        if let Bytes::Mapped { file, start, len } = &self.bytes {
-            file.release(*start, *len);
+    /// Drops this process's pages of source bytes `start..start + len` (once packed); a later
+    /// read of them faults the same bytes back in from the file.
+    fn release_source(&self, start: usize, len: usize) {
+        if let Bytes::Mapped { file, start: at, .. } = &self.bytes {
+            file.release(at + start, len);
         }
     }
 
