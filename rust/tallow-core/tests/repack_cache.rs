@@ -113,6 +113,11 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+/// The bits of `logits` of the model at `path` loaded without the cache.
+fn plain_bits(path: &Path) -> Vec<u32> {
+    bits(&logits(&*load_model(Arc::new(GgufFile::open(path).unwrap())).unwrap()))
+}
+
 #[test]
 fn a_changed_source_or_a_damaged_cache_file_is_a_miss() {
     if !repacks() {
@@ -122,7 +127,7 @@ fn a_changed_source_or_a_damaged_cache_file_is_a_miss() {
     let src = TempDir::new("src");
     let path = src.0.join("model.gguf");
     std::fs::copy(model_path("smollm2-135m-q4_1.gguf"), &path).unwrap();
-    let plain = bits(&logits(&*load_model(Arc::new(GgufFile::open(&path).unwrap())).unwrap()));
+    let plain = plain_bits(&path);
 
     assert_eq!(load_cached(&path, &dir.0).1, RepackCacheStatus::Written);
     let old = wait_published(&dir.0, 1).remove(0);
@@ -222,11 +227,12 @@ fn a_model_dropped_before_its_writer_ends_still_leaves_the_file() {
     }
     let path = model_path("smollm2-135m-q4_1.gguf");
     let dir = TempDir::new("dropped");
-    let plain = bits(&logits(&*load_model(Arc::new(GgufFile::open(&path).unwrap())).unwrap()));
+    let plain = plain_bits(&path);
     let (first, status) = load_cached(&path, &dir.0);
     assert_eq!(status, RepackCacheStatus::Written);
-    drop(first); // before any product: the writer alone packs every tensor
-                 // A second load in this process waits for the first one's writer, then maps the file.
+    // Dropped before any product: the writer alone packs every tensor. A second load in this
+    // process waits for the first one's writer, then maps the file.
+    drop(first);
     let (second, status) = load_cached(&path, &dir.0);
     assert_eq!(status, RepackCacheStatus::Hit);
     assert_eq!(bits(&logits(&*second)), plain);
@@ -241,7 +247,7 @@ fn threads_loading_one_file_at_once_share_one_cache_file() {
     }
     let path = model_path("gemma-3-270m-q4_k_m.gguf");
     let dir = TempDir::new("threads");
-    let plain = bits(&logits(&*load_model(Arc::new(GgufFile::open(&path).unwrap())).unwrap()));
+    let plain = plain_bits(&path);
     let statuses: Vec<RepackCacheStatus> = std::thread::scope(|s| {
         let loads: Vec<_> = (0..4)
             .map(|_| {

@@ -71,6 +71,12 @@ impl DeferredPack {
         }
     }
 
+    /// The region of a complete pack, for its tensor to own.
+    pub(crate) fn into_region(self) -> Region {
+        assert!(self.ready.load(Ordering::Acquire), "a pack taken before it is complete");
+        self.dst
+    }
+
     /// Rows per group of the packed layout.
     pub(crate) fn rows_per_group(&self) -> usize {
         self.g
@@ -85,7 +91,10 @@ impl DeferredPack {
     /// source's pages once more, whole (the pages straddling chunk boundaries, and those that
     /// products reading the source faulted back in meanwhile).
     pub(crate) fn take_release(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.released.swap(true, Ordering::AcqRel)
+        // A plain load first: products ask on every call.
+        self.ready.load(Ordering::Acquire)
+            && !self.released.load(Ordering::Relaxed)
+            && !self.released.swap(true, Ordering::AcqRel)
     }
 
     /// Whether some thread has begun writing the packed copy.

@@ -41,6 +41,7 @@
 //! without it.
 
 use super::arena::Region;
+use super::tensor::pack_all;
 use super::{layout_rows, QTensor, QType};
 use crate::gguf::GgufFile;
 use memmap2::{MmapOptions, MmapRaw};
@@ -220,21 +221,9 @@ impl RepackCache {
             State::Reading { used, .. } if used > 0 => RepackCacheStatus::Hit,
             State::Writing(w) if !w.entries.is_empty() => {
                 let spawned = std::thread::Builder::new().name("tallow-repack-cache".into()).spawn(move || {
-                    // One thread per core (first touches of fresh pages run in parallel), all
-                    // yielding to the products that run meanwhile.
-                    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-                    std::thread::scope(|scope| {
-                        for _ in 1..threads {
-                            scope.spawn(|| {
-                                lower_priority();
-                                w.jobs.iter().for_each(|t| t.pack_some());
-                            });
-                        }
-                        lower_priority();
-                        // In load order, as a forward pass reads them; each also packed by the
-                        // first product that needs it.
-                        w.jobs.iter().for_each(|t| t.ensure_packed(None));
-                    });
+                    // In load order, as a forward pass reads them, yielding to the products
+                    // that run meanwhile (each also packed by the first product that needs it).
+                    pack_all(&w.jobs, lower_priority);
                     if let Some((file, trailer_at, dir, dst)) = w.publish() {
                         make_durable(&file, trailer_at);
                         evict(&dir, &dst, max_bytes());

@@ -107,7 +107,7 @@ impl QTensor {
     ///
     /// The copy lives in the repack arena (`arena.rs`), written by one thread per core (first
     /// touches of fresh pages dominate, and they run in parallel), and the file's pages it came
-    /// from are released once it is complete, so memory does not double.
+    /// from are released as it goes, so memory does not double.
     pub fn interleaved(self) -> QTensor {
         let Some(g) = self.repack_rows() else { return self };
         match Region::alloc(self.data().len()) {
@@ -128,17 +128,17 @@ impl QTensor {
     /// rows, packed now by one thread per core (first touches of fresh pages dominate, and
     /// they run in parallel).
     pub(crate) fn interleaved_into(self, g: usize, region: Region) -> QTensor {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
         // A chunk per thread.
-        let chunk = region.len().div_ceil(threads).max(1);
-        let t = self.deferred_into_chunks(g, region, chunk);
-        std::thread::scope(|scope| {
-            for _ in 1..threads {
-                scope.spawn(|| t.pack_some());
-            }
-            t.ensure_packed(None);
-        });
-        t
+        let chunk = region.len().div_ceil(pack_threads()).max(1);
+        let mut t = self.deferred_into_chunks(g, region, chunk);
+        pack_all(std::slice::from_ref(&t), || {});
+        // Packed, and this tensor's alone: the copy becomes its bytes, so products need not
+        // look at a pack again.
+        match t.deferred.take().map(Arc::try_unwrap) {
+            Some(Ok(pack)) => t.with_layout(g, pack.into_region()),
+            Some(Err(pack)) => QTensor { deferred: Some(pack), ..t },
+            None => t,
+        }
     }
 
     /// This tensor over `region`, which receives its data in groups of `g` rows later
@@ -263,4 +263,25 @@ impl QTensor {
         let rb = self.row_bytes();
         &data[r * rb..(r + 1) * rb]
     }
+}
+
+/// Packs every tensor of `tensors` that waits for a packed copy, in order, on one thread per core
+/// (first touches of fresh pages dominate, and they run in parallel), each thread calling
+/// `on_start` first; returns once all are complete.
+pub(crate) fn pack_all(tensors: &[QTensor], on_start: fn()) {
+    std::thread::scope(|scope| {
+        for _ in 1..pack_threads() {
+            scope.spawn(|| {
+                on_start();
+                tensors.iter().for_each(QTensor::pack_some);
+            });
+        }
+        on_start();
+        tensors.iter().for_each(|t| t.ensure_packed(None));
+    });
+}
+
+/// Threads that pack: one per core, up to 8.
+fn pack_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8)
 }
