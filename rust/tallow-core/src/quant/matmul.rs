@@ -210,6 +210,7 @@ impl RowKernel {
     /// plain rows against packed: Q8_0 13.0 against 6.0 ms (17.8 MB: reading plain wins up to
     /// about 80 tokens), Q5_0 2.3x, Q5_1 2.2x, Q4_1 2.9x, Q4_0 7.7x (28 against 3.7 ms for 9.4 MB),
     /// the K-quants' row-by-row path far more; one token, 4-9x.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // the tiles are x86's
     fn reads_plain_rows(self, qtype: QType, n_tokens: usize) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
