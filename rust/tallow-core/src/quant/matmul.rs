@@ -23,7 +23,7 @@ use super::{reference, x16, QTensor, QType};
 #[cfg(target_arch = "x86_64")]
 use super::{
     x86_legacy_tile::{LegacyTiles, TileArgs},
-    x86_x16::X16Tiles,
+    x86_x16::{self, X16Tiles},
 };
 use crate::threadpool::{split_range, ThreadPool};
 
@@ -259,23 +259,41 @@ impl RowKernel {
             {
                 // The 32-element formats read every token's activation scales.
                 assert!(w.qtype.block_size() != 32 || scales.len() >= n_tokens * (cols / 32));
+                let nb = cols / w.qtype.block_size();
+                // Many tokens: each group is expanded once into this thread's buffer, and the
+                // tiles read it there.
+                let expanded = tiles.expands(n_tokens);
+                let buf = if expanded {
+                    x86_x16::expansion_buffer(nb * tiles.expanded_block())
+                } else {
+                    std::ptr::null_mut()
+                };
                 for r in rows.step_by(g) {
+                    // SAFETY: group r / g is in bounds (asserted above; rows start at multiples of g).
+                    let group = unsafe { data.as_ptr().add(r / g * g * row_bytes) };
+                    let (group, b_stride) = if expanded {
+                        // SAFETY: the group holds nb group blocks; the buffer nb expanded ones.
+                        unsafe { tiles.expand(nb, group, x16::group_block(w.qtype), buf) };
+                        (buf as *const u8, tiles.expanded_block())
+                    } else {
+                        (group, x16::group_block(w.qtype))
+                    };
                     let mut t = 0;
                     while t < n_tokens {
                         // Up to 4 tokens of one order share a tile, from one sequence or several.
                         let o = order(t);
                         let run = (t..n_tokens.min(t + 4)).take_while(|&u| order(u) == o).count();
-                        let (tile, nt) = tiles.tile(o, run);
-                        // SAFETY: group r / g and tokens t..t + nt are in bounds (asserted
-                        // above; rows start at multiples of g), outputs are this caller's; the
-                        // tiles exist on this CPU and the layout is theirs (interleave g).
+                        let (tile, nt) = tiles.tile(o, run, expanded);
+                        // SAFETY: tokens t..t + nt are in bounds (asserted above), outputs are
+                        // this caller's; the tiles exist on this CPU and the layout is theirs
+                        // (interleave g, or expanded).
                         unsafe {
                             tile(
-                                cols / w.qtype.block_size(),
+                                nb,
                                 &TileArgs {
-                                    w: data.as_ptr().add(r / g * g * row_bytes),
+                                    w: group,
                                     w_stride: 0,
-                                    b_stride: x16::group_block(w.qtype),
+                                    b_stride,
                                     a: xq.as_ptr().add(t * act_row),
                                     a_stride: act_row,
                                     out: out.add(t * w.rows + r),

@@ -183,28 +183,86 @@ pub(super) unsafe fn q4k<const T: usize, const GEMM: bool>(nb: usize, args: &Til
     }
 }
 
+/// Q6_K group block (x16.rs): d at 0, scales at 32, then the quants in the order
+/// [`q6k_quant`] reads them, 384 bytes per k: ql of (h 0, low), (h 0, high), (h 1, low),
+/// (h 1, high), then qh of h 0, h 1.
+const Q6K_SCALES: usize = 32;
+const Q6K_QUANTS: usize = 288;
+
+/// Bytes of an expanded Q6_K group block ([`q6k_expand`]): the 64 chunks of one-byte quants
+/// first (each chunk on its own cache line), then d and the scales as in the group block, the
+/// whole rounded up to whole cache lines.
+pub(super) const Q6K_EXPANDED: usize = (4096 + Q6K_QUANTS).next_multiple_of(64);
+
+/// Where an expanded block keeps chunk (h, k, c) of the quants.
+#[inline(always)]
+const fn q6k_expanded_chunk(h: usize, k: usize, c: usize) -> usize {
+    64 * (8 * k + 4 * h + c)
+}
+
+/// The quants of elements `128h + 32c + 4k..+4` of each row (byte `4m + e` of lane r: element
+/// `e` of row r), unsigned 0..63, from the chunks of ql and qh of group block `g` that hold them.
+#[inline(always)]
+unsafe fn q6k_quant(g: *const u8, h: usize, k: usize, c: usize) -> __m512i {
+    // SAFETY: the caller's group block holds the quants at Q6K_QUANTS.
+    unsafe {
+        let at = |m: usize| load(g.add(Q6K_QUANTS + 384 * k + 64 * m));
+        let (l, qh) = (at(2 * h + c % 2), at(4 + h));
+        let low = if c < 2 { l } else { _mm512_srli_epi16::<4>(l) };
+        let high = match c {
+            0 => _mm512_slli_epi16::<4>(_mm512_and_si512(qh, _mm512_set1_epi8(0x03))),
+            1 => _mm512_slli_epi16::<2>(_mm512_and_si512(qh, _mm512_set1_epi8(0x0c))),
+            2 => _mm512_and_si512(qh, _mm512_set1_epi8(0x30)),
+            _ => _mm512_srli_epi16::<2>(_mm512_and_si512(qh, _mm512_set1_epi8(0xc0u8 as i8))),
+        };
+        _mm512_or_si512(_mm512_and_si512(low, _mm512_set1_epi8(0x0f)), high)
+    }
+}
+
+/// Writes `nb` Q6_K group blocks (`w`, `b_stride` bytes apart) to `out` as expanded blocks of
+/// [`Q6K_EXPANDED`] bytes: a product of many tokens then unpacks each quant once instead of
+/// once per tile of 4 tokens (the unpacking, not the multiplies, bounded the GEMM tile: 71% of
+/// the multiply-pipe bound where Q4_K reaches 93%).
+///
+/// # Safety
+/// `w` holds `nb` group blocks and `out` `nb * Q6K_EXPANDED` bytes, on a CPU with AVX-512BW.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn q6k_expand(nb: usize, w: *const u8, b_stride: usize, out: *mut u8) {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        for i in 0..nb {
+            let (g, o) = (w.add(i * b_stride), out.add(i * Q6K_EXPANDED));
+            for k in 0..8 {
+                for h in 0..2 {
+                    for c in 0..4 {
+                        _mm512_storeu_si512(o.add(q6k_expanded_chunk(h, k, c)) as *mut _, q6k_quant(g, h, k, c));
+                    }
+                }
+            }
+            std::ptr::copy_nonoverlapping(g, o.add(4096), Q6K_QUANTS);
+        }
+    }
+}
+
 /// Q6_K: `T` tokens × 16 rows over `nb` blocks, in the order of `KOrder::Q6KTiled` (`TILED`: one
 /// rounded term per block) or of `KOrder::Q6KVecDot` (8 lanes per row, lane `k` taking bytes
-/// `4k..4k + 4` of every 32 elements, then `hsum_float_8`).
+/// `4k..4k + 4` of every 32 elements, then `hsum_float_8`). `EXPANDED`: `args.w` holds
+/// expanded blocks ([`q6k_expand`]) instead of group blocks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn q6k<const T: usize, const TILED: bool>(nb: usize, args: &TileArgs) {
+pub(super) unsafe fn q6k<const T: usize, const TILED: bool, const EXPANDED: bool>(nb: usize, args: &TileArgs) {
     let TileArgs { w, b_stride, a, a_stride, out, out_stride, a_offsets, .. } = *args;
-    // Group block (x16.rs): d at 0, scales at 32, then the quants in the order read here,
-    // 384 bytes per k: ql of (h 0, low), (h 0, high), (h 1, low), (h 1, high), then qh of h 0, h 1.
-    const D: usize = 0;
-    const SCALES: usize = 32;
-    const QUANTS: usize = 288;
+    // Where d and the scales lie in a block.
+    let head = if EXPANDED { 4096 } else { 0 };
     // SAFETY (whole body): as for `q4k`.
     unsafe {
-        let (m4, m3) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x03));
         // TILED: acc[t][0]; otherwise the 8 lanes of each row's vec_dot accumulator.
         let mut acc = [[_mm512_setzero_ps(); 8]; T];
         for i in 0..nb {
             let g = w.add(i * b_stride);
             let ap = |t: usize| a.add(t * a_stride + i * Q8_K_BYTES);
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(D) as *const __m256i));
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(head) as *const __m256i));
             // Scale words: word `w` of lane r holds row r's scales 4w..4w + 4 (i8).
-            let scw: [__m512i; 4] = std::array::from_fn(|k| load(g.add(SCALES + 64 * k)));
+            let scw: [__m512i; 4] = std::array::from_fn(|k| load(g.add(head + Q6K_SCALES + 64 * k)));
             let scale =
                 |s: usize| _mm512_srai_epi32::<24>(_mm512_shuffle_epi8(scw[s / 4], load(BYTE_TOP[s % 4].as_ptr())));
             // Σ scale · q8 per pair of 16-element groups (2k, 2k + 1), from the activation's
@@ -213,19 +271,12 @@ pub(super) unsafe fn q6k<const T: usize, const TILED: bool>(nb: usize, args: &Ti
                 let pair = _mm512_srai_epi16::<8>(_mm512_shuffle_epi8(scw[k / 2], load(PAIR_TOP[k % 2].as_ptr())));
                 _mm512_slli_epi32::<5>(_mm512_madd_epi16(pair, bcast_i32(ap(t).add(260 + 4 * k))))
             };
-            // Quants of elements 128h + 32c + 4k..+4, unsigned 0..63, from the chunks of ql and
-            // qh that hold them.
             let quant = |h: usize, k: usize, c: usize| {
-                let at = |m: usize| load(g.add(QUANTS + 384 * k + 64 * m));
-                let (l, qh) = (at(2 * h + c % 2), at(4 + h));
-                let low = if c < 2 { l } else { _mm512_srli_epi16::<4>(l) };
-                let high = match c {
-                    0 => _mm512_slli_epi16::<4>(_mm512_and_si512(qh, m3)),
-                    1 => _mm512_slli_epi16::<2>(_mm512_and_si512(qh, _mm512_set1_epi8(0x0c))),
-                    2 => _mm512_and_si512(qh, _mm512_set1_epi8(0x30)),
-                    _ => _mm512_srli_epi16::<2>(_mm512_and_si512(qh, _mm512_set1_epi8(0xc0u8 as i8))),
-                };
-                _mm512_or_si512(_mm512_and_si512(low, m4), high)
+                if EXPANDED {
+                    load(g.add(q6k_expanded_chunk(h, k, c)))
+                } else {
+                    q6k_quant(g, h, k, c)
+                }
             };
             let quants = |h: usize, k: usize| -> [__m512i; 4] { std::array::from_fn(|c| quant(h, k, c)) };
             let y = |t: usize, h: usize, c: usize, k: usize| bcast_i32(ap(t).add(4 + 128 * h + 32 * c + 4 * k));
