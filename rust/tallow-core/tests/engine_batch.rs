@@ -292,3 +292,93 @@ fn smollm2_prefix_reuse_is_exact() {
 fn gemma3_prefix_reuse_is_exact() {
     prefix_reuse_is_exact("gemma-3-270m-q4_k_m.gguf");
 }
+
+/// Sends a request's events, tagged with its index, into one channel shared by several
+/// requests: the channel then holds them in the order the scheduler sent them.
+struct Tagged(usize, mpsc::Sender<(usize, Event)>);
+
+impl tallow_core::engine::EventSink for Tagged {
+    fn send(&mut self, event: Event) -> bool {
+        self.1.send((self.0, event)).is_ok()
+    }
+}
+
+/// A greedy request with logprobs, its events into `tx` tagged `tag`.
+fn job_with_logprobs(prompt: &[u32], max_tokens: usize, tag: usize, tx: &mpsc::Sender<(usize, Event)>) -> Job {
+    let params = GenerateParams {
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        stop: Vec::new(),
+        ignore_eos: true,
+        logprobs: Some(0),
+    };
+    let (cancel, sink) = (CancelToken::new(), Box::new(Tagged(tag, tx.clone())));
+    Job { prompt: prompt.to_vec(), params, session: None, cancel, sink, deadline: None }
+}
+
+/// Each token of a request with the bits of its log-probability.
+fn token_bits(events: impl Iterator<Item = Event>) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    for ev in events {
+        match ev {
+            Event::Token { id, logprobs, .. } => out.push((id, logprobs.expect("asked for").logprob.to_bits())),
+            Event::Done { .. } => break,
+            Event::Error(e) => panic!("request failed: {e}"),
+            Event::Text(_) => {}
+        }
+    }
+    out
+}
+
+/// A prompt that arrives while another request decodes runs in pieces over several steps
+/// (`engine/piece.rs`), and gives the tokens and log-probabilities, bit for bit, that it gives
+/// alone. (A last-bit change in a hidden state rarely survives the next product's int8
+/// rounding, so this is a coarse check of the bits; `piece.rs`'s tests check that every token
+/// keeps its summation orders, and tests/model_batch.rs that equal orders give equal bits.)
+fn prompt_pieces_beside_decodes_equal_alone(file: &str) {
+    let m = model(file);
+    let enc =
+        |t: &str| m.engine.prepare_prompt(&Prompt::Text { text: t.into(), add_bos: true, special: false }).unwrap();
+    // 57 tokens, in pieces of about 8 beside one decode (not 7 of 8 and one of 1, which would
+    // take the one-token path; with Q6_K weights none shorter than 8).
+    let long = enc(&"The quick brown fox jumps over the lazy dog. ".repeat(8))[..57].to_vec();
+    let (tx, rx) = mpsc::channel();
+    let e = engine(&m, 512);
+    e.submit(job_with_logprobs(&long, 8, 0, &tx)).unwrap();
+    let alone = token_bits(rx.iter().map(|(_, ev)| ev));
+
+    let e = engine(&m, 512);
+    e.submit(job_with_logprobs(&enc("Once upon a time"), 60, 1, &tx)).unwrap();
+    // Once the first request decodes, the long prompt arrives.
+    let mut events = rx.iter();
+    assert!(matches!(events.next(), Some((1, Event::Token { .. }))));
+    e.submit(job_with_logprobs(&long, 8, 0, &tx)).unwrap();
+    let (mut beside, mut decoded_before_first) = (Vec::new(), 0);
+    for (tag, ev) in events {
+        match (tag, &ev) {
+            (1, Event::Token { .. }) if beside.is_empty() => decoded_before_first += 1,
+            (0, Event::Token { .. } | Event::Done { .. }) => {
+                let done = matches!(ev, Event::Done { .. });
+                beside.push(ev);
+                if done {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(token_bits(beside.into_iter()), alone, "{file}: other bits beside a decoding request");
+    // Whole, the prompt would run in one step; in pieces of at least 8 tokens (a sixth of it
+    // or less), the other request decodes a token beside each piece but the last.
+    assert!(decoded_before_first >= 5, "{file}: {decoded_before_first} tokens decoded while the prompt ran");
+}
+
+#[test]
+fn smollm2_prompt_pieces_beside_decodes_equal_alone() {
+    prompt_pieces_beside_decodes_equal_alone("smollm2-135m-q4_1.gguf");
+}
+
+#[test]
+fn gemma3_prompt_pieces_beside_decodes_equal_alone() {
+    prompt_pieces_beside_decodes_equal_alone("gemma-3-270m-q4_k_m.gguf");
+}

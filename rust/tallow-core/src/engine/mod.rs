@@ -4,6 +4,7 @@
 //! knows about Python.
 
 mod logprobs;
+mod piece;
 mod prefix;
 mod request;
 mod scheduler;

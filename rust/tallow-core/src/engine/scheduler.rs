@@ -1,9 +1,10 @@
 //! The scheduler thread (continuous batching). It admits queued jobs as sequences, up to
 //! `max_sequences` at a time; each step runs one batched forward over the last token of every
-//! decoding sequence plus the next prompt chunks of prefilling ones (up to `n_batch` prompt
-//! tokens together), so the weights are read once per step for all of them, then samples for
-//! each sequence that got logits. A sequence's chunks and products are the ones it would have
-//! alone (`Model::forward_batch`), so its tokens do not depend on what else runs.
+//! decoding sequence plus the next prompt tokens of prefilling ones (up to `n_batch` together;
+//! beside decodes, pieces of a chunk, `piece.rs`), so the weights are read once per step for
+//! all of them, then samples for each sequence that got logits. Every token of a sequence gets
+//! the summation orders it would get alone (`Model::forward_batch`, `Model::chunk_class`), so
+//! its tokens do not depend on what else runs.
 //!
 //! A new sequence starts from the longest prompt prefix it can reuse: within a session (chat
 //! turns) all it shares with the session's history, whose results depend on that history
@@ -11,6 +12,7 @@
 //! another finished or running sequence computed with the same summation orders as this
 //! prompt alone would (`prefix.rs`), so a request gives the same tokens with or without it.
 
+use super::piece;
 use super::prefix;
 use super::sequence::Sequence;
 use super::session::CachedSequence;
@@ -193,19 +195,33 @@ impl Scheduler<'_> {
         let mut batch = recycle(std::mem::take(&mut self.batch));
         self.in_batch.clear();
         self.with_logits.clear();
-        // Prompt chunks: the first prefilling sequence's, and those of the next ones while
-        // they fit in `n_batch` tokens together (a chunk is never cut short: its size decides
-        // its summation orders).
+        // Prompt tokens: the first prefilling sequence's, and those of the next ones while
+        // they fit in `n_batch` tokens together. Beside decodes, fewer: a chunk then runs in
+        // pieces over several steps, each piece one that gives the chunk's bits (`piece.rs`),
+        // so that the decoding sequences wait for a little of it at each token.
+        let n_decoding = self.active.iter().filter(|q| !q.is_prefilling()).count();
         let mut prompt_room = cfg.n_batch;
+        if n_decoding > 0 {
+            if let Some(q) = self.active.iter().find(|q| q.is_prefilling()) {
+                prompt_room = piece::room_beside(n_decoding, q.chunk_len(cfg.n_batch)).min(cfg.n_batch);
+            }
+        }
+        let mut prompts = 0;
+        let model = &*self.shared.model;
         for (i, q) in self.active.iter_mut().enumerate() {
             if q.is_prefilling() {
-                let n = q.next_len(cfg.n_batch);
-                if n > prompt_room {
+                if prompts > 0 && prompt_room == 0 {
                     continue;
                 }
-                prompt_room -= n;
+                // The first prompt runs even where its smallest piece exceeds the room.
+                let n = q.plan(cfg.n_batch, prompt_room, model);
+                if prompts > 0 && n > prompt_room {
+                    continue;
+                }
+                prompt_room = prompt_room.saturating_sub(n);
+                prompts += 1;
             }
-            let (tokens, cache, logits) = q.next(cfg.n_batch);
+            let (tokens, cache, logits) = q.next();
             self.in_batch.push(i);
             if logits {
                 self.with_logits.push(i);
@@ -216,8 +232,7 @@ impl Scheduler<'_> {
         self.batch = recycle(batch);
         match result {
             Ok(logits) => {
-                let prompt: usize =
-                    self.in_batch.iter().map(|&i| self.active[i].ran(cfg.n_batch, &*self.shared.model)).sum();
+                let prompt: usize = self.in_batch.iter().map(|&i| self.active[i].ran(&*self.shared.model)).sum();
                 Counters::add(&counters.prompt_tokens, prompt as u64);
                 let n_vocab = self.shared.model.config().n_vocab;
                 for (&i, row) in self.with_logits.iter().zip(logits.chunks_exact(n_vocab)) {

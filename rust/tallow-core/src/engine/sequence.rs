@@ -3,6 +3,7 @@
 //! its next tokens into a batch and hands it its logits.
 
 use super::logprobs::TokenLogprobs;
+use super::piece;
 use super::session::CachedSequence;
 use super::{Event, FinishReason, Job, StopMatcher, StopOutcome, Usage};
 use crate::error::Result;
@@ -13,8 +14,9 @@ use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// Where a sequence is.
 enum Phase {
-    /// Prompt tokens `next..` are still to run.
-    Prefill { next: usize },
+    /// Prompt tokens `next..` are still to run; the next step runs `next..next + piece`
+    /// ([`Sequence::plan`]).
+    Prefill { next: usize, piece: usize },
     /// The last sampled token is to run.
     Decode { token: [u32; 1] },
 }
@@ -45,7 +47,7 @@ impl Sequence {
         Sequence {
             job,
             seq,
-            phase: Phase::Prefill { next: common },
+            phase: Phase::Prefill { next: common, piece: 0 },
             sampler,
             // Control tokens render as nothing, as in llama.cpp's default detokenization.
             decoder: StreamDecoder::new(true),
@@ -59,21 +61,37 @@ impl Sequence {
         matches!(self.phase, Phase::Prefill { .. })
     }
 
-    /// How many tokens [`Self::next`] gives.
-    pub(super) fn next_len(&self, n_batch: usize) -> usize {
-        match &self.phase {
-            Phase::Prefill { next } => n_batch.min(self.job.prompt.len() - next),
-            Phase::Decode { .. } => 1,
+    /// The prompt tokens this sequence computes: those it did not take from a cache.
+    fn run(&self) -> std::ops::Range<usize> {
+        self.cached..self.job.prompt.len()
+    }
+
+    /// Plans this sequence's part of the next step and returns its prompt tokens (0 when it
+    /// decodes): the rest of its prompt chunk, or where `room` (the step's prompt tokens left)
+    /// is shorter, a piece of it that gives the same bits (`piece.rs`), possibly longer than
+    /// `room` if no piece within it does.
+    pub(super) fn plan(&mut self, n_batch: usize, room: usize, model: &dyn Model) -> usize {
+        let Phase::Prefill { next, .. } = self.phase else { return 0 };
+        let n = piece::piece_len(&|t, n| model.chunk_class(t, n), self.run(), n_batch, next, room);
+        self.phase = Phase::Prefill { next, piece: n };
+        n
+    }
+
+    /// Tokens of the prompt chunk the next prompt tokens belong to (0 when decoding).
+    pub(super) fn chunk_len(&self, n_batch: usize) -> usize {
+        match self.phase {
+            Phase::Prefill { next, .. } => piece::chunk_of(self.run(), n_batch, next).len(),
+            Phase::Decode { .. } => 0,
         }
     }
 
-    /// The tokens this sequence runs in the next step (a prompt chunk of up to `n_batch`, or
+    /// The tokens this sequence runs in the next step (the prompt piece of [`Self::plan`], or
     /// its last sampled token), its cache, and whether that step gives it logits.
-    pub(super) fn next(&mut self, n_batch: usize) -> (&[u32], &mut KvCache, bool) {
+    pub(super) fn next(&mut self) -> (&[u32], &mut KvCache, bool) {
         match &self.phase {
-            Phase::Prefill { next } => {
-                let prompt = &self.job.prompt;
-                let end = (next + n_batch).min(prompt.len());
+            Phase::Prefill { next, piece } => {
+                let (prompt, end) = (&self.job.prompt, next + piece);
+                debug_assert!(*piece > 0, "a prompt piece is planned before it runs");
                 (&prompt[*next..end], &mut self.seq.cache, end == prompt.len())
             }
             Phase::Decode { token } => (&token[..], &mut self.seq.cache, true),
@@ -82,15 +100,13 @@ impl Sequence {
 
     /// Records that the tokens of [`Self::next`] ran (the cache advanced past them), with
     /// the chunk classes `model` gave them; returns how many of them were prompt tokens.
-    pub(super) fn ran(&mut self, n_batch: usize, model: &dyn Model) -> usize {
+    pub(super) fn ran(&mut self, model: &dyn Model) -> usize {
         match &mut self.phase {
-            Phase::Prefill { next } => {
-                let prompt = &self.job.prompt;
-                let end = (*next + n_batch).min(prompt.len());
-                self.seq.tokens.extend_from_slice(&prompt[*next..end]);
-                let n = end - *next;
+            Phase::Prefill { next, piece } => {
+                let n = *piece;
+                self.seq.tokens.extend_from_slice(&self.job.prompt[*next..*next + n]);
                 self.seq.classes.extend((0..n).map(|t| model.chunk_class(t, n)));
-                *next = end;
+                (*next, *piece) = (*next + n, 0);
                 n
             }
             Phase::Decode { token } => {
