@@ -95,10 +95,11 @@ class Model:
     tokens into one forward pass per step, and queues up to ``max_queue`` more (default 256);
     past that a request raises ``OverloadedError``, or waits for room when given a
     ``timeout``. The GIL is released while it computes. Each request gives the same text as it
-    would alone. Prompts run in chunks of ``n_batch`` tokens (default 512); a cancelled request
-    stops between chunks. ``n_ctx`` is the context of each request (prompt and generated
-    tokens; default: the model's training context, up to 4096; ``0``: the model's, uncapped);
-    each running request holds a KV cache of that size.
+    would alone. Prompts run in chunks of ``n_batch`` tokens (default 512), in smaller pieces
+    beside requests that are generating; a cancelled request stops between them. ``n_ctx`` is
+    the context of each request (prompt and generated tokens; default: the model's training
+    context, up to 4096; ``0``: the model's, uncapped); each running request holds a KV cache
+    of that size.
 
     Weights are repacked into the layout this CPU's kernels read fastest. The repacked copies
     are kept in ``$TALLOW_HOME/repack`` (``~/.cache/tallow/repack``), so later loads of the same
