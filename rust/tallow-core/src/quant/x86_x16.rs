@@ -6,7 +6,7 @@
 
 use super::kquant_order::KOrder;
 use super::x86_legacy_tile::TileFn;
-use super::x86_x16_kquant::{q4k, q5k, q6k, q6k_expand, Q6K_EXPANDED};
+use super::x86_x16_kquant::{q4k, q5k, q5k_expand, q6k, q6k_expand, Q5K_EXPANDED, Q6K_EXPANDED};
 use super::x86_x16_legacy::{legacy, q4_0_blocks, Q4_1, Q5_0, Q5_1, Q8_0};
 use super::QType;
 use std::arch::x86_64::*;
@@ -23,16 +23,19 @@ impl X16Tiles {
     }
 
     /// Whether a product of `n_tokens` tokens expands each group of rows before running its
-    /// tiles over it ([`Self::expand`]): Q6_K, whose unpacking bounds its tiles, once 3 or
-    /// more tiles of up to 4 tokens share each group.
+    /// tiles over it ([`Self::expand`]): Q5_K and Q6_K, whose unpacking bounds their tiles,
+    /// once 3 or more tiles of up to 4 tokens share each group.
     pub fn expands(self, n_tokens: usize) -> bool {
-        self.0 == QType::Q6_K && n_tokens > 8
+        matches!(self.0, QType::Q5_K | QType::Q6_K) && n_tokens > 8
     }
 
     /// Bytes of an expanded group block.
     pub fn expanded_block(self) -> usize {
-        debug_assert_eq!(self.0, QType::Q6_K);
-        Q6K_EXPANDED
+        match self.0 {
+            QType::Q5_K => Q5K_EXPANDED,
+            QType::Q6_K => Q6K_EXPANDED,
+            t => panic!("{t} has no expanded layout"),
+        }
     }
 
     /// Expands `nb` group blocks at `w`, `b_stride` bytes apart, into `out`, for the tiles that
@@ -43,7 +46,12 @@ impl X16Tiles {
     pub unsafe fn expand(self, nb: usize, w: *const u8, b_stride: usize, out: *mut u8) {
         debug_assert!(self.expands(usize::MAX));
         // SAFETY: the CPU has AVX-512 (`for_type`); buffers as the caller guarantees.
-        unsafe { q6k_expand(nb, w, b_stride, out) }
+        unsafe {
+            match self.0 {
+                QType::Q5_K => q5k_expand(nb, w, b_stride, out),
+                _ => q6k_expand(nb, w, b_stride, out),
+            }
+        }
     }
 
     /// The tile for the next `run` tokens (1 to 4) of a product, which all take the llama.cpp
@@ -104,8 +112,10 @@ impl X16Tiles {
             KOrder::Q6KTiled => by_tokens!(q6k, true, false),
             KOrder::Q6KVecDot if expanded => by_tokens!(q6k, false, true),
             KOrder::Q6KVecDot => by_tokens!(q6k, false, false),
-            KOrder::Q5KTiled => by_tokens!(q5k, true),
-            KOrder::Q5KVecDot => by_tokens!(q5k, false),
+            KOrder::Q5KTiled if expanded => by_tokens!(q5k, true, true),
+            KOrder::Q5KTiled => by_tokens!(q5k, true, false),
+            KOrder::Q5KVecDot if expanded => by_tokens!(q5k, false, true),
+            KOrder::Q5KVecDot => by_tokens!(q5k, false, false),
         };
         (tile, nt)
     }

@@ -358,20 +358,81 @@ pub(super) unsafe fn q6k<const T: usize, const TILED: bool, const EXPANDED: bool
     }
 }
 
+/// Q5_K group block (x16.rs): d at 0, dmin at 32, scales at 64, then per k the qs chunks of
+/// j = 0..4 and the qh chunk, 320 bytes.
+const Q5K_QUANTS: usize = 256;
+
+/// Bytes of an expanded Q5_K group block ([`q5k_expand`]): the 64 chunks of one-byte quants,
+/// then d, dmin and the scales as in the group block.
+pub(super) const Q5K_EXPANDED: usize = 4096 + Q5K_QUANTS;
+
+/// Where an expanded block keeps the quants of chunk k of sub-block 2j (`half` 0) or 2j + 1.
+#[inline(always)]
+const fn q5k_expanded_chunk(j: usize, k: usize, half: usize) -> usize {
+    64 * (2 * (8 * j + k) + half)
+}
+
+/// The quants of chunk k of sub-blocks 2j (low nibbles) and 2j + 1 (high nibbles) of group
+/// block `g`, unsigned 0..31, with their fifth bit from qh (bits 2j and 2j + 1 of the byte of
+/// the same element).
+#[inline(always)]
+unsafe fn q5k_quants(g: *const u8, j: usize, k: usize) -> (__m512i, __m512i) {
+    // SAFETY: the caller's group block holds the quants at Q5K_QUANTS.
+    unsafe {
+        let (m4, b4) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x10));
+        let at = g.add(Q5K_QUANTS + 320 * k);
+        let (q, h) = (load(at.add(64 * j)), load(at.add(256)));
+        // Bits 2j and 2j + 1 of every qh byte down to bits 0 and 1 (16-bit shifts keep them in
+        // their byte: what crosses over lands above bit 1), then up to bit 4. A shift by a
+        // register count, not by an immediate per j: `j` need not be a constant (a match on it
+        // compiled to jumps).
+        let hs = _mm512_srl_epi16(h, _mm_cvtsi32_si128(2 * j as i32));
+        let lo = _mm512_or_si512(_mm512_and_si512(q, m4), _mm512_and_si512(_mm512_slli_epi16::<4>(hs), b4));
+        let hi = _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4),
+            _mm512_and_si512(_mm512_slli_epi16::<3>(hs), b4),
+        );
+        (lo, hi)
+    }
+}
+
+/// Writes `nb` Q5_K group blocks (`w`, `b_stride` bytes apart) to `out` as expanded blocks of
+/// [`Q5K_EXPANDED`] bytes, as [`q6k_expand`] does for Q6_K (the fifth bits' unpacking made the
+/// GEMM tile 27% slower than Q4_K's, whose multiplies it shares).
+///
+/// # Safety
+/// `w` holds `nb` group blocks and `out` `nb * Q5K_EXPANDED` bytes, on a CPU with AVX-512BW.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn q5k_expand(nb: usize, w: *const u8, b_stride: usize, out: *mut u8) {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        for i in 0..nb {
+            let (g, o) = (w.add(i * b_stride), out.add(i * Q5K_EXPANDED));
+            for j in 0..4 {
+                for k in 0..8 {
+                    let (lo, hi) = q5k_quants(g, j, k);
+                    _mm512_storeu_si512(o.add(q5k_expanded_chunk(j, k, 0)) as *mut _, lo);
+                    _mm512_storeu_si512(o.add(q5k_expanded_chunk(j, k, 1)) as *mut _, hi);
+                }
+            }
+            std::ptr::copy_nonoverlapping(g, o.add(4096), Q5K_QUANTS);
+        }
+    }
+}
+
 /// Q5_K: `T` tokens × 16 rows over `nb` blocks, in the order of `KOrder::Q5KTiled` (`TILED`:
 /// per block `d · s1 - dmin · s2` rounded once for the minimums, then one fma with the
 /// activation's scale) or of `KOrder::Q5KVecDot` (8 lanes per row, lane `k` taking bytes
 /// `4k..4k + 4` of every 32 elements, `hsum_float_8`, plus the minimums summed apart).
 /// `args.a_offsets` holds each activation block's sub-block sums in pairs, as for Q4_K.
+/// `EXPANDED`: `args.w` holds expanded blocks ([`q5k_expand`]) instead of group blocks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn q5k<const T: usize, const TILED: bool>(nb: usize, args: &TileArgs) {
+pub(super) unsafe fn q5k<const T: usize, const TILED: bool, const EXPANDED: bool>(nb: usize, args: &TileArgs) {
     let TileArgs { w, b_stride, a, a_stride, out, out_stride, a_offsets, .. } = *args;
-    // Group block (x16.rs): d at 0, dmin at 32, scales at 64, then per k the qs chunks of
-    // j = 0..4 and the qh chunk, 320 bytes.
-    const QUANTS: usize = 256;
+    // Where d, dmin and the scales lie in a block.
+    let head = if EXPANDED { 4096 } else { 0 };
     // SAFETY (whole body): as for `q4k`.
     unsafe {
-        let (m4, b4) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x10));
         // TILED: acc[t][0]; otherwise the 8 lanes of each row's vec_dot accumulator.
         let mut acc = [[_mm512_setzero_ps(); 8]; T];
         let mut summs = [_mm512_setzero_ps(); T];
@@ -379,9 +440,9 @@ pub(super) unsafe fn q5k<const T: usize, const TILED: bool>(nb: usize, args: &Ti
             let g = w.add(i * b_stride);
             let ap = |t: usize| a.add(t * a_stride + i * Q8_K_BYTES);
             let dx = |t: usize| _mm512_set1_ps(*(ap(t) as *const f32));
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g as *const __m256i));
-            let dmw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32) as *const __m256i));
-            let (sc, mn) = scales_mins(g);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(head) as *const __m256i));
+            let dmw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(head + 32) as *const __m256i));
+            let (sc, mn) = scales_mins(g.add(head));
             // s2 = Σ min · (sub-block sum of the activations), two sub-blocks per `vpmaddwd`.
             let imin: [__m512i; T] = std::array::from_fn(|t| {
                 (0..4).fold(_mm512_setzero_si512(), |s, j| {
@@ -390,22 +451,12 @@ pub(super) unsafe fn q5k<const T: usize, const TILED: bool>(nb: usize, args: &Ti
                     _mm512_add_epi32(s, _mm512_madd_epi16(mn_pair, sums))
                 })
             });
-            // Quants of chunk k of sub-blocks 2j (low nibbles) and 2j + 1 (high nibbles), with
-            // their fifth bit from qh (bits 2j and 2j + 1 of the byte of the same element).
             let quants = |j: usize, k: usize| {
-                let at = g.add(QUANTS + 320 * k);
-                let (q, h) = (load(at.add(64 * j)), load(at.add(256)));
-                // Bits 2j and 2j + 1 of every qh byte down to bits 0 and 1 (16-bit shifts keep
-                // them in their byte: what crosses over lands above bit 1), then up to bit 4.
-                // A shift by a register count, not by an immediate per j: `j` need not be a
-                // constant (a match on it compiled to jumps).
-                let hs = _mm512_srl_epi16(h, _mm_cvtsi32_si128(2 * j as i32));
-                let lo = _mm512_or_si512(_mm512_and_si512(q, m4), _mm512_and_si512(_mm512_slli_epi16::<4>(hs), b4));
-                let hi = _mm512_or_si512(
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4),
-                    _mm512_and_si512(_mm512_slli_epi16::<3>(hs), b4),
-                );
-                (lo, hi)
+                if EXPANDED {
+                    (load(g.add(q5k_expanded_chunk(j, k, 0))), load(g.add(q5k_expanded_chunk(j, k, 1))))
+                } else {
+                    q5k_quants(g, j, k)
+                }
             };
             let y = |t: usize, j: usize, k: usize| ap(t).add(4 + 64 * j + 4 * k);
             if TILED {
