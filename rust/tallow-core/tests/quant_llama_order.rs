@@ -239,3 +239,44 @@ fn fused_products_on_any_pool_equal_one_thread() {
         }
     }
 }
+
+/// Sequences that share a K-quant product (continuous batching) get, each, the bits of their
+/// own product alone: more than 8 tokens together expand Q5_K and Q6_K row groups once for all
+/// of them, in every order their sequences take (one-token `vec_dot`, tiled from 8 tokens).
+#[test]
+fn sequences_sharing_an_expanded_product_equal_alone() {
+    use tallow_core::quant::{matmul, matmul_fused_seqs, MatmulScratch, QTensor};
+    use tallow_core::threadpool::ThreadPool;
+    let pool = ThreadPool::new(2);
+    let mut inputs = Inputs(0x5eed_f00d_0000_0005);
+    for qtype in [QType::Q5_K, QType::Q6_K] {
+        let (rows, ts) = (48, qtype.type_size());
+        let cols = 256 * (1 + inputs.next() as usize % 4);
+        let mut bytes: Vec<u8> = (0..rows * cols / 256 * ts).map(|_| inputs.next() as u8).collect();
+        for blk in bytes.chunks_exact_mut(ts) {
+            // Finite f16 scales of moderate size (as in `kquant_tiles_change_no_bit`).
+            if qtype == QType::Q5_K {
+                blk[1] = 0x14 + (inputs.next() % 8) as u8;
+                blk[3] = 0x10 + (inputs.next() % 8) as u8;
+            } else {
+                blk[209] = 0x14 + (inputs.next() % 8) as u8;
+            }
+        }
+        let w = QTensor::from_bytes("w", qtype, rows, cols, &bytes).unwrap().interleaved();
+        for seqs in [&[1usize; 10][..], &[6, 1, 9, 3], &[8, 1]] {
+            let n: usize = seqs.iter().sum();
+            let x: Vec<f32> = (0..n * cols).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 97.0).collect();
+            let mut y = vec![0.0; n * rows];
+            let mut scratch = MatmulScratch::default();
+            matmul_fused_seqs([(&w, &mut y[..])], &x, seqs, &mut scratch, &pool);
+            let mut t0 = 0;
+            for &k in seqs {
+                let mut alone = vec![0.0; k * rows];
+                matmul(&w, &x[t0 * cols..(t0 + k) * cols], k, &mut alone, &mut scratch, &pool);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&y[t0 * rows..(t0 + k) * rows]), bits(&alone), "{qtype}, sequences {seqs:?}, at {t0}");
+                t0 += k;
+            }
+        }
+    }
+}
