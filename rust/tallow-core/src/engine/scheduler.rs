@@ -232,7 +232,7 @@ impl Scheduler<'_> {
         self.batch = recycle(batch);
         match result {
             Ok(logits) => {
-                let prompt: usize = self.in_batch.iter().map(|&i| self.active[i].ran(&*self.shared.model)).sum();
+                let prompt: usize = self.in_batch.iter().map(|&i| self.active[i].ran(model)).sum();
                 Counters::add(&counters.prompt_tokens, prompt as u64);
                 let n_vocab = self.shared.model.config().n_vocab;
                 for (&i, row) in self.with_logits.iter().zip(logits.chunks_exact(n_vocab)) {

@@ -183,16 +183,45 @@ pub(super) unsafe fn q4k<const T: usize, const GEMM: bool>(nb: usize, args: &Til
     }
 }
 
+/// Bytes of quants at the start of an expanded block (Q5_K, Q6_K): 64 chunks of 64 one-byte
+/// quants, each chunk on its own cache line; the group block's scales follow.
+const EXPANDED_QUANTS: usize = 4096;
+
+/// Writes `nb` group blocks (`w`, `b_stride` bytes apart) to `out` as expanded blocks of
+/// `expanded` bytes: `quants(g, o)` writes group block `g`'s quants as bytes at `o`, then the
+/// group block's first `head` bytes (its scales) follow at [`EXPANDED_QUANTS`]. A product of
+/// many tokens then unpacks each quant once instead of once per tile of 4 tokens.
+///
+/// # Safety
+/// `w` holds `nb` group blocks and `out` `nb * expanded` bytes; `quants` writes inside its
+/// block's first [`EXPANDED_QUANTS`] bytes.
+#[inline(always)]
+unsafe fn expand_blocks(
+    nb: usize,
+    (w, b_stride): (*const u8, usize),
+    out: *mut u8,
+    (expanded, head): (usize, usize),
+    quants: impl Fn(*const u8, *mut u8),
+) {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        for i in 0..nb {
+            let (g, o) = (w.add(i * b_stride), out.add(i * expanded));
+            quants(g, o);
+            std::ptr::copy_nonoverlapping(g, o.add(EXPANDED_QUANTS), head);
+        }
+    }
+}
+
 /// Q6_K group block (x16.rs): d at 0, scales at 32, then the quants in the order
 /// [`q6k_quant`] reads them, 384 bytes per k: ql of (h 0, low), (h 0, high), (h 1, low),
 /// (h 1, high), then qh of h 0, h 1.
 const Q6K_SCALES: usize = 32;
 const Q6K_QUANTS: usize = 288;
 
-/// Bytes of an expanded Q6_K group block ([`q6k_expand`]): the 64 chunks of one-byte quants
-/// first (each chunk on its own cache line), then d and the scales as in the group block, the
-/// whole rounded up to whole cache lines.
-pub(super) const Q6K_EXPANDED: usize = (4096 + Q6K_QUANTS).next_multiple_of(64);
+/// Bytes of an expanded Q6_K group block ([`q6k_expand`]): the quants, then d and the scales
+/// as in the group block, the whole rounded up to whole cache lines.
+pub(super) const Q6K_EXPANDED: usize = (EXPANDED_QUANTS + Q6K_QUANTS).next_multiple_of(64);
 
 /// Where an expanded block keeps chunk (h, k, c) of the quants.
 #[inline(always)]
@@ -220,18 +249,16 @@ unsafe fn q6k_quant(g: *const u8, h: usize, k: usize, c: usize) -> __m512i {
 }
 
 /// Writes `nb` Q6_K group blocks (`w`, `b_stride` bytes apart) to `out` as expanded blocks of
-/// [`Q6K_EXPANDED`] bytes: a product of many tokens then unpacks each quant once instead of
-/// once per tile of 4 tokens (the unpacking, not the multiplies, bounded the GEMM tile: 71% of
-/// the multiply-pipe bound where Q4_K reaches 93%).
+/// [`Q6K_EXPANDED`] bytes ([`expand_blocks`]; the unpacking, not the multiplies, bounded the
+/// GEMM tile: 71% of the multiply-pipe bound where Q4_K reaches 93%).
 ///
 /// # Safety
 /// `w` holds `nb` group blocks and `out` `nb * Q6K_EXPANDED` bytes, on a CPU with AVX-512BW.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn q6k_expand(nb: usize, w: *const u8, b_stride: usize, out: *mut u8) {
-    // SAFETY: as the caller guarantees.
+    // SAFETY: as the caller guarantees; the chunks lie in the block's first EXPANDED_QUANTS bytes.
     unsafe {
-        for i in 0..nb {
-            let (g, o) = (w.add(i * b_stride), out.add(i * Q6K_EXPANDED));
+        expand_blocks(nb, (w, b_stride), out, (Q6K_EXPANDED, Q6K_QUANTS), |g, o| {
             for k in 0..8 {
                 for h in 0..2 {
                     for c in 0..4 {
@@ -239,8 +266,7 @@ pub(super) unsafe fn q6k_expand(nb: usize, w: *const u8, b_stride: usize, out: *
                     }
                 }
             }
-            std::ptr::copy_nonoverlapping(g, o.add(4096), Q6K_QUANTS);
-        }
+        })
     }
 }
 
@@ -252,7 +278,7 @@ pub(super) unsafe fn q6k_expand(nb: usize, w: *const u8, b_stride: usize, out: *
 pub(super) unsafe fn q6k<const T: usize, const TILED: bool, const EXPANDED: bool>(nb: usize, args: &TileArgs) {
     let TileArgs { w, b_stride, a, a_stride, out, out_stride, a_offsets, .. } = *args;
     // Where d and the scales lie in a block.
-    let head = if EXPANDED { 4096 } else { 0 };
+    let head = if EXPANDED { EXPANDED_QUANTS } else { 0 };
     // SAFETY (whole body): as for `q4k`.
     unsafe {
         // TILED: acc[t][0]; otherwise the 8 lanes of each row's vec_dot accumulator.
@@ -362,9 +388,9 @@ pub(super) unsafe fn q6k<const T: usize, const TILED: bool, const EXPANDED: bool
 /// j = 0..4 and the qh chunk, 320 bytes.
 const Q5K_QUANTS: usize = 256;
 
-/// Bytes of an expanded Q5_K group block ([`q5k_expand`]): the 64 chunks of one-byte quants,
-/// then d, dmin and the scales as in the group block.
-pub(super) const Q5K_EXPANDED: usize = 4096 + Q5K_QUANTS;
+/// Bytes of an expanded Q5_K group block ([`q5k_expand`]): the quants, then d, dmin and the
+/// scales as in the group block.
+pub(super) const Q5K_EXPANDED: usize = EXPANDED_QUANTS + Q5K_QUANTS;
 
 /// Where an expanded block keeps the quants of chunk k of sub-block 2j (`half` 0) or 2j + 1.
 #[inline(always)]
@@ -404,10 +430,9 @@ unsafe fn q5k_quants(g: *const u8, j: usize, k: usize) -> (__m512i, __m512i) {
 /// `w` holds `nb` group blocks and `out` `nb * Q5K_EXPANDED` bytes, on a CPU with AVX-512BW.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn q5k_expand(nb: usize, w: *const u8, b_stride: usize, out: *mut u8) {
-    // SAFETY: as the caller guarantees.
+    // SAFETY: as the caller guarantees; the chunks lie in the block's first EXPANDED_QUANTS bytes.
     unsafe {
-        for i in 0..nb {
-            let (g, o) = (w.add(i * b_stride), out.add(i * Q5K_EXPANDED));
+        expand_blocks(nb, (w, b_stride), out, (Q5K_EXPANDED, Q5K_QUANTS), |g, o| {
             for j in 0..4 {
                 for k in 0..8 {
                     let (lo, hi) = q5k_quants(g, j, k);
@@ -415,8 +440,7 @@ pub(super) unsafe fn q5k_expand(nb: usize, w: *const u8, b_stride: usize, out: *
                     _mm512_storeu_si512(o.add(q5k_expanded_chunk(j, k, 1)) as *mut _, hi);
                 }
             }
-            std::ptr::copy_nonoverlapping(g, o.add(4096), Q5K_QUANTS);
-        }
+        })
     }
 }
 
@@ -430,7 +454,7 @@ pub(super) unsafe fn q5k_expand(nb: usize, w: *const u8, b_stride: usize, out: *
 pub(super) unsafe fn q5k<const T: usize, const TILED: bool, const EXPANDED: bool>(nb: usize, args: &TileArgs) {
     let TileArgs { w, b_stride, a, a_stride, out, out_stride, a_offsets, .. } = *args;
     // Where d, dmin and the scales lie in a block.
-    let head = if EXPANDED { 4096 } else { 0 };
+    let head = if EXPANDED { EXPANDED_QUANTS } else { 0 };
     // SAFETY (whole body): as for `q4k`.
     unsafe {
         // TILED: acc[t][0]; otherwise the 8 lanes of each row's vec_dot accumulator.
