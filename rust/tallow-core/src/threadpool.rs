@@ -2,7 +2,8 @@
 //!
 //! Workers are created once. `run` publishes a job by bumping a generation counter; workers
 //! spin on it briefly (a decode step issues matmuls microseconds apart, and waking a parked
-//! thread costs far more), then park. The calling thread works as worker 0, then waits for the
+//! thread costs far more), yielding the core now and then to any thread waiting for it, then
+//! park. The calling thread works as worker 0, then waits for the
 //! others. A panic in a task is caught on whichever thread it happens, the remaining workers
 //! finish, and `run` re-raises the first panic on the caller: the pool never deadlocks and stays
 //! usable afterwards.
@@ -108,7 +109,7 @@ impl ThreadPool {
         while sh.pending.load(Ordering::Acquire) != 0 {
             if spins < SPIN_ROUNDS {
                 spins += 1;
-                std::hint::spin_loop();
+                relax(spins);
             } else {
                 std::thread::yield_now();
             }
@@ -123,6 +124,23 @@ impl ThreadPool {
     }
 }
 
+/// One round of a spin-wait: a `spin_loop` hint, and every [`YIELD_EVERY`] rounds a
+/// `yield_now`, which returns at once unless another thread waits for this core. On a machine
+/// with as many cores as compute threads, that other thread is typically the one that takes
+/// the tokens a step produced (an asyncio loop, say): it gets the core while this one waits,
+/// not in the middle of the next product, where it would hold back the whole pool.
+#[inline]
+fn relax(spins: u32) {
+    if spins.is_multiple_of(YIELD_EVERY) {
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
+}
+
+/// Spin rounds between two yields in a spin-wait (about a microsecond on Zen 4).
+const YIELD_EVERY: u32 = 64;
+
 fn worker_loop(sh: &Shared, i: usize, n: usize) {
     let mut seen = 0usize;
     loop {
@@ -134,7 +152,7 @@ fn worker_loop(sh: &Shared, i: usize, n: usize) {
             }
             if spins < SPIN_ROUNDS {
                 spins += 1;
-                std::hint::spin_loop();
+                relax(spins);
             } else {
                 // unpark() before park() leaves a token, so a bump between the load and here
                 // is not lost.
