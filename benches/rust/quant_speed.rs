@@ -178,9 +178,11 @@ fn gemm_only(name: &str) {
 /// issue per 16 rows, weight block and token, read off `x86_x16_legacy.rs` and
 /// `x86_x16_kquant.rs`.
 #[cfg(target_arch = "x86_64")]
-const MULTIPLIES_PER_BLOCK: [(QType, usize); 4] = [
+const MULTIPLIES_PER_BLOCK: [(QType, usize); 5] = [
     // 8 `vpdpbusd` for 16 × 32 products, 8 fmas (one per vec_dot lane), d_w · d_y.
     (QType::Q8_0, 17),
+    // As Q8_0, and one fma more for the minimums (m_w · s_y).
+    (QType::Q4_1, 18),
     // 8 `vpdpbusd`, one fma per block (llama.cpp's repacked order), d_w · d_y.
     (QType::Q4_0, 10),
     // 64 `vpdpbusd`, 8 `vpmulld` (scales), 4 `vpmaddwd` (minimums), 8 fmas, 2 multiplies.
