@@ -13,8 +13,11 @@
 //! with AVX-512 VNNI it also prints the bound the multiply pipes set on that product: their
 //! rate, measured here (independent 512-bit `vpdpbusd` chains: on Zen 4 `vpdpbusd`, `vpmulld`,
 //! `vpmaddwd` and `vfmadd` share these pipes, one 512-bit operation a cycle, while `vcvtdq2ps`
-//! and the shifts and masks run beside them), times the multiplies the tile issues per 16 rows,
-//! block and token (`MULTIPLIES_PER_BLOCK`).
+//! and the shifts and masks mostly run beside them), times the multiplies the tile issues per 16
+//! rows, block and token (`MULTIPLIES_PER_BLOCK`). "Mostly": on the 2026-12-04 machine, a 1:1 mix
+//! of `vpdpbusd` or `vfmadd` with `vpaddd`, `vpandd`, `vpshufb`, `vpsrlw` or `vcvtdq2ps` (all
+//! 512-bit, independent) took 1.35–1.47 cycles a pair, not 1, and with `vpmulld` 2; so a tile's
+//! other operations cost it some of the bound too.
 
 use std::time::{Duration, Instant};
 use tallow_core::quant::{kernels, matmul, matmul_candle, matmul_with, Kernels, MatmulScratch, QTensor, QType};
