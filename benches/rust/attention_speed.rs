@@ -3,9 +3,10 @@
 //! stream of a real decode step evicts it.
 //!
 //! `cargo run --release -p tallow-core --example attention_speed`
-//! Prints µs per token (all 30 layers) for each context length: median and fastest of `REPS`
+//! Prints µs per token (all layers) for each context length: median and fastest of `REPS`
 //! (default 7). `KEYS=64,512` picks the context lengths; `EVICT_MB=0` keeps the caches warm
-//! (default: 48 MiB, more than the last-level cache, are read between layers).
+//! (default: 48 MiB, more than the last-level cache, are read between layers). `LAYERS`,
+//! `HEADS`, `KV_HEADS` and `HEAD_DIM` set other shapes (Gemma 3 270M: 18, 4, 1, 256).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
@@ -18,7 +19,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn main() {
-    let (n_layer, n_head, n_head_kv, hd, n_ctx) = (30, 9, 3, 64, 2048);
+    let (n_layer, n_ctx) = (env_or("LAYERS", 30usize), 2048);
+    let (n_head, n_head_kv, hd) = (env_or("HEADS", 9usize), env_or("KV_HEADS", 3usize), env_or("HEAD_DIM", 64usize));
     let keys: Vec<usize> = std::env::var("KEYS")
         .map(|v| v.split(',').filter_map(|k| k.parse().ok()).collect())
         .unwrap_or_else(|_| vec![1, 16, 64, 128, 512, 2048]);
@@ -46,7 +48,15 @@ fn main() {
     let mut scores = vec![0.0f32; 2 * scratch_per_thread(n_ctx, hd)];
     let mut out = vec![0.0f32; n_head * hd];
     for n_kv in keys.into_iter().filter(|&n| (1..=n_ctx).contains(&n)) {
-        let p = AttnParams { n_head, n_head_kv, head_dim: hd, pos0: n_kv - 1, n_tokens: 1, window: None, scale: 0.125 };
+        let p = AttnParams {
+            n_head,
+            n_head_kv,
+            head_dim: hd,
+            pos0: n_kv - 1,
+            n_tokens: 1,
+            window: None,
+            scale: (hd as f32).sqrt().recip(),
+        };
         let mut per_token = Vec::new();
         for _ in 0..reps {
             let mut t = 0.0;
@@ -66,7 +76,7 @@ fn main() {
         }
         per_token.sort_by(|a, b| a.total_cmp(b));
         println!(
-            "{n_kv:>5} keys: {:>7.1} µs per token (30 layers), fastest {:>7.1}",
+            "{n_kv:>5} keys: {:>7.1} µs per token ({n_layer} layers), fastest {:>7.1}",
             per_token[per_token.len() / 2],
             per_token[0]
         );

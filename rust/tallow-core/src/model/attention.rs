@@ -84,9 +84,15 @@ impl Order {
     }
 }
 
+/// Query heads whose scores one decode unit keeps at once (`attention_x86::group_vec_dot`).
+#[cfg(target_arch = "x86_64")]
+use super::attention_x86::MAX_GROUP;
+#[cfg(not(target_arch = "x86_64"))]
+const MAX_GROUP: usize = 1;
+
 /// Floats of `scores` scratch one worker needs for `n_kv` keys of width `head_dim`.
 pub fn scratch_per_thread(n_kv: usize, head_dim: usize) -> usize {
-    let items = n_kv + MAX_ACCS * LANES * head_dim;
+    let items = MAX_GROUP * n_kv + MAX_ACCS * LANES * head_dim;
     #[cfg(target_arch = "x86_64")]
     return items.max(super::attention_gemm_x86::scratch_floats(n_kv, head_dim));
     #[cfg(not(target_arch = "x86_64"))]
@@ -208,6 +214,8 @@ unsafe impl Sync for SyncPtr {}
 /// - `k`, `v`: one layer of the cache, `[n_ctx, n_head_kv * head_dim]`, filled up to
 ///   `pos0 + n_tokens`
 /// - `scores`: at least `pool.n_threads() * scratch_per_thread(pos0 + n_tokens, head_dim)` floats
+///
+/// A single token is [`attention_decode`]'s one query.
 pub fn attention(
     p: &AttnParams,
     q: &mut [f32],
@@ -223,18 +231,22 @@ pub fn attention(
     let n_kv = p.pos0 + p.n_tokens;
     let n_items = p.n_tokens * n_head;
     let per_thread = scratch_per_thread(n_kv, hd);
-    // llamafile's sgemm takes only products of 2+ columns (`n < 2` returns false).
-    let order = if p.n_tokens == 1 { Order::VecDot } else { Order::Gemm };
     assert!(q.len() == n_items * hd && out.len() == n_items * hd);
     assert!(k.len() >= n_kv * kv_dim && v.len() >= n_kv * kv_dim);
     assert!(scores.len() >= pool.n_threads() * per_thread);
+    if p.n_tokens == 1 {
+        let query = DecodeQuery { row: 0, pos: p.pos0, k, v };
+        return attention_decode(p, std::iter::once(query), q, out, scores, pool);
+    }
+    // Several queries: llamafile's sgemm (it takes only products of 2+ columns).
+    let order = Order::Gemm;
     round_to_f16(q);
     let q: &[f32] = q;
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let scores_ptr = SyncPtr(scores.as_mut_ptr());
 
     #[cfg(target_arch = "x86_64")]
-    if p.n_tokens > 1 && avx512() && hd.is_multiple_of(LANES) {
+    if avx512() && hd.is_multiple_of(LANES) {
         // Work units of (query block, head), the costliest (latest) blocks first, claimed
         // from a counter so the workers end together.
         const BLOCK: usize = 64;
@@ -274,13 +286,9 @@ pub fn attention(
         // asserted above).
         let own = unsafe { std::slice::from_raw_parts_mut(scores_ptr.0.add(ti * per_thread), per_thread) };
         let (sc_all, acc) = own.split_at_mut(n_kv);
-        // Several tokens: items interleaved over the workers (with a causal mask later tokens
-        // cost more, and a contiguous split would leave the first worker idle while the last
-        // one finishes). One token: contiguous heads, so the heads that share a KV head mostly
-        // run on one thread, which then reads that head's keys and values from memory once.
-        let items = if p.n_tokens == 1 { crate::threadpool::split_range(n_items, ti, nt) } else { ti..n_items };
-        let step = if p.n_tokens == 1 { 1 } else { nt };
-        for item in items.step_by(step) {
+        // Items interleaved over the workers: with a causal mask later tokens cost more, and a
+        // contiguous split would leave the first worker idle while the last one finishes.
+        for item in (ti..n_items).step_by(nt) {
             let (t, h) = (item / n_head, item % n_head);
             let pos = p.pos0 + t;
             let it = Item {
@@ -344,52 +352,105 @@ pub fn attention_decode<'a, I>(
     let (q_ptr, out_ptr, scores_ptr) =
         (SyncPtr(q.as_mut_ptr()), SyncPtr(out.as_mut_ptr()), SyncPtr(scores.as_mut_ptr()));
     // Units of (query, KV head): the heads that share keys and values run on one thread,
-    // which reads them from memory once. Claimed from a counter, in increasing order, so
-    // each worker walks `queries` forward once.
+    // which reads them from memory once. Where that would leave threads idle (one query over
+    // fewer KV heads than threads), each KV head's heads split into `split` parts. Claimed
+    // from a counter, in increasing order, so each worker walks `queries` forward once.
+    let part = group.div_ceil(pool.n_threads().div_ceil(n_queries * n_head_kv).clamp(1, group));
+    let split = group.div_ceil(part); // parts of `part` heads, the last one maybe shorter
+    let per_query = n_head_kv * split;
     let next = std::sync::atomic::AtomicUsize::new(0);
     pool.run(&|ti, _| {
         let (q_ptr, out_ptr, scores_ptr) = (&q_ptr, &out_ptr, &scores_ptr);
         // SAFETY: worker `ti` owns its scratch slice (in bounds, asserted above).
         let own = unsafe { std::slice::from_raw_parts_mut(scores_ptr.0.add(ti * per_thread), per_thread) };
-        let (sc_all, acc) = own.split_at_mut(n_kv);
+        let (sc_all, acc) = own.split_at_mut(MAX_GROUP * n_kv);
         let (mut walk, mut at, mut cur) = (queries.clone(), 0, None);
         loop {
             let u = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if u >= n_queries * n_head_kv {
+            if u >= n_queries * per_query {
                 break;
             }
-            while at <= u / n_head_kv {
+            while at <= u / per_query {
                 cur = walk.next();
                 at += 1;
             }
             let x: DecodeQuery<'_> = cur.expect("fewer queries than counted");
-            let kh = u % n_head_kv;
-            for h in kh * group..(kh + 1) * group {
-                let at = x.row * q_dim + h * hd;
-                // SAFETY: this unit's query heads and output rows are written by this worker
-                // only (units are claimed once), in bounds (asserted above).
-                let (qh, o) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(q_ptr.0.add(at), hd),
-                        std::slice::from_raw_parts_mut(out_ptr.0.add(at), hd),
-                    )
-                };
-                round_to_f16(qh);
-                let it = Item {
-                    order: Order::VecDot,
-                    q: qh,
-                    k: x.k,
-                    v: x.v,
-                    kv_dim,
-                    kv_off: kh * hd,
-                    first: p.first_key(x.pos),
-                    pos: x.pos,
-                    scale: p.scale,
-                };
-                self::item(&it, sc_all, acc, o);
+            let kh = u % per_query / split;
+            let first_head = kh * group + u % split * part;
+            let n_heads = part.min((kh + 1) * group - first_head);
+            let h0 = x.row * q_dim + first_head * hd;
+            // SAFETY: this unit's query heads and output rows are written by this worker only
+            // (units are claimed once), in bounds (asserted above).
+            let (qg, og) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(q_ptr.0.add(h0), n_heads * hd),
+                    std::slice::from_raw_parts_mut(out_ptr.0.add(h0), n_heads * hd),
+                )
+            };
+            let base = Item {
+                order: Order::VecDot,
+                q: &[], // each head's own, in decode_heads
+                k: x.k,
+                v: x.v,
+                kv_dim,
+                kv_off: kh * hd,
+                first: p.first_key(x.pos),
+                pos: x.pos,
+                scale: p.scale,
+            };
+            let mut h = 0;
+            while h < n_heads * hd {
+                h += hd * decode_heads(&mut qg[h..], &mut og[h..], hd, &base, sc_all, n_kv, acc);
             }
         }
     });
+}
+
+/// Visible keys from which a decode unit runs its heads together: below it the group's
+/// fixed costs outweigh the conversions it saves (SmolLM2's shapes, 2 threads: 7% slower at
+/// 128 keys, 3-8% faster at 256, 23% at 2048).
+const GROUP_MIN_KEYS: usize = 256;
+
+/// Runs the first of the decode heads in `q`, `out` (`[n, hd]`, heads that share one KV
+/// head), or the first few of them at once, and returns how many it ran: up to [`MAX_GROUP`]
+/// with AVX-512, one otherwise. `base` is the heads' item but for its query; `scores` holds
+/// `MAX_GROUP * stride` floats, `stride > base.pos`.
+fn decode_heads(
+    q: &mut [f32],
+    out: &mut [f32],
+    hd: usize,
+    base: &Item<'_>,
+    scores: &mut [f32],
+    stride: usize,
+    acc: &mut [f32],
+) -> usize {
+    let n = q.len() / hd;
+    #[cfg(target_arch = "x86_64")]
+    if n > 1 && avx512() && hd.is_multiple_of(LANES) && base.pos + 1 - base.first >= GROUP_MIN_KEYS {
+        macro_rules! group {
+            ($g:literal) => {{
+                let q = &mut q[..$g * hd];
+                round_to_f16(q);
+                let mut heads = q.chunks_exact(hd);
+                let q: [&[f32]; $g] = std::array::from_fn(|_| heads.next().expect("g heads"));
+                let mut outs = out.chunks_exact_mut(hd);
+                let out: [&mut [f32]; $g] = std::array::from_fn(|_| outs.next().expect("g heads"));
+                // SAFETY: the features were detected; hd is a multiple of 16 and the scores
+                // hold MAX_GROUP * stride floats, stride > pos.
+                unsafe { super::attention_x86::group_vec_dot::<$g>(base, q, scores, stride, out) };
+                $g
+            }};
+        }
+        return match n.min(MAX_GROUP) {
+            2 => group!(2),
+            3 => group!(3),
+            _ => group!(4),
+        };
+    }
+    let q = &mut q[..hd];
+    round_to_f16(q);
+    item(&Item { q, ..*base }, scores, acc, &mut out[..hd]);
+    1
 }
 
 #[cfg(test)]
@@ -436,6 +497,79 @@ mod tests {
                     assert_eq!(bits(&o1), bits(&o2), "hd {hd}, {n_pos} keys from {first}");
                 }
             }
+        }
+    }
+
+    /// `attention_decode` over several sequences and over one alone (whose KV heads' query
+    /// heads split over the threads), with 1 to 7 query heads per KV head (the AVX-512 groups
+    /// of up to 4 heads, from GROUP_MIN_KEYS keys, and their remainders), against
+    /// `item_portable` for every (sequence, head), bit for bit.
+    #[test]
+    fn decode_groups_equal_the_portable_items() {
+        // Magnitudes spread over 2^-3..2^3, so that sums of the (exact) f16 products round
+        // and a different order would show.
+        let mut seed = 0x5851_f42d_4c95_7f2du64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * (((seed & 7) as i32 - 3) as f32).exp2()
+        };
+        let pool = ThreadPool::new(2);
+        for (hd, n_head_kv, group, window) in [
+            (64, 3, 3, None),
+            (64, 1, 4, None),
+            (256, 1, 4, Some(20)),
+            (16, 2, 2, None),
+            (32, 1, 7, None),
+            (8, 2, 3, None),
+        ] {
+            let (n_head, kv_dim) = (n_head_kv * group, n_head_kv * hd);
+            let positions = [0usize, 15, 16, 63, 100, GROUP_MIN_KEYS - 1, GROUP_MIN_KEYS, 700];
+            let n_kv = positions.iter().max().unwrap() + 1;
+            let caches: Vec<(Vec<f16>, Vec<f16>)> = positions
+                .iter()
+                .map(|_| {
+                    let k = (0..n_kv * kv_dim).map(|_| f16::from_f32(rnd())).collect();
+                    let v = (0..n_kv * kv_dim).map(|_| f16::from_f32(rnd())).collect();
+                    (k, v)
+                })
+                .collect();
+            let q_dim = n_head * hd;
+            let mut q: Vec<f32> = (0..positions.len() * q_dim).map(|_| rnd()).collect();
+            let p = AttnParams { n_head, n_head_kv, head_dim: hd, pos0: 0, n_tokens: 1, window, scale: 0.2 };
+            let queries =
+                positions.iter().zip(&caches).enumerate().map(|(row, (&pos, (k, v)))| DecodeQuery { row, pos, k, v });
+            let mut scores = vec![0.0; 2 * scratch_per_thread(n_kv, hd)];
+            let mut out = vec![0.0; q.len()];
+            // The last sequence alone first, then all of them (both round q to f16, once).
+            let (last, rows) = (positions.len() - 1, positions.len() * q_dim);
+            attention_decode(&p, queries.clone().skip(last), &mut q, &mut out, &mut scores, &pool);
+            let alone = out[last * q_dim..rows].to_vec();
+            attention_decode(&p, queries, &mut q, &mut out, &mut scores, &pool);
+            assert_eq!(alone, out[last * q_dim..rows], "hd {hd}, {n_head}/{n_head_kv} heads: one query alone");
+            let mut want = vec![0.0; q.len()];
+            for (row, (&pos, (k, v))) in positions.iter().zip(&caches).enumerate() {
+                for h in 0..n_head {
+                    let at = row * q_dim + h * hd;
+                    let it = Item {
+                        order: Order::VecDot,
+                        q: &q[at..at + hd],
+                        k,
+                        v,
+                        kv_dim,
+                        kv_off: h / group * hd,
+                        first: p.first_key(pos),
+                        pos,
+                        scale: 0.2,
+                    };
+                    let mut s = vec![0.0; scratch_per_thread(n_kv, hd)];
+                    let (sc, acc) = s.split_at_mut(n_kv);
+                    item_portable(&it, sc, acc, &mut want[at..at + hd]);
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&want), "hd {hd}, {n_head}/{n_head_kv} heads, window {window:?}");
         }
     }
 

@@ -1,6 +1,9 @@
 //! AVX-512 version of one attention item (`attention.rs`): the same operations in the same
 //! order, so the same bits, with each 16-lane accumulator in a register, ggml's vectorized
 //! `expf` over 16 keys at a time, and the final lane reductions done for 16 outputs at once.
+//! At long contexts a decode runs the query heads that share a KV head together
+//! ([`group_vec_dot`]): decode attention waits mostly on its f16 keys and values, and the group
+//! converts each of them once instead of once per head.
 
 use super::attention::{Item, Order, LANES};
 use super::layers_x86::expf16;
@@ -265,6 +268,117 @@ unsafe fn gemm_weighted_sum(it: &Item<'_>, sp: *const f32, out: &mut [f32]) {
                 add_block!(it, sp, vp, base, slot);
             }
             _mm512_storeu_ps(out.as_mut_ptr().add(c * LANES), reduce_slots(&slot));
+        }
+    }
+}
+
+/// Most query heads [`group_vec_dot`] takes at once: 4 heads × 4 accumulators fill 16 of the
+/// 32 registers.
+pub(super) const MAX_GROUP: usize = 4;
+
+/// [`item`] in [`Order::VecDot`] for `G` query heads that share one KV head: the same
+/// operations in the same order for each head, so the same bits, but every key and value chunk
+/// converted from f16 once for all `G` heads instead of once per head. `it.q` is unused;
+/// `q[g]` and `out[g]` are head `g`'s query (f16-exact) and output, `[head_dim]` each; head
+/// `g`'s scores go to `scores[g * stride..]`, indexed by key position.
+///
+/// # Safety
+/// As for [`item`], for every head; `scores` holds `(G - 1) * stride + it.pos + 1` floats
+/// and `stride > it.pos`.
+#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
+pub(super) unsafe fn group_vec_dot<const G: usize>(
+    it: &Item<'_>,
+    q: [&[f32]; G],
+    scores: &mut [f32],
+    stride: usize,
+    mut out: [&mut [f32]; G],
+) {
+    let hd = q[0].len();
+    let nc = hd / LANES;
+    let (first, pos) = (it.first, it.pos);
+    assert!(matches!(it.order, Order::VecDot) && hd.is_multiple_of(LANES) && stride > pos);
+    assert!(q.iter().all(|h| h.len() == hd) && out.iter().all(|o| o.len() == hd));
+    assert!(scores.len() > (G - 1) * stride + pos);
+    assert!(it.k.len() >= pos * it.kv_dim + it.kv_off + hd && it.v.len() >= pos * it.kv_dim + it.kv_off + hd);
+    let sp = scores.as_mut_ptr();
+
+    // SAFETY (the rest): every pointer offset stays inside the slices, as asserted above.
+    unsafe {
+        // Scores: per head, chunk c into accumulator c % 4, folded (0 + 2) + (1 + 3); then
+        // the lane reductions of 16 keys at once, as `item`.
+        let kp = it.k.as_ptr().add(it.kv_off);
+        let scale = _mm512_set1_ps(it.scale);
+        let mut max = [_mm512_set1_ps(f32::NEG_INFINITY); G];
+        let mut j = first;
+        while j <= pos {
+            let n = (pos + 1 - j).min(LANES);
+            let mut folded = [[_mm512_setzero_ps(); LANES]; G];
+            for k in 0..n {
+                let key = kp.add((j + k) * it.kv_dim);
+                let mut a = [[_mm512_setzero_ps(); 4]; G];
+                for c4 in (0..nc).step_by(4) {
+                    for (ai, c) in (c4..nc.min(c4 + 4)).enumerate() {
+                        let kc = _mm512_cvtph_ps(_mm256_loadu_si256(key.add(c * LANES) as *const __m256i));
+                        for g in 0..G {
+                            a[g][ai] = _mm512_fmadd_ps(_mm512_loadu_ps(q[g].as_ptr().add(c * LANES)), kc, a[g][ai]);
+                        }
+                    }
+                }
+                for g in 0..G {
+                    let a = &a[g];
+                    folded[g][k] = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+                }
+            }
+            let m = lanes(0, n - 1);
+            for g in 0..G {
+                let s = _mm512_mul_ps(reduce16x16(&folded[g]), scale);
+                _mm512_mask_storeu_ps(sp.add(g * stride + j), m, s);
+                // f32::max's choice: a NaN score leaves the maximum as it is.
+                max[g] = _mm512_mask_max_ps(max[g], m, s, max[g]);
+            }
+            j += n;
+        }
+        for (g, max) in max.iter().enumerate() {
+            softmax(sp.add(g * stride), first, pos, _mm512_reduce_max_ps(*max));
+        }
+
+        // Σ w·v in `vec_dot_weighted_sum`'s order: key j into lane j % 16 of accumulator
+        // j / 16 % 4. Each lane is its own chain, so the lanes run a quarter at a time (G × 4
+        // registers) and every value row is still read once per output chunk.
+        const ACCS: usize = 4;
+        const PART: usize = 4;
+        for c in 0..nc {
+            let vp = it.v.as_ptr().add(it.kv_off + c * LANES);
+            let mut acc = [[[_mm512_setzero_ps(); LANES]; ACCS]; G];
+            for a in 0..ACCS {
+                for l0 in (0..LANES).step_by(PART) {
+                    let mut slot = [[_mm512_setzero_ps(); PART]; G];
+                    // Blocks of 16 keys that accumulator `a` takes: base = 64m + 16a.
+                    let mut base = first / (ACCS * LANES) * (ACCS * LANES) + a * LANES;
+                    while base <= pos {
+                        for l in 0..PART {
+                            let j = base + l0 + l;
+                            if j >= first && j <= pos {
+                                let v = _mm512_cvtph_ps(_mm256_loadu_si256(vp.add(j * it.kv_dim) as *const __m256i));
+                                for g in 0..G {
+                                    slot[g][l] =
+                                        _mm512_fmadd_ps(_mm512_set1_ps(*sp.add(g * stride + j)), v, slot[g][l]);
+                                }
+                            }
+                        }
+                        base += ACCS * LANES;
+                    }
+                    for g in 0..G {
+                        acc[g][a][l0..l0 + PART].copy_from_slice(&slot[g]);
+                    }
+                }
+            }
+            for (acc, out) in acc.iter().zip(out.iter_mut()) {
+                let l: [__m512; LANES] = std::array::from_fn(|l| {
+                    _mm512_add_ps(_mm512_add_ps(acc[0][l], acc[2][l]), _mm512_add_ps(acc[1][l], acc[3][l]))
+                });
+                _mm512_storeu_ps(out.as_mut_ptr().add(c * LANES), reduce_slots(&l));
+            }
         }
     }
 }
