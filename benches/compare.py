@@ -18,7 +18,8 @@ for the file, and the time to that point is printed under the table. ``--repack-
 measures tallow repacking on every load instead. Both are driven
 from Python as a user would (``tallow.Model.stream`` / ``llama_cpp.Llama.generate``, token by
 token), greedy, through the same harness (``python/tallow/bench.py``): prefill rate (512-token
-prompt), time to first token (32-token prompt), decode rate (128 tokens), load time, peak RSS.
+prompt), time to first token (32-token prompt), decode rate (128 tokens), load time, peak RSS;
+with ``--context-tokens N``, also the decode rate after an N-token prompt.
 
 It also probes streaming read bandwidth (numpy, one reader per thread) right before and right
 after every run, and prints the decode rate that bandwidth allows (bandwidth / bytes of weights
@@ -115,7 +116,12 @@ def worker(side: str, model: str, threads: int, n_ctx: int, args: argparse.Names
     if args.load_only:
         return first_use(side, bench, stream, count, t0, load_s, repack_cache)
     m = bench.measure(
-        stream, count, prompt_tokens=args.prompt_tokens, ttft_tokens=32, gen_tokens=args.gen_tokens
+        stream,
+        count,
+        prompt_tokens=args.prompt_tokens,
+        ttft_tokens=32,
+        gen_tokens=args.gen_tokens,
+        context_tokens=args.context_tokens,
     )
     out: dict[str, Any] = m.as_dict()
     out["load_s"] = load_s
@@ -216,6 +222,7 @@ def run_side(side: str, args: argparse.Namespace, env: dict[str, str] | None = N
     cmd = [sys.executable, __file__, "--worker", side, "--model", str(args.model)]
     cmd += ["--threads", str(args.threads), "--n-ctx", str(args.n_ctx), "--repack-cache", args.repack_cache]
     cmd += ["--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens)]
+    cmd += ["--context-tokens", str(args.context_tokens)]
     if env is not None:
         cmd.append("--load-only")
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
@@ -243,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="repetitions per engine (medians reported)")
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument(
+        "--context-tokens", type=int, default=0, help="also decode after a prompt of this many tokens"
+    )
     ap.add_argument("--json", type=Path, help="write the raw runs and medians here")
     ap.add_argument(
         "--repack-cache",
@@ -254,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
+    # Room for the long prompt and its decode.
+    args.n_ctx = max(args.n_ctx, args.context_tokens + args.gen_tokens + 8)
     if args.worker == "probe":
         probe_worker(args.threads)
         return 0
@@ -288,7 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     for run in (r for side in SIDES for r in runs[side]):
         run["decode_bound_tok_s"] = run["read_bandwidth_gbps"] * 1e9 / bpt
         run["decode_of_bound"] = run["decode_tok_s"] / run["decode_bound_tok_s"]
-    keys = [m[0] for m in METRICS] + ["read_bandwidth_gbps", "decode_bound_tok_s", "decode_of_bound"]
+    metrics = list(METRICS)
+    if args.context_tokens > 0:
+        metrics.insert(
+            2, ("context_decode_tok_s", f"decode after {args.context_tokens} tokens", "tok/s", True)
+        )
+    keys = [m[0] for m in metrics] + ["read_bandwidth_gbps", "decode_bound_tok_s", "decode_of_bound"]
     med = {s: {k: statistics.median(r[k] for r in runs[s]) for k in keys} for s in SIDES}
     statuses = sorted({r["repack_cache"] for r in runs["tallow"]})
     probes = [r["read_bandwidth_gbps"] for s in SIDES for r in runs[s]]
@@ -296,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.model.name}, {args.threads} threads, medians of {args.reps} runs each\n")
     print("| metric | tallow | llama.cpp | tallow / llama.cpp |")
     print("|---|---|---|---|")
-    for key, label, unit, _higher in METRICS:
+    for key, label, unit, _higher in metrics:
         scale = 1000.0 if unit == "ms" and key.endswith("_s") else 1.0
         a, b = med["tallow"][key] * scale, med["llama.cpp"][key] * scale
         print(f"| {label} ({unit}) | {a:.1f} | {b:.1f} | {a / b:.2f}x |")

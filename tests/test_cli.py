@@ -96,6 +96,20 @@ def test_bench_reports_prefill_decode_and_first_token(smollm2_path: Path) -> Non
     assert lines[-1].startswith("median: prefill ")
 
 
+def test_bench_decodes_after_a_long_prompt_when_asked(smollm2_path: Path) -> None:
+    # 300 tokens with the default context (4096) and with one too short for them (it grows).
+    for ctx in ([], ["-c", "64"]):
+        r = tallow_cli(
+            "bench", str(smollm2_path), "-t", "2", "--reps", "1", "--prompt-tokens", "32",
+            "--gen-tokens", "8", "--context-tokens", "300", *ctx,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        run = next(line for line in r.stdout.splitlines() if line.startswith("run "))
+        n = int(run.split("decode after ")[1].split(" tokens")[0])
+        assert 280 <= n <= 300, run  # as long as asked, never longer
+        assert "decode after 300 tokens" in r.stdout.splitlines()[-1]
+
+
 def test_bench_prompts_have_the_asked_length(smollm2: tallow.Model) -> None:
     from tallow import bench
 

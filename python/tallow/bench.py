@@ -9,7 +9,9 @@ same code times tallow and llama-cpp-python. This module imports nothing from th
   tokens / time to that token;
 - time to first token: the same with a ``ttft_tokens`` prompt;
 - decode: ``gen_tokens`` tokens after a short prompt; rate = (pieces - 1) / time from the first
-  piece to the last, so prefill is not counted.
+  piece to the last, so prefill is not counted;
+- decode at a long context (only when ``context_tokens`` is given): the same after a prompt of
+  about ``context_tokens`` tokens, where attention over the cache weighs on every token.
 
 Every measurement uses a prompt that starts differently, so no engine can reuse a cached prefix.
 """
@@ -43,6 +45,9 @@ class Measurement:
     n_ttft_prompt: int
     decode_tok_s: float
     n_decode: int
+    #: Decode after a ``context_tokens`` prompt, and that prompt's tokens (0 when not measured).
+    context_decode_tok_s: float = 0.0
+    n_context: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
@@ -82,9 +87,11 @@ def measure(
     prompt_tokens: int = 512,
     ttft_tokens: int = 32,
     gen_tokens: int = 128,
+    context_tokens: int = 0,
     run: int = 0,
 ) -> Measurement:
-    """Prefill, time to first token and decode, once. ``run`` varies the prompts between runs."""
+    """Prefill, time to first token and decode (and decode at a long context where
+    ``context_tokens`` > 0), once. ``run`` varies the prompts between runs."""
     long_prompt = prose_prompt(prompt_tokens, count, f"Story {run}")
     ttft, _, _ = time_stream(stream, long_prompt, 1)
     prefill = count(long_prompt) / ttft
@@ -93,6 +100,15 @@ def measure(
     _, decode_s, pieces = time_stream(stream, f"Run {run}. {DECODE_PROMPT}", gen_tokens)
     if pieces < 2:
         raise RuntimeError("decode produced fewer than 2 tokens; use a prompt that keeps going")
+    context_rate, n_context = 0.0, 0
+    if context_tokens > 0:
+        # Prose up to the length, then the counting prompt, so that the model keeps going.
+        tail = f" {DECODE_PROMPT}"
+        context_prompt = prose_prompt(context_tokens - count(tail), count, f"Saga {run}") + tail
+        _, context_s, context_pieces = time_stream(stream, context_prompt, gen_tokens)
+        if context_pieces < 2:
+            raise RuntimeError("decode after the long prompt produced fewer than 2 tokens")
+        context_rate, n_context = (context_pieces - 1) / context_s, count(context_prompt)
     return Measurement(
         prefill_tok_s=prefill,
         n_prompt=count(long_prompt),
@@ -100,6 +116,8 @@ def measure(
         n_ttft_prompt=count(short_prompt),
         decode_tok_s=(pieces - 1) / decode_s,
         n_decode=pieces,
+        context_decode_tok_s=context_rate,
+        n_context=n_context,
     )
 
 

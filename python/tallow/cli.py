@@ -142,6 +142,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from . import bench, build_info
 
+    if args.context_tokens > 0:
+        # Room for the long prompt and its decode.
+        args.n_ctx = max(args.n_ctx or 0, args.context_tokens + args.gen_tokens + 8)
     t0 = time.perf_counter()
     model = _load(args)
     load_s = time.perf_counter() - t0
@@ -159,17 +162,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     runs = []
     for i in range(args.reps):
-        m = bench.measure(stream, count, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens, run=i)
+        m = bench.measure(
+            stream,
+            count,
+            prompt_tokens=args.prompt_tokens,
+            gen_tokens=args.gen_tokens,
+            context_tokens=args.context_tokens,
+            run=i,
+        )
         runs.append(m.as_dict())
+        context = (
+            f"  decode after {m.n_context} tokens {m.context_decode_tok_s:6.1f} tok/s" if m.n_context else ""
+        )
         print(
             f"run {i + 1}: prefill {m.prefill_tok_s:7.1f} tok/s ({m.n_prompt} tokens)  "
             f"decode {m.decode_tok_s:6.1f} tok/s ({m.n_decode} tokens)  "
-            f"first token {m.ttft_s * 1000:6.1f} ms ({m.n_ttft_prompt}-token prompt)"
+            f"first token {m.ttft_s * 1000:6.1f} ms ({m.n_ttft_prompt}-token prompt){context}"
         )
     med = bench.median_of(runs)
+    context = f", decode after {args.context_tokens} tokens {med['context_decode_tok_s']:.1f} tok/s"
     print(
         f"median: prefill {med['prefill_tok_s']:.1f} tok/s, decode {med['decode_tok_s']:.1f} tok/s, "
-        f"first token {med['ttft_s'] * 1000:.1f} ms"
+        f"first token {med['ttft_s'] * 1000:.1f} ms{context if args.context_tokens else ''}"
     )
     return 0
 
@@ -237,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--prompt-tokens", type=int, default=512, help="prefill prompt length (default 512)")
     p.add_argument("--gen-tokens", type=int, default=128, help="tokens to decode (default 128)")
+    p.add_argument(
+        "--context-tokens",
+        type=int,
+        default=0,
+        help="also decode after a prompt of this many tokens (default 0: not measured)",
+    )
     p.add_argument("--reps", type=int, default=3, help="repetitions; the median is reported (default 3)")
     p.set_defaults(func=cmd_bench)
 
