@@ -413,7 +413,8 @@ const GROUP_MIN_KEYS: usize = 256;
 
 /// Runs the first of the decode heads in `q`, `out` (`[n, hd]`, heads that share one KV
 /// head), or the first few of them at once, and returns how many it ran: up to [`MAX_GROUP`]
-/// with AVX-512, one otherwise. `base` is the heads' item but for its query; `scores` holds
+/// with AVX-512 and [`GROUP_MIN_KEYS`] visible keys, one otherwise. `base` is the heads' item
+/// but for its query; `scores` holds
 /// `MAX_GROUP * stride` floats, `stride > base.pos`.
 fn decode_heads(
     q: &mut [f32],
