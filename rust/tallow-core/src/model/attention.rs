@@ -409,13 +409,14 @@ pub fn attention_decode<'a, I>(
 /// Visible keys from which a decode unit runs its heads together: below it the group's
 /// fixed costs outweigh the conversions it saves (SmolLM2's shapes, 2 threads: 7% slower at
 /// 128 keys, 3-8% faster at 256, 23% at 2048).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the groups are x86's
 const GROUP_MIN_KEYS: usize = 256;
 
 /// Runs the first of the decode heads in `q`, `out` (`[n, hd]`, heads that share one KV
 /// head), or the first few of them at once, and returns how many it ran: up to [`MAX_GROUP`]
 /// with AVX-512 and [`GROUP_MIN_KEYS`] visible keys, one otherwise. `base` is the heads' item
-/// but for its query; `scores` holds
-/// `MAX_GROUP * stride` floats, `stride > base.pos`.
+/// but for its query; `scores` holds `MAX_GROUP * stride` floats, `stride > base.pos`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // the groups are x86's
 fn decode_heads(
     q: &mut [f32],
     out: &mut [f32],
