@@ -89,6 +89,13 @@ pub(super) unsafe fn softmax(sp: *mut f32, first: usize, pos: usize, max: f32) {
     }
 }
 
+/// `ggml_vec_dot_f16`'s fold of its 4 accumulators: (0 + 2) + (1 + 3).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn fold4(a: [__m512; 4]) -> __m512 {
+    _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]))
+}
+
 /// Lanes `lo..=hi` of a 16-key chunk.
 #[inline]
 pub(super) fn lanes(lo: usize, hi: usize) -> __mmask16 {
@@ -161,7 +168,7 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], out: &mut [f32]) {
                             }
                         }
                     }
-                    a.map(|a| _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3])))
+                    a.map(|a| fold4(a))
                 };
                 let scale = _mm512_set1_ps(it.scale);
                 let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
@@ -243,9 +250,7 @@ unsafe fn vec_dot_weighted_sum(it: &Item<'_>, sp: *const f32, out: &mut [f32]) {
                 }
                 slot
             });
-            let l: [__m512; LANES] = std::array::from_fn(|l| {
-                _mm512_add_ps(_mm512_add_ps(acc[0][l], acc[2][l]), _mm512_add_ps(acc[1][l], acc[3][l]))
-            });
+            let l: [__m512; LANES] = std::array::from_fn(|l| fold4([acc[0][l], acc[1][l], acc[2][l], acc[3][l]]));
             _mm512_storeu_ps(out.as_mut_ptr().add(c * LANES), reduce_slots(&l));
         }
     }
@@ -325,8 +330,7 @@ pub(super) unsafe fn group_vec_dot<const G: usize>(
                     }
                 }
                 for g in 0..G {
-                    let a = &a[g];
-                    folded[g][k] = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+                    folded[g][k] = fold4(a[g]);
                 }
             }
             let m = lanes(0, n - 1);
@@ -374,9 +378,7 @@ pub(super) unsafe fn group_vec_dot<const G: usize>(
                 }
             }
             for (acc, out) in acc.iter().zip(out.iter_mut()) {
-                let l: [__m512; LANES] = std::array::from_fn(|l| {
-                    _mm512_add_ps(_mm512_add_ps(acc[0][l], acc[2][l]), _mm512_add_ps(acc[1][l], acc[3][l]))
-                });
+                let l: [__m512; LANES] = std::array::from_fn(|l| fold4([acc[0][l], acc[1][l], acc[2][l], acc[3][l]]));
                 _mm512_storeu_ps(out.as_mut_ptr().add(c * LANES), reduce_slots(&l));
             }
         }
