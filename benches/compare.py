@@ -264,8 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
-    # Room for the long prompt and its decode.
-    args.n_ctx = max(args.n_ctx, args.context_tokens + args.gen_tokens + 8)
+    args.n_ctx = max(args.n_ctx, _bench_module().context_room(args.context_tokens, args.gen_tokens))
     if args.worker == "probe":
         probe_worker(args.threads)
         return 0

@@ -53,6 +53,12 @@ class Measurement:
         return {k: float(v) for k, v in asdict(self).items()}
 
 
+def context_room(context_tokens: int, gen_tokens: int) -> int:
+    """Positions a measurement needs for its ``context_tokens`` prompt and the decode after it
+    (0 when that is not measured)."""
+    return context_tokens + gen_tokens + 8 if context_tokens > 0 else 0
+
+
 def prose_prompt(n_tokens: int, count: CountFn, tag: str) -> str:
     """English prose of about ``n_tokens`` tokens (never more), starting with ``tag``."""
     text = f"{tag}. "

@@ -143,8 +143,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench, build_info
 
     if args.context_tokens > 0:
-        # Room for the long prompt and its decode.
-        args.n_ctx = max(args.n_ctx or 0, args.context_tokens + args.gen_tokens + 8)
+        args.n_ctx = max(args.n_ctx or 0, bench.context_room(args.context_tokens, args.gen_tokens))
     t0 = time.perf_counter()
     model = _load(args)
     load_s = time.perf_counter() - t0
