@@ -6,7 +6,8 @@
 //! Prints µs per token (all layers) for each context length: median and fastest of `REPS`
 //! (default 7). `KEYS=64,512` picks the context lengths; `EVICT_MB=0` keeps the caches warm
 //! (default: 48 MiB, more than the last-level cache, are read between layers). `LAYERS`,
-//! `HEADS`, `KV_HEADS` and `HEAD_DIM` set other shapes (Gemma 3 270M: 18, 4, 1, 256).
+//! `HEADS`, `KV_HEADS` and `HEAD_DIM` set other shapes (Gemma 3 270M: 18, 4, 1, 256), `THREADS`
+//! the pool's size.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
@@ -27,9 +28,9 @@ fn main() {
     let reps = env_or("REPS", 7usize).max(1);
     let evict = vec![1u64; env_or("EVICT_MB", 48usize) << 17];
 
-    let pool = ThreadPool::new(2);
+    let pool = ThreadPool::new(env_or("THREADS", 2usize));
     let kv_dim = n_head_kv * hd;
-    let mut cache = KvCache::new(n_layer, n_ctx, kv_dim).expect("cache");
+    let mut cache = KvCache::new(n_layer, n_ctx, n_head_kv, hd).expect("cache");
     let mut s = 0x9e37_79b9_7f4a_7c15u64;
     let mut rnd = move || {
         s ^= s << 13;
@@ -44,8 +45,8 @@ fn main() {
             cache.store(il, pos, &k, &v);
         }
     }
-    let sums = [AtomicU64::new(0), AtomicU64::new(0)];
-    let mut scores = vec![0.0f32; 2 * scratch_per_thread(n_ctx, hd)];
+    let sums: Vec<AtomicU64> = (0..pool.n_threads()).map(|_| AtomicU64::new(0)).collect();
+    let mut scores = vec![0.0f32; pool.n_threads() * scratch_per_thread(n_ctx, hd)];
     let mut out = vec![0.0f32; n_head * hd];
     for n_kv in keys.into_iter().filter(|&n| (1..=n_ctx).contains(&n)) {
         let p = AttnParams {
@@ -69,7 +70,7 @@ fn main() {
                 });
                 let mut q: Vec<f32> = (0..n_head * hd).map(|_| rnd()).collect();
                 let start = Instant::now();
-                attention(&p, &mut q, cache.k_layer(il), cache.v_layer(il), &mut out, &mut scores, &pool);
+                attention(&p, &mut q, cache.layer(il), &mut out, &mut scores, &pool);
                 t += start.elapsed().as_secs_f64();
             }
             per_token.push(t * 1e6);

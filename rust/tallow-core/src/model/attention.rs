@@ -17,6 +17,7 @@
 //!   multiple of 256 with exact zeros, so its scalar tail never runs.
 
 use super::layers::expf;
+use crate::kv_cache::{v_index, KvLayer};
 use crate::threadpool::ThreadPool;
 use half::f16;
 
@@ -94,7 +95,7 @@ const MAX_GROUP: usize = 1;
 pub fn scratch_per_thread(n_kv: usize, head_dim: usize) -> usize {
     let items = MAX_GROUP * n_kv + MAX_ACCS * LANES * head_dim;
     #[cfg(target_arch = "x86_64")]
-    return items.max(super::attention_gemm_x86::scratch_floats(n_kv, head_dim));
+    return items.max(super::attention_gemm_x86::scratch_floats(n_kv));
     #[cfg(not(target_arch = "x86_64"))]
     items
 }
@@ -107,16 +108,15 @@ fn reduce16(v: &[f32; LANES]) -> f32 {
     (q[0] + q[2]) + (q[1] + q[3])
 }
 
-/// One (query token, head) pair's inputs. Keys and values of position `j` start at
-/// `j * kv_dim + kv_off` in `k` and `v`.
+/// One (query token, head) pair's inputs.
 pub(super) struct Item<'a> {
     pub(super) order: Order,
     /// `[head_dim]`, f16-exact.
     pub(super) q: &'a [f32],
+    /// The head's KV head, as [`KvLayer::head`] gives it: keys `[ctx, head_dim]`, values
+    /// transposed in blocks (element `d` of position `j` at `v_index(j, d, head_dim)`).
     pub(super) k: &'a [f16],
     pub(super) v: &'a [f16],
-    pub(super) kv_dim: usize,
-    pub(super) kv_off: usize,
     /// Visible keys: `first..=pos`.
     pub(super) first: usize,
     pub(super) pos: usize,
@@ -128,7 +128,7 @@ pub(super) struct Item<'a> {
 fn item_portable(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], out: &mut [f32]) {
     let hd = it.q.len();
     let order = it.order;
-    let key = |j: usize| j * it.kv_dim + it.kv_off..j * it.kv_dim + it.kv_off + hd;
+    let key = |j: usize| j * hd..(j + 1) * hd;
     let sc = &mut scores[it.first..=it.pos];
     let mut max = f32::NEG_INFINITY;
     for (j, s) in (it.first..=it.pos).zip(sc.iter_mut()) {
@@ -160,8 +160,8 @@ fn item_portable(it: &Item<'_>, scores: &mut [f32], acc: &mut [f32], out: &mut [
     acc.fill(0.0);
     for (j, &w) in (it.first..=it.pos).zip(sc.iter()) {
         let slot = order.slot(j);
-        for (a, &x) in acc[slot * hd..(slot + 1) * hd].iter_mut().zip(&it.v[key(j)]) {
-            *a += w * x.to_f32();
+        for (d, a) in acc[slot * hd..(slot + 1) * hd].iter_mut().enumerate() {
+            *a += w * it.v[v_index(j, d, hd)].to_f32();
         }
     }
     for (d, o) in out.iter_mut().enumerate() {
@@ -211,31 +211,28 @@ unsafe impl Sync for SyncPtr {}
 /// `out[t, h] = Σ_j softmax_j(scale · q[t, h] · k[j, h / group]) · v[j, h / group]`.
 ///
 /// - `q`, `out`: `[n_tokens, n_head * head_dim]`; `q` is rounded to f16 precision in place
-/// - `k`, `v`: one layer of the cache, `[n_ctx, n_head_kv * head_dim]`, filled up to
-///   `pos0 + n_tokens`
+/// - `kv`: one layer of the cache, filled up to `pos0 + n_tokens`
 /// - `scores`: at least `pool.n_threads() * scratch_per_thread(pos0 + n_tokens, head_dim)` floats
 ///
 /// A single token is [`attention_decode`]'s one query.
 pub fn attention(
     p: &AttnParams,
     q: &mut [f32],
-    k: &[f16],
-    v: &[f16],
+    kv: KvLayer<'_>,
     out: &mut [f32],
     scores: &mut [f32],
     pool: &ThreadPool,
 ) {
     let (hd, n_head) = (p.head_dim, p.n_head);
-    let kv_dim = p.n_head_kv * hd;
     let group = n_head / p.n_head_kv;
     let n_kv = p.pos0 + p.n_tokens;
     let n_items = p.n_tokens * n_head;
     let per_thread = scratch_per_thread(n_kv, hd);
     assert!(q.len() == n_items * hd && out.len() == n_items * hd);
-    assert!(k.len() >= n_kv * kv_dim && v.len() >= n_kv * kv_dim);
+    check_layer(p, &kv, n_kv);
     assert!(scores.len() >= pool.n_threads() * per_thread);
     if p.n_tokens == 1 {
-        let query = DecodeQuery { row: 0, pos: p.pos0, k, v };
+        let query = DecodeQuery { row: 0, pos: p.pos0, kv };
         return attention_decode(p, std::iter::once(query), q, out, scores, pool);
     }
     // Several queries: llamafile's sgemm (it takes only products of 2+ columns).
@@ -262,6 +259,7 @@ pub fn attention(
                     break;
                 }
                 let (blk, h) = (n_blocks - 1 - u / n_head, u % n_head);
+                let (k, v) = kv.head(h / group);
                 let b = super::attention_gemm_x86::HeadBlock {
                     p,
                     q,
@@ -269,7 +267,6 @@ pub fn attention(
                     k,
                     v,
                     head: h,
-                    kv_off: (h / group) * hd,
                     t0: blk * BLOCK,
                     t1: ((blk + 1) * BLOCK).min(p.n_tokens),
                 };
@@ -291,17 +288,9 @@ pub fn attention(
         for item in (ti..n_items).step_by(nt) {
             let (t, h) = (item / n_head, item % n_head);
             let pos = p.pos0 + t;
-            let it = Item {
-                order,
-                q: &q[item * hd..(item + 1) * hd],
-                k,
-                v,
-                kv_dim,
-                kv_off: (h / group) * hd,
-                first: p.first_key(pos),
-                pos,
-                scale: p.scale,
-            };
+            let (k, v) = kv.head(h / group);
+            let it =
+                Item { order, q: &q[item * hd..(item + 1) * hd], k, v, first: p.first_key(pos), pos, scale: p.scale };
             // SAFETY: item rows are disjoint between workers (interleaved) and in bounds.
             let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(item * hd), hd) };
             self::item(&it, sc_all, acc, o);
@@ -310,14 +299,18 @@ pub fn attention(
 }
 
 /// One sequence's decode query in [`attention_decode`]: row `row` of `q` and `out`, at
-/// position `pos` of its cache layer `k`, `v` (`[n_ctx, n_head_kv * head_dim]`, filled up to
-/// `pos + 1`).
+/// position `pos` of its cache layer `kv` (filled up to `pos + 1`).
 #[derive(Clone, Copy)]
 pub struct DecodeQuery<'a> {
     pub row: usize,
     pub pos: usize,
-    pub k: &'a [f16],
-    pub v: &'a [f16],
+    pub kv: KvLayer<'a>,
+}
+
+/// Checks that `kv` has `p`'s heads and room for `n_kv` positions.
+fn check_layer(p: &AttnParams, kv: &KvLayer<'_>, n_kv: usize) {
+    assert!(kv.head_dim == p.head_dim && kv.ctx >= n_kv && kv.ctx.is_multiple_of(crate::kv_cache::V_BLOCK));
+    assert!(kv.k.len() == p.n_head_kv * kv.ctx * p.head_dim && kv.v.len() == kv.k.len());
 }
 
 /// The single-token attention of several sequences (the decode tokens of a continuous batch)
@@ -339,11 +332,11 @@ pub fn attention_decode<'a, I>(
     I: Iterator<Item = DecodeQuery<'a>> + Clone + Sync,
 {
     let (hd, n_head, n_head_kv) = (p.head_dim, p.n_head, p.n_head_kv);
-    let (q_dim, kv_dim, group) = (n_head * hd, n_head_kv * hd, n_head / n_head_kv);
+    let (q_dim, group) = (n_head * hd, n_head / n_head_kv);
     assert_eq!(q.len(), out.len());
     let (mut n_kv, mut n_queries) = (0, 0);
     for x in queries.clone() {
-        assert!(x.k.len() >= (x.pos + 1) * kv_dim && x.v.len() >= (x.pos + 1) * kv_dim);
+        check_layer(p, &x.kv, x.pos + 1);
         assert!((x.row + 1) * q_dim <= q.len());
         (n_kv, n_queries) = (n_kv.max(x.pos + 1), n_queries + 1);
     }
@@ -387,13 +380,12 @@ pub fn attention_decode<'a, I>(
                     std::slice::from_raw_parts_mut(out_ptr.0.add(h0), n_heads * hd),
                 )
             };
+            let (k, v) = x.kv.head(kh);
             let base = Item {
                 order: Order::VecDot,
                 q: &[], // each head's own, in decode_heads
-                k: x.k,
-                v: x.v,
-                kv_dim,
-                kv_off: kh * hd,
+                k,
+                v,
                 first: p.first_key(x.pos),
                 pos: x.pos,
                 scale: p.scale,
@@ -407,10 +399,10 @@ pub fn attention_decode<'a, I>(
 }
 
 /// Visible keys from which a decode unit runs its heads together: below it the group's
-/// fixed costs outweigh the conversions it saves (SmolLM2's shapes, 2 threads: 7% slower at
-/// 128 keys, 3-8% faster at 256, 23% at 2048).
+/// fixed costs outweigh the conversions it saves (SmolLM2's shapes, 2 threads, with the
+/// cache's blocked values: 20% slower at 64 keys, 5-10% faster at 128 to 200).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the groups are x86's
-const GROUP_MIN_KEYS: usize = 256;
+const GROUP_MIN_KEYS: usize = 128;
 
 /// Runs the first of the decode heads in `q`, `out` (`[n, hd]`, heads that share one KV
 /// head), or the first few of them at once, and returns how many it ran: up to [`MAX_GROUP`]
@@ -458,6 +450,18 @@ fn decode_heads(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv_cache::KvCache;
+
+    /// A one-layer cache of `n_pos` positions of `n_head_kv` heads of `hd`, filled with f16
+    /// values of `rnd`: all the keys, then all the values, row by row.
+    fn random_cache(n_head_kv: usize, hd: usize, n_pos: usize, mut rnd: impl FnMut() -> f32) -> KvCache {
+        let mut c = KvCache::new(1, n_pos, n_head_kv, hd).unwrap();
+        let mut rows = || (0..n_pos * n_head_kv * hd).map(|_| f16::from_f32(rnd()).to_f32()).collect::<Vec<_>>();
+        let (k, v) = (rows(), rows());
+        c.store(0, 0, &k, &v);
+        c.advance(n_pos);
+        c
+    }
 
     #[cfg(target_arch = "x86_64")]
     #[test]
@@ -472,17 +476,15 @@ mod tests {
             seed ^= seed << 17;
             ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0
         };
-        let n_kv_heads = 2;
         for hd in [16, 64, 256] {
             for n_pos in [1, 2, 15, 16, 17, 64, 65, 100, 300] {
-                let kv_dim = n_kv_heads * hd;
-                let k: Vec<f16> = (0..n_pos * kv_dim).map(|_| f16::from_f32(rnd())).collect();
-                let v: Vec<f16> = (0..n_pos * kv_dim).map(|_| f16::from_f32(rnd())).collect();
+                let cache = random_cache(2, hd, n_pos, &mut rnd);
+                let (k, v) = cache.layer(0).head(1);
                 let q: Vec<f32> = (0..hd).map(|_| f16::from_f32(rnd()).to_f32()).collect();
                 for (order, first) in
                     [(Order::Gemm, 0), (Order::VecDot, 0), (Order::Gemm, n_pos / 3), (Order::VecDot, n_pos / 2)]
                 {
-                    let it = Item { order, q: &q, k: &k, v: &v, kv_dim, kv_off: hd, first, pos: n_pos - 1, scale: 0.3 };
+                    let it = Item { order, q: &q, k, v, first, pos: n_pos - 1, scale: 0.3 };
                     let per = scratch_per_thread(n_pos, hd);
                     let (mut s1, mut s2) = (vec![0.0; per], vec![f32::NAN; per]);
                     let (mut o1, mut o2) = (vec![0.0; hd], vec![0.0; hd]);
@@ -526,22 +528,18 @@ mod tests {
             (32, 1, 7, None),
             (8, 2, 3, None),
         ] {
-            let (n_head, kv_dim) = (n_head_kv * group, n_head_kv * hd);
+            let n_head = n_head_kv * group;
             let positions = [0usize, 15, 16, 63, 100, GROUP_MIN_KEYS - 1, GROUP_MIN_KEYS, 700];
             let n_kv = positions.iter().max().unwrap() + 1;
-            let caches: Vec<(Vec<f16>, Vec<f16>)> = positions
-                .iter()
-                .map(|_| {
-                    let k = (0..n_kv * kv_dim).map(|_| f16::from_f32(rnd())).collect();
-                    let v = (0..n_kv * kv_dim).map(|_| f16::from_f32(rnd())).collect();
-                    (k, v)
-                })
-                .collect();
+            let caches: Vec<KvCache> = positions.iter().map(|_| random_cache(n_head_kv, hd, n_kv, &mut rnd)).collect();
             let q_dim = n_head * hd;
             let mut q: Vec<f32> = (0..positions.len() * q_dim).map(|_| rnd()).collect();
             let p = AttnParams { n_head, n_head_kv, head_dim: hd, pos0: 0, n_tokens: 1, window, scale: 0.2 };
-            let queries =
-                positions.iter().zip(&caches).enumerate().map(|(row, (&pos, (k, v)))| DecodeQuery { row, pos, k, v });
+            let queries = positions.iter().zip(&caches).enumerate().map(|(row, (&pos, c))| DecodeQuery {
+                row,
+                pos,
+                kv: c.layer(0),
+            });
             let mut scores = vec![0.0; 2 * scratch_per_thread(n_kv, hd)];
             let mut out = vec![0.0; q.len()];
             // The last sequence alone first, then all of them (both round q to f16, once).
@@ -551,16 +549,15 @@ mod tests {
             attention_decode(&p, queries, &mut q, &mut out, &mut scores, &pool);
             assert_eq!(alone, out[last * q_dim..rows], "hd {hd}, {n_head}/{n_head_kv} heads: one query alone");
             let mut want = vec![0.0; q.len()];
-            for (row, (&pos, (k, v))) in positions.iter().zip(&caches).enumerate() {
+            for (row, (&pos, c)) in positions.iter().zip(&caches).enumerate() {
                 for h in 0..n_head {
                     let at = row * q_dim + h * hd;
+                    let (k, v) = c.layer(0).head(h / group);
                     let it = Item {
                         order: Order::VecDot,
                         q: &q[at..at + hd],
                         k,
                         v,
-                        kv_dim,
-                        kv_off: h / group * hd,
                         first: p.first_key(pos),
                         pos,
                         scale: 0.2,
@@ -594,27 +591,28 @@ mod tests {
             (64, 9, 3, 0, 130, None),
             (256, 4, 1, 33, 21, Some(16)),
             (32, 2, 2, 100, 65, Some(40)),
+            // Across a block of the transposed values (kv_cache::V_BLOCK).
+            (64, 4, 2, 240, 40, None),
+            (64, 2, 1, 250, 70, Some(100)),
         ] {
-            let (kv_dim, n_kv) = (n_head_kv * hd, pos0 + n_tokens);
-            let k: Vec<f16> = (0..n_kv * kv_dim).map(|_| f16::from_f32(rnd())).collect();
-            let v: Vec<f16> = (0..n_kv * kv_dim).map(|_| f16::from_f32(rnd())).collect();
+            let n_kv = pos0 + n_tokens;
+            let cache = random_cache(n_head_kv, hd, n_kv, &mut rnd);
             let mut q: Vec<f32> = (0..n_tokens * n_head * hd).map(|_| rnd()).collect();
             let p = AttnParams { n_head, n_head_kv, head_dim: hd, pos0, n_tokens, window, scale: 0.2 };
             let mut scores = vec![0.0; 2 * scratch_per_thread(n_kv, hd)];
             let mut out = vec![0.0; q.len()];
-            attention(&p, &mut q, &k, &v, &mut out, &mut scores, &pool); // rounds q to f16 too
+            attention(&p, &mut q, cache.layer(0), &mut out, &mut scores, &pool); // rounds q to f16 too
             let per = scratch_per_thread(n_kv, hd);
             let mut want = vec![0.0; q.len()];
             for item in 0..n_tokens * n_head {
                 let (t, h) = (item / n_head, item % n_head);
                 let pos = pos0 + t;
+                let (k, v) = cache.layer(0).head(h / (n_head / n_head_kv));
                 let it = Item {
                     order: Order::Gemm,
                     q: &q[item * hd..(item + 1) * hd],
-                    k: &k,
-                    v: &v,
-                    kv_dim,
-                    kv_off: h / (n_head / n_head_kv) * hd,
+                    k,
+                    v,
                     first: p.first_key(pos),
                     pos,
                     scale: 0.2,
@@ -628,30 +626,27 @@ mod tests {
         }
     }
 
-    fn h(v: &[f32]) -> Vec<f16> {
-        v.iter().map(|&x| f16::from_f32(x)).collect()
-    }
-
     #[test]
     fn single_key_returns_its_value_and_window_masks() {
         // 1 kv head of dim 2 shared by 2 query heads; 3 positions.
-        let k = h(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
-        let v = h(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let mut cache = KvCache::new(1, 3, 1, 2).unwrap();
+        cache.store(0, 0, &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        cache.advance(3);
         let pool = ThreadPool::new(2);
         let mut scores = vec![0.0; 2 * scratch_per_thread(3, 2)];
         // Query at position 0 sees only key 0.
         let p = AttnParams { n_head: 2, n_head_kv: 1, head_dim: 2, pos0: 0, n_tokens: 1, window: None, scale: 1.0 };
         let mut out = vec![0.0; 4];
-        attention(&p, &mut [5.0, 5.0, -1.0, 3.0], &k, &v, &mut out, &mut scores, &pool);
+        attention(&p, &mut [5.0, 5.0, -1.0, 3.0], cache.layer(0), &mut out, &mut scores, &pool);
         assert_eq!(out, [1.0, 2.0, 1.0, 2.0]);
         // Query at position 2 with window 1 sees only key 2.
         let p = AttnParams { pos0: 2, window: Some(1), ..p };
-        attention(&p, &mut [5.0, 5.0, -1.0, 3.0], &k, &v, &mut out, &mut scores, &pool);
+        attention(&p, &mut [5.0, 5.0, -1.0, 3.0], cache.layer(0), &mut out, &mut scores, &pool);
         assert_eq!(out, [5.0, 6.0, 5.0, 6.0]);
         // Without the window, equal scores average the values, with weights rounded to f16
         // (1/3 -> 0.33325) as llama.cpp does.
         let p = AttnParams { window: None, scale: 0.0, ..p };
-        attention(&p, &mut [5.0, 5.0, -1.0, 3.0], &k, &v, &mut out, &mut scores, &pool);
+        attention(&p, &mut [5.0, 5.0, -1.0, 3.0], cache.layer(0), &mut out, &mut scores, &pool);
         let w = f16::from_f32(1.0 / 3.0).to_f32();
         assert_eq!(out, [9.0 * w, 12.0 * w, 9.0 * w, 12.0 * w]);
     }

@@ -6,15 +6,16 @@
 //! the work. One item per (query, head) loads every key and value row for one product; here a
 //! block of queries of one head shares them:
 //! - scores in tiles of 4 queries × 4 keys (16 accumulators: each loaded key chunk feeds 4 fmas);
-//! - `Σ w·v` in tiles of 4 queries × 4 output elements, over the values transposed once per
-//!   block (`vt[d][j]`, so a 16-key slot vector is one load) and masked fmas for the causal
-//!   and window masks (a masked lane keeps its value, as a skipped key does);
+//! - `Σ w·v` in tiles of 4 queries × 4 output elements, over the cache's transposed values (a
+//!   16-key slot vector is one load) and masked fmas for the causal and window masks (a masked
+//!   lane keeps its value, as a skipped key does);
 //! - the 16 reductions of a tile as 4 transposed trees ([`reduce4`]).
 //!
 //! [`Order::Gemm`]: super::attention::Order::Gemm
 
 use super::attention::{AttnParams, LANES};
 use super::attention_x86::{fold_halves, fold_quarters, lanes, softmax};
+use crate::kv_cache::{v_index, V_BLOCK};
 use half::f16;
 use std::arch::x86_64::*;
 
@@ -28,12 +29,10 @@ pub(super) struct HeadBlock<'a> {
     pub q: &'a [f32],
     /// Output rows, laid out as `q`.
     pub out: *mut f32,
-    /// One layer of the cache, `[n_ctx, n_head_kv * head_dim]`.
+    /// This head's KV head in the cache, as `KvLayer::head` gives it.
     pub k: &'a [f16],
     pub v: &'a [f16],
     pub head: usize,
-    /// This head's KV head's offset in a cache row.
-    pub kv_off: usize,
     pub t0: usize,
     pub t1: usize,
 }
@@ -45,11 +44,9 @@ impl HeadBlock<'_> {
     }
 }
 
-/// Floats of scratch [`head_block`] needs for `n_kv` keys: `QT` score rows and the transposed
-/// values (f16, two per float).
-pub(super) fn scratch_floats(n_kv: usize, hd: usize) -> usize {
-    let l = n_kv + 2 * LANES;
-    QT * l + hd * l / 2 + LANES
+/// Floats of scratch [`head_block`] needs for `n_kv` keys: `QT` score rows.
+pub(super) fn scratch_floats(n_kv: usize) -> usize {
+    QT * (n_kv + 2 * LANES)
 }
 
 /// Sums 4 vectors, each in `_mm512_reduce_add_ps`'s order (halves, quarters, then
@@ -65,53 +62,6 @@ fn reduce4(a: &[__m512; 4]) -> __m128 {
     _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), r))
 }
 
-/// The transpose of a 16 × 16 block of 16-bit values, one row per register: 8 × 8 blocks in
-/// each 128-bit half through three rounds of unpacks (pairs of 16, then 32, then 64 bits), then
-/// the halves of rows 0..8 and 8..16 swapped.
-#[target_feature(enable = "avx2")]
-#[inline]
-fn transpose16(rows: &[__m256i; 16]) -> [__m256i; 16] {
-    // Half-transposes of rows 0..8 and 8..16: out[c] holds column c of those rows in its low
-    // half and column c + 8 in its high half.
-    let eight = |r: &[__m256i]| -> [__m256i; 8] {
-        let p: [__m256i; 8] = std::array::from_fn(|i| {
-            let (a, b) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
-            if i % 2 == 0 {
-                _mm256_unpacklo_epi16(a, b)
-            } else {
-                _mm256_unpackhi_epi16(a, b)
-            }
-        });
-        // p[2k + h]: rows 2k, 2k + 1 interleaved, columns 0..4 (h = 0) or 4..8 (h = 1).
-        let q: [__m256i; 8] = std::array::from_fn(|i| {
-            let (g, h, hi) = (i / 4, i / 2 % 2, i % 2 == 1);
-            let (a, b) = (p[4 * g + h], p[4 * g + 2 + h]);
-            if hi {
-                _mm256_unpackhi_epi32(a, b)
-            } else {
-                _mm256_unpacklo_epi32(a, b)
-            }
-        });
-        // q[4g + 2h + e]: rows 4g..4g + 4, columns 4h + 2e and 4h + 2e + 1.
-        std::array::from_fn(|c| {
-            let (a, b) = (q[c / 2], q[4 + c / 2]);
-            if c % 2 == 0 {
-                _mm256_unpacklo_epi64(a, b)
-            } else {
-                _mm256_unpackhi_epi64(a, b)
-            }
-        })
-    };
-    let (lo, hi) = (eight(&rows[..8]), eight(&rows[8..]));
-    std::array::from_fn(|c| {
-        if c < 8 {
-            _mm256_permute2x128_si256::<0x20>(lo[c], hi[c])
-        } else {
-            _mm256_permute2x128_si256::<0x31>(lo[c - 8], hi[c - 8])
-        }
-    })
-}
-
 /// Attention of queries `b.t0..b.t1` of one head, bit for bit as `attention_x86::item` with
 /// [`super::attention::Order::Gemm`] computes each of them.
 ///
@@ -119,53 +69,28 @@ fn transpose16(rows: &[__m256i; 16]) -> [__m256i; 16] {
 /// The CPU must have AVX-512F/DQ/VL, FMA and F16C; the head size is a multiple of 16; `b.q`
 /// holds the rows of tokens `t0..t1`; the keys and values of every position up to
 /// `pos0 + t1 - 1` lie inside `b.k` and `b.v`; `b.out` has the rows of tokens `t0..t1` for this
-/// caller only; `scratch` holds [`scratch_floats`]`(pos0 + t1, head_dim)` floats.
+/// caller only; `scratch` holds [`scratch_floats`]`(pos0 + t1)` floats.
 #[target_feature(enable = "avx512f,avx512dq,avx512vl,fma,f16c")]
 pub(super) unsafe fn head_block(b: &HeadBlock<'_>, scratch: &mut [f32]) {
     let hd = b.p.head_dim;
-    let (q_stride, q_off, kv_dim) = (b.p.n_head * hd, b.head * hd, b.p.n_head_kv * hd);
+    let (q_stride, q_off) = (b.p.n_head * hd, b.head * hd);
     let (pos0, scale) = (b.p.pos0, b.p.scale);
     let nc = hd / LANES;
     let (first_lo, pos_hi) = (b.first(b.t0), pos0 + b.t1 - 1);
-    // Keys base0..base0 + l: whole 16-key blocks (aligned to key 0) around first_lo..=pos_hi.
+    // Score rows hold keys base0..base0 + l: whole 16-key blocks (aligned to key 0) around
+    // first_lo..=pos_hi.
     let base0 = first_lo / LANES * LANES;
     let l = (pos_hi + 1 - base0).next_multiple_of(LANES);
-    assert!(hd.is_multiple_of(LANES) && b.t0 < b.t1 && scratch.len() >= scratch_floats(pos_hi + 1, hd));
-    assert!(b.k.len() >= pos_hi * kv_dim + b.kv_off + hd && b.v.len() >= pos_hi * kv_dim + b.kv_off + hd);
+    assert!(hd.is_multiple_of(LANES) && b.t0 < b.t1 && scratch.len() >= scratch_floats(pos_hi + 1));
+    assert!(b.k.len() >= (pos_hi + 1) * hd && b.v.len() >= (pos_hi / V_BLOCK + 1) * V_BLOCK * hd);
     assert!(b.q.len() >= (b.t1 - 1) * q_stride + q_off + hd);
-    let (rows, rest) = scratch.split_at_mut(QT * l);
-    // SAFETY: `rest` holds at least hd * l / 2 floats (scratch_floats), i.e. hd * l f16.
-    let vt = unsafe { std::slice::from_raw_parts_mut(rest.as_mut_ptr() as *mut f16, hd * l) };
 
-    // vt[d * l + (j - base0)] = v[j][d], zero outside first_lo..=pos_hi: blocks of 16 keys ×
-    // 16 dimensions transposed in registers, so each store is one run of 16 values (a store
-    // per value, 2 * l bytes apart, would miss the L1 cache every time at larger head sizes).
-    for jb in (0..l).step_by(LANES) {
-        let key_row = |i: usize| {
-            let j = base0 + jb + i;
-            (first_lo..=pos_hi).contains(&j).then(|| &b.v[j * kv_dim + b.kv_off..j * kv_dim + b.kv_off + hd])
-        };
-        let key_rows: [Option<&[f16]>; LANES] = std::array::from_fn(key_row);
-        for d0 in (0..hd).step_by(LANES) {
-            // SAFETY: each row holds hd values (d0 + 16 <= hd); vt holds hd * l values.
-            unsafe {
-                let rows: [__m256i; LANES] = std::array::from_fn(|i| {
-                    key_rows[i]
-                        .map_or(_mm256_setzero_si256(), |r| _mm256_loadu_si256(r.as_ptr().add(d0) as *const __m256i))
-                });
-                for (d, col) in transpose16(&rows).iter().enumerate() {
-                    _mm256_storeu_si256(vt.as_mut_ptr().add((d0 + d) * l + jb) as *mut __m256i, *col);
-                }
-            }
-        }
-    }
-
-    // SAFETY (the rest): indices stay inside the slices, as asserted above; row `qi` of `rows`
-    // holds keys base0..base0 + l.
+    // SAFETY (the rest): indices stay inside the slices, as asserted above (a 16-key block of
+    // values lies inside its V_BLOCK); row `qi` of `scratch` holds keys base0..base0 + l.
     unsafe {
-        let kp = b.k.as_ptr().add(b.kv_off);
-        let vtp = vt.as_ptr();
-        let rows_p = rows.as_mut_ptr();
+        let kp = b.k.as_ptr();
+        let vp = b.v.as_ptr();
+        let rows_p = scratch.as_mut_ptr();
         let mut t = b.t0;
         while t < b.t1 {
             // Tile queries t..t + QT; past t1 the last query is repeated and its results dropped.
@@ -186,7 +111,7 @@ pub(super) unsafe fn head_block(b: &HeadBlock<'_>, scratch: &mut [f32]) {
                 for c in 0..nc {
                     let q: [__m512; QT] = qp.map(|p| _mm512_loadu_ps(p.add(c * LANES)));
                     for (k, &jk) in kj.iter().enumerate() {
-                        let kv = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add(jk * kv_dim + c * LANES) as *const __m256i));
+                        let kv = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add(jk * hd + c * LANES) as *const __m256i));
                         for (a, &q) in acc.iter_mut().zip(&q) {
                             a[k] = _mm512_fmadd_ps(q, kv, a[k]);
                         }
@@ -225,7 +150,7 @@ pub(super) unsafe fn head_block(b: &HeadBlock<'_>, scratch: &mut [f32]) {
                 let mut blk = ks / LANES * LANES;
                 while blk <= ke {
                     let v: [__m512; 4] = std::array::from_fn(|d| {
-                        _mm512_cvtph_ps(_mm256_loadu_si256(vtp.add((d0 + d) * l + (blk - base0)) as *const __m256i))
+                        _mm512_cvtph_ps(_mm256_loadu_si256(vp.add(v_index(blk, d0 + d, hd)) as *const __m256i))
                     });
                     if blk >= whole.start && blk + LANES <= whole.end {
                         let w: [__m512; QT] = std::array::from_fn(|i| _mm512_loadu_ps(row(i).wrapping_add(blk)));

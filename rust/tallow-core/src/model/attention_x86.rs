@@ -7,6 +7,7 @@
 
 use super::attention::{Item, Order, LANES};
 use super::layers_x86::expf16;
+use crate::kv_cache::{v_index, V_BLOCK};
 use std::arch::x86_64::*;
 
 /// Sum of 16 lanes in `_mm512_reduce_add_ps`'s order (as GCC expands it): halves, quarters,
@@ -102,6 +103,25 @@ pub(super) fn lanes(lo: usize, hi: usize) -> __mmask16 {
     ((1u32 << (hi + 1)) - (1u32 << lo)) as __mmask16
 }
 
+/// Starts loading the values of keys `first..=pos` (blocked, as [`Item::v`]) into the cache,
+/// when they are few: the weighted sums read each element's run of values in turn, a line or
+/// two per element at short contexts, which the hardware prefetcher does not see coming.
+/// Issued before the scores, the loads overlap with them.
+#[target_feature(enable = "sse")]
+#[inline]
+fn prefetch_values(v: &[half::f16], hd: usize, first: usize, pos: usize) {
+    const MAX_KEYS: usize = 128;
+    if pos + 1 - first > MAX_KEYS {
+        return;
+    }
+    for j in (first..=pos).step_by(32).chain(std::iter::once(pos)) {
+        for d in 0..hd {
+            // SAFETY: a prefetch never faults; the address is computed in bounds anyway.
+            _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().wrapping_add(v_index(j, d, hd)) as *const i8);
+        }
+    }
+}
+
 /// [`super::attention::item_portable`], bit for bit. `it.q.len()` must be a multiple of 16.
 ///
 /// # Safety
@@ -114,13 +134,12 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], out: &mut [f32]) {
     let nc = hd / LANES; // 16-element chunks of a head
     let (first, pos) = (it.first, it.pos);
     assert!(hd.is_multiple_of(LANES) && scores.len() > pos && out.len() == hd);
-    assert!(it.k.len() >= pos * it.kv_dim + it.kv_off + hd && it.v.len() >= pos * it.kv_dim + it.kv_off + hd);
+    assert!(it.k.len() >= (pos + 1) * hd);
     let (qp, sp) = (it.q.as_ptr(), scores.as_mut_ptr());
-    let kv_at = |base: *const half::f16, j: usize, c: usize| {
+    prefetch_values(it.v, hd, first, pos);
+    let key_at = |j: usize, c: usize| {
         // SAFETY: j <= pos and c < nc, inside the slice (asserted above).
-        unsafe {
-            _mm512_cvtph_ps(_mm256_loadu_si256(base.add(j * it.kv_dim + it.kv_off + c * LANES) as *const __m256i))
-        }
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(it.k.as_ptr().add(j * hd + c * LANES) as *const __m256i)) }
     };
 
     // SAFETY (the rest): every pointer offset stays inside the slices, as asserted above.
@@ -140,7 +159,7 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], out: &mut [f32]) {
                     for c in 0..nc {
                         let qc = _mm512_loadu_ps(qp.add(c * LANES));
                         for (k, a) in a.iter_mut().enumerate().take(n) {
-                            *a = _mm512_fmadd_ps(qc, kv_at(it.k.as_ptr(), j + k, c), *a);
+                            *a = _mm512_fmadd_ps(qc, key_at(j + k, c), *a);
                         }
                     }
                     for (k, &v) in a.iter().enumerate().take(n) {
@@ -164,7 +183,7 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], out: &mut [f32]) {
                         for (ai, c) in (c4..nc.min(c4 + 4)).enumerate() {
                             let qc = _mm512_loadu_ps(qp.add(c * LANES));
                             for (k, a) in a.iter_mut().enumerate().take(n) {
-                                a[ai] = _mm512_fmadd_ps(qc, kv_at(it.k.as_ptr(), j + k, c), a[ai]);
+                                a[ai] = _mm512_fmadd_ps(qc, key_at(j + k, c), a[ai]);
                             }
                         }
                     }
@@ -192,87 +211,135 @@ pub(super) unsafe fn item(it: &Item<'_>, scores: &mut [f32], out: &mut [f32]) {
         softmax(sp, first, pos, max);
 
         match it.order {
-            Order::Gemm => gemm_weighted_sum(it, sp, out),
-            Order::VecDot => vec_dot_weighted_sum(it, sp, out),
+            Order::Gemm => weighted_sums::<1, 1>(it.v, first, pos, [sp], &mut [out]),
+            Order::VecDot => weighted_sums::<1, 4>(it.v, first, pos, [sp], &mut [out]),
         }
     }
 }
 
-/// Adds `w_j · v_j[chunk]` into `slot[j % 16]` for the visible keys `j` of the 16-key block
-/// starting at `base`, in key order (`vp`: the values' chunk at position 0). A macro, so that
-/// `slot` stays in registers in the caller.
-macro_rules! add_block {
-    ($it:expr, $sp:expr, $vp:expr, $base:expr, $slot:expr) => {{
-        let (it, base) = ($it, $base);
-        let whole = base >= it.first && base + LANES - 1 <= it.pos;
-        for (l, s) in $slot.iter_mut().enumerate() {
-            let j = base + l;
-            if whole || (j >= it.first && j <= it.pos) {
-                let v = _mm512_cvtph_ps(_mm256_loadu_si256($vp.add(j * it.kv_dim) as *const __m256i));
-                *s = _mm512_fmadd_ps(_mm512_set1_ps(*$sp.add(j)), v, *s);
-            }
-        }
-    }};
-}
-
-/// The pairwise lane reduction of 16 slot vectors (lane `d` of `l[i]`: output `d`, slot `i`),
-/// as `_mm512_reduce_add_ps` would reduce each output's 16 slots.
+/// `Σ w·v` for `G` heads that share one KV head's values `v` (blocked, as [`Item::v`]): output
+/// element `d` of head `g` is one dot product of the weights `w[g]` (indexed by key position)
+/// with element `d`'s run of values over keys `first..=pos`. Key `j` adds into lane `j % 16` of
+/// accumulator `j / 16 % ACCS`, skipped keys leave their lanes as they are, and the
+/// accumulators fold as (0 + 2) + (1 + 3) ([`Order::VecDot`], `ACCS` = 4; [`Order::Gemm`] has
+/// one), then the lane reductions of 16 outputs run at once. Each value chunk is converted
+/// from f16 once for all `G` heads.
+///
+/// # Safety
+/// The CPU must have AVX-512F/DQ, FMA and F16C; `w[g].wrapping_add(j)` is valid for `j` in
+/// `first..=pos`; `v` holds the blocks of positions up to `pos` for `head_dim` elements, a
+/// multiple of 16, and each `out[g]` `head_dim` floats.
 #[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
-#[inline]
-fn reduce_slots(l: &[__m512; LANES]) -> __m512 {
-    let h: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(l[i], l[i + 8]));
-    let q: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(h[i], h[i + 4]));
-    _mm512_add_ps(_mm512_add_ps(q[0], q[2]), _mm512_add_ps(q[1], q[3]))
-}
-
-/// `Σ w·v` in [`Order::VecDot`]'s order: key `j` adds into lane `j % 16` of accumulator
-/// `j / 16 % 4`, and the accumulators fold as (0 + 2) + (1 + 3) before the lane reduction.
-/// Output chunk by output chunk, each accumulator's 16 slots in registers in turn.
-#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
-unsafe fn vec_dot_weighted_sum(it: &Item<'_>, sp: *const f32, out: &mut [f32]) {
-    const ACCS: usize = 4;
-    let hd = it.q.len();
-    let (first, pos) = (it.first, it.pos);
-    // SAFETY: as for `gemm_weighted_sum`.
+unsafe fn weighted_sums<const G: usize, const ACCS: usize>(
+    v: &[half::f16],
+    first: usize,
+    pos: usize,
+    w: [*const f32; G],
+    out: &mut [&mut [f32]; G],
+) {
+    let hd = out[0].len();
+    assert!(hd.is_multiple_of(LANES) && out.iter().all(|o| o.len() == hd));
+    assert!(v.len() >= (pos / V_BLOCK + 1) * V_BLOCK * hd);
+    let (c0, c1) = (first / LANES, pos / LANES);
+    let chunk_mask = |c: usize| {
+        let j = c * LANES;
+        lanes(first.max(j) - j, pos.min(j + LANES - 1) - j)
+    };
+    // SAFETY: the value chunks lie inside `v` (asserted above: a group of ACCS chunks, at most
+    // 64 keys from a multiple of 64, stays in its block); weights outside first..=pos are
+    // read only through masked loads.
     unsafe {
-        for c in 0..hd / LANES {
-            let vp = it.v.as_ptr().add(it.kv_off + c * LANES);
-            // Each accumulator's slots in registers while its keys are added, then kept aside.
-            let acc: [[__m512; LANES]; ACCS] = std::array::from_fn(|a| {
-                let mut slot = [_mm512_setzero_ps(); LANES];
-                // Blocks of 16 keys that accumulator `a` takes: base = 64m + 16a.
-                let mut base = first / (ACCS * LANES) * (ACCS * LANES) + a * LANES;
-                while base <= pos {
-                    if base + LANES > first {
-                        add_block!(it, sp, vp, base, slot);
-                    }
-                    base += ACCS * LANES;
-                }
-                slot
+        if ACCS == 4 && c1 - c0 < 4 {
+            // At most 4 chunks (short contexts): each accumulator takes at most one, so its sum
+            // is that chunk's product added to +0.0, and the weights stay in registers while
+            // the elements go by. (fold4 gives the same bits whichever accumulator holds which
+            // chunk: it adds them as (a + c) + (b + d), and a sum does not depend on the order
+            // of its two terms.)
+            let n = c1 - c0 + 1;
+            let m: [__mmask16; 4] = std::array::from_fn(|i| if i < n { chunk_mask(c0 + i) } else { 0 });
+            let wv: [[__m512; 4]; G] = std::array::from_fn(|g| {
+                std::array::from_fn(|i| _mm512_maskz_loadu_ps(m[i], w[g].wrapping_add((c0 + i) * LANES)))
             });
-            let l: [__m512; LANES] = std::array::from_fn(|l| fold4([acc[0][l], acc[1][l], acc[2][l], acc[3][l]]));
-            _mm512_storeu_ps(out.as_mut_ptr().add(c * LANES), reduce_slots(&l));
-        }
-    }
-}
-
-/// `Σ w·v` in [`Order::Gemm`]'s order, output chunk by output chunk with the 16 slots in
-/// registers: key `j` adds into slot `j % 16`, and unused slots hold the exact zeros the
-/// portable path starts them with. `sp` holds the weights of keys `it.first..=it.pos`.
-#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
-unsafe fn gemm_weighted_sum(it: &Item<'_>, sp: *const f32, out: &mut [f32]) {
-    let hd = it.q.len();
-    let (first, pos) = (it.first, it.pos);
-    // SAFETY: the caller checked that the values of keys first..=pos lie inside `it.v`, that
-    // `sp` holds their weights and that `out` holds `hd` floats, a multiple of 16.
-    unsafe {
-        for c in 0..hd / LANES {
-            let vp = it.v.as_ptr().add(it.kv_off + c * LANES);
-            let mut slot = [_mm512_setzero_ps(); LANES];
-            for base in (first / LANES * LANES..=pos).step_by(LANES) {
-                add_block!(it, sp, vp, base, slot);
+            for d0 in (0..hd).step_by(LANES) {
+                let mut folded = [[_mm512_setzero_ps(); LANES]; G];
+                for dd in 0..LANES {
+                    let mut a = [[_mm512_setzero_ps(); 4]; G];
+                    for i in 0..4 {
+                        if i < n {
+                            let vp = v.as_ptr().add(v_index((c0 + i) * LANES, d0 + dd, hd));
+                            let x = _mm512_cvtph_ps(_mm256_loadu_si256(vp as *const __m256i));
+                            for g in 0..G {
+                                a[g][i] = _mm512_mask3_fmadd_ps(wv[g][i], x, a[g][i], m[i]);
+                            }
+                        }
+                    }
+                    for g in 0..G {
+                        folded[g][dd] = fold4(a[g]);
+                    }
+                }
+                for g in 0..G {
+                    _mm512_storeu_ps(out[g].as_mut_ptr().add(d0), reduce16x16(&folded[g]));
+                }
             }
-            _mm512_storeu_ps(out.as_mut_ptr().add(c * LANES), reduce_slots(&slot));
+            return;
+        }
+        // Groups of ACCS chunks from a multiple of ACCS: the first and the last take their keys
+        // through masks, none of a chunk outside first..=pos; those between are whole.
+        let (g0, g1) = (c0 / ACCS, c1 / ACCS);
+        let masks = |gi: usize| -> [__mmask16; ACCS] {
+            std::array::from_fn(|i| {
+                let c = gi * ACCS + i;
+                if c < c0 || c > c1 {
+                    0
+                } else {
+                    chunk_mask(c)
+                }
+            })
+        };
+        let (m0, m1) = (masks(g0), masks(g1));
+        for d0 in (0..hd).step_by(LANES) {
+            let mut folded = [[_mm512_setzero_ps(); LANES]; G];
+            for dd in 0..LANES {
+                let mut a = [[_mm512_setzero_ps(); ACCS]; G];
+                let row = v.as_ptr().add(v_index(0, d0 + dd, hd));
+                // Group `gi` of ACCS chunks (chunk c goes to accumulator c % ACCS, a constant
+                // index once unrolled), through the masks `$m` or whole.
+                macro_rules! group {
+                    ($gi:expr, $m:expr) => {{
+                        let j0 = $gi * ACCS * LANES;
+                        // A group stays in its block: add the block's offset to the row's.
+                        let vp = row.add(j0 / V_BLOCK * hd * V_BLOCK + j0 % V_BLOCK);
+                        for i in 0..ACCS {
+                            let x = _mm512_cvtph_ps(_mm256_loadu_si256(vp.add(i * LANES) as *const __m256i));
+                            let m: Option<&[__mmask16; ACCS]> = $m;
+                            for g in 0..G {
+                                let wp = w[g].wrapping_add(j0 + i * LANES);
+                                a[g][i] = match m {
+                                    Some(m) => _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(m[i], wp), x, a[g][i], m[i]),
+                                    None => _mm512_fmadd_ps(_mm512_loadu_ps(wp), x, a[g][i]),
+                                };
+                            }
+                        }
+                    }};
+                }
+                group!(g0, Some(&m0));
+                for gi in g0 + 1..g1 {
+                    group!(gi, None);
+                }
+                if g1 > g0 {
+                    group!(g1, Some(&m1));
+                }
+                for g in 0..G {
+                    folded[g][dd] = if ACCS == 4 {
+                        fold4([a[g][0], a[g][1 % ACCS], a[g][2 % ACCS], a[g][3 % ACCS]])
+                    } else {
+                        a[g][0]
+                    };
+                }
+            }
+            for g in 0..G {
+                _mm512_storeu_ps(out[g].as_mut_ptr().add(d0), reduce16x16(&folded[g]));
+            }
         }
     }
 }
@@ -304,14 +371,14 @@ pub(super) unsafe fn group_vec_dot<const G: usize>(
     assert!(matches!(it.order, Order::VecDot) && hd.is_multiple_of(LANES) && stride > pos);
     assert!(q.iter().all(|h| h.len() == hd) && out.iter().all(|o| o.len() == hd));
     assert!(scores.len() > (G - 1) * stride + pos);
-    assert!(it.k.len() >= pos * it.kv_dim + it.kv_off + hd && it.v.len() >= pos * it.kv_dim + it.kv_off + hd);
+    assert!(it.k.len() >= (pos + 1) * hd);
     let sp = scores.as_mut_ptr();
 
     // SAFETY (the rest): every pointer offset stays inside the slices, as asserted above.
     unsafe {
         // Scores: per head, chunk c into accumulator c % 4, folded (0 + 2) + (1 + 3); then
         // the lane reductions of 16 keys at once, as `item`.
-        let kp = it.k.as_ptr().add(it.kv_off);
+        let kp = it.k.as_ptr();
         let scale = _mm512_set1_ps(it.scale);
         let mut max = [_mm512_set1_ps(f32::NEG_INFINITY); G];
         let mut j = first;
@@ -319,7 +386,7 @@ pub(super) unsafe fn group_vec_dot<const G: usize>(
             let n = (pos + 1 - j).min(LANES);
             let mut folded = [[_mm512_setzero_ps(); LANES]; G];
             for k in 0..n {
-                let key = kp.add((j + k) * it.kv_dim);
+                let key = kp.add((j + k) * hd);
                 let mut a = [[_mm512_setzero_ps(); 4]; G];
                 for c4 in (0..nc).step_by(4) {
                     for (ai, c) in (c4..nc.min(c4 + 4)).enumerate() {
@@ -346,41 +413,7 @@ pub(super) unsafe fn group_vec_dot<const G: usize>(
             softmax(sp.add(g * stride), first, pos, _mm512_reduce_max_ps(*max));
         }
 
-        // Σ w·v in `vec_dot_weighted_sum`'s order: key j into lane j % 16 of accumulator
-        // j / 16 % 4. Each lane is its own chain, so the lanes run a quarter at a time (G × 4
-        // registers) and every value row is still read once per output chunk.
-        const ACCS: usize = 4;
-        const PART: usize = 4;
-        for c in 0..nc {
-            let vp = it.v.as_ptr().add(it.kv_off + c * LANES);
-            let mut acc = [[[_mm512_setzero_ps(); LANES]; ACCS]; G];
-            for a in 0..ACCS {
-                for l0 in (0..LANES).step_by(PART) {
-                    let mut slot = [[_mm512_setzero_ps(); PART]; G];
-                    // Blocks of 16 keys that accumulator `a` takes: base = 64m + 16a.
-                    let mut base = first / (ACCS * LANES) * (ACCS * LANES) + a * LANES;
-                    while base <= pos {
-                        for l in 0..PART {
-                            let j = base + l0 + l;
-                            if j >= first && j <= pos {
-                                let v = _mm512_cvtph_ps(_mm256_loadu_si256(vp.add(j * it.kv_dim) as *const __m256i));
-                                for g in 0..G {
-                                    slot[g][l] =
-                                        _mm512_fmadd_ps(_mm512_set1_ps(*sp.add(g * stride + j)), v, slot[g][l]);
-                                }
-                            }
-                        }
-                        base += ACCS * LANES;
-                    }
-                    for g in 0..G {
-                        acc[g][a][l0..l0 + PART].copy_from_slice(&slot[g]);
-                    }
-                }
-            }
-            for (acc, out) in acc.iter().zip(out.iter_mut()) {
-                let l: [__m512; LANES] = std::array::from_fn(|l| fold4([acc[0][l], acc[1][l], acc[2][l], acc[3][l]]));
-                _mm512_storeu_ps(out.as_mut_ptr().add(c * LANES), reduce_slots(&l));
-            }
-        }
+        let w: [*const f32; G] = std::array::from_fn(|g| sp.add(g * stride).cast_const());
+        weighted_sums::<G, 4>(it.v, first, pos, w, &mut out);
     }
 }

@@ -48,7 +48,7 @@ pub trait Model: Send + Sync {
                 format!("{n_ctx} is out of range 1..={} (the model's training context)", cfg.n_ctx_train),
             ));
         }
-        KvCache::new(cfg.n_layer, n_ctx, cfg.kv_dim())
+        KvCache::new(cfg.n_layer, n_ctx, cfg.n_head_kv, cfg.head_dim)
     }
 
     /// Activation buffers for prefill chunks of up to `max_batch` tokens.
@@ -222,8 +222,7 @@ pub(crate) fn attend_seqs(
         let rows = |w: usize| t0 * w..(t0 + nt) * w;
         seq.cache.store(il, pos0, &k[rows(kv_dim)], &v[rows(kv_dim)]);
         if nt > 1 {
-            let (k_layer, v_layer) = (seq.cache.k_layer(il), seq.cache.v_layer(il));
-            attention(&params(pos0, nt), &mut q[rows(q_dim)], k_layer, v_layer, &mut att[rows(q_dim)], scores, pool);
+            attention(&params(pos0, nt), &mut q[rows(q_dim)], seq.cache.layer(il), &mut att[rows(q_dim)], scores, pool);
         }
         t0 += nt;
     }
@@ -235,12 +234,7 @@ pub(crate) fn attend_seqs(
             Some((*row - 1, seq))
         })
         .filter(|(_, seq)| seq.tokens.len() == 1)
-        .map(|(row, seq)| attention::DecodeQuery {
-            row,
-            pos: seq.cache.len(),
-            k: seq.cache.k_layer(il),
-            v: seq.cache.v_layer(il),
-        });
+        .map(|(row, seq)| attention::DecodeQuery { row, pos: seq.cache.len(), kv: seq.cache.layer(il) });
     if decodes.clone().next().is_some() {
         attention::attention_decode(&params(0, 1), decodes, q, att, scores, pool);
     }
