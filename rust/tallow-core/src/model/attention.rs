@@ -400,9 +400,9 @@ pub fn attention_decode<'a, I>(
 
 /// Visible keys from which a decode unit runs its heads together: below it the group's
 /// fixed costs outweigh the conversions it saves (SmolLM2's shapes, 2 threads, with the
-/// cache's blocked values: 20% slower at 64 keys, 5-10% faster at 128 to 200).
+/// cache's blocked values: 20% slower at 64 keys, 3-10% faster from 80 to 200).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the groups are x86's
-const GROUP_MIN_KEYS: usize = 128;
+const GROUP_MIN_KEYS: usize = 80;
 
 /// Runs the first of the decode heads in `q`, `out` (`[n, hd]`, heads that share one KV
 /// head), or the first few of them at once, and returns how many it ran: up to [`MAX_GROUP`]
