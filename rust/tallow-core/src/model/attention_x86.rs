@@ -309,6 +309,10 @@ unsafe fn weighted_sums<const G: usize, const ACCS: usize>(
                         let j0 = $gi * ACCS * LANES;
                         // A group stays in its block: add the block's offset to the row's.
                         let vp = row.add(j0 / V_BLOCK * hd * V_BLOCK + j0 % V_BLOCK);
+                        // The same keys of the next element, V_BLOCK values on: each element reads
+                        // its own run, which the hardware prefetcher meets anew.
+                        _mm_prefetch::<_MM_HINT_T0>(vp.wrapping_add(V_BLOCK) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(vp.wrapping_add(V_BLOCK + 32) as *const i8);
                         for i in 0..ACCS {
                             let x = _mm512_cvtph_ps(_mm256_loadu_si256(vp.add(i * LANES) as *const __m256i));
                             let m: Option<&[__mmask16; ACCS]> = $m;
