@@ -123,6 +123,41 @@ impl ThreadPool {
     }
 }
 
+/// Elements below which [`ThreadPool::for_rows`] runs on the calling thread alone: a decode
+/// step's row-wise steps (a few thousand values) take less time than the workers' hand-off.
+const ROWS_MIN_ELEMENTS: usize = 16 * 1024;
+
+impl ThreadPool {
+    /// Calls `f(first_row, rows)` on contiguous runs of whole rows of `data` (`row_len` values
+    /// each), one run per thread, or once with all of it on the calling thread when `data` holds
+    /// fewer than 16 Ki values. For the row-wise steps of a forward pass (norms, RoPE,
+    /// activations): each row comes out the same whichever thread computes it, and a prefill's
+    /// rows no longer leave the other threads idle.
+    pub fn for_rows<T: Send>(&self, data: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+        let n_rows = data.len() / row_len.max(1);
+        if self.n_threads == 1 || data.len() < ROWS_MIN_ELEMENTS || n_rows < 2 {
+            return f(0, data);
+        }
+        let base = RowsPtr(data.as_mut_ptr());
+        self.run(&|i, n| {
+            let rows = split_range(n_rows, i, n);
+            if !rows.is_empty() {
+                let base = &base;
+                // SAFETY: the runs of rows are disjoint and inside `data`, which `run` borrows
+                // until every worker is done.
+                let part =
+                    unsafe { std::slice::from_raw_parts_mut(base.0.add(rows.start * row_len), rows.len() * row_len) };
+                f(rows.start, part);
+            }
+        });
+    }
+}
+
+/// `data`'s pointer, shared with the workers that each take their own rows of it.
+struct RowsPtr<T>(*mut T);
+// SAFETY: each worker makes a slice of rows no other worker touches; `T: Send` moves them.
+unsafe impl<T: Send> Sync for RowsPtr<T> {}
+
 /// One round of a spin-wait: a `spin_loop` hint, and every [`YIELD_EVERY`] rounds a
 /// `yield_now`, which returns at once unless another thread waits for this core. On a machine
 /// with as many cores as compute threads, that other thread is typically the one that takes

@@ -9,7 +9,7 @@
 //! Norm weights are used as stored: llama.cpp's converter already folds Gemma's `1 + w` into
 //! the GGUF tensors.
 
-use super::layers::{add_assign, gelu_mul, rms_norm, rms_norm_into};
+use super::layers::{add_assign, gelu_mul, rms_norm, rms_norm_into, scale};
 use super::{attend_seqs, CommonWeights, ForwardScratch, Layers, ModelConfig, SeqBatch, Weights};
 use crate::error::Result;
 use crate::quant::{matmul_fused_seqs, QTensor};
@@ -109,29 +109,29 @@ impl Layers for Gemma3 {
             let rope = if swa { &s.rope_local } else { &s.rope };
 
             // Attention.
-            rms_norm_into(x, xn, &b.attn_norm, c.norm_eps);
+            rms_norm_into(pool, x, xn, &b.attn_norm, c.norm_eps);
             let qkv = [(&b.attn_q, &mut *q), (&b.attn_k, &mut *k), (&b.attn_v, &mut *v)];
             matmul_fused_seqs(qkv, xn, seq_tokens, mm, pool);
-            rms_norm(q, &b.attn_q_norm, c.norm_eps); // per head: rows of head_dim
-            rms_norm(k, &b.attn_k_norm, c.norm_eps);
-            rope.apply(q, c.head_dim, c.rope_style);
-            rope.apply(k, c.head_dim, c.rope_style);
+            rms_norm(pool, q, &b.attn_q_norm, c.norm_eps); // per head: rows of head_dim
+            rms_norm(pool, k, &b.attn_k_norm, c.norm_eps);
+            rope.apply(pool, q, c.head_dim, c.rope_style);
+            rope.apply(pool, k, c.head_dim, c.rope_style);
             // Scale Q before attention (rather than the scores), as llama.cpp does: the scaled
             // query is what gets rounded to f16.
-            q.iter_mut().for_each(|x| *x *= c.attn_scale);
+            scale(pool, q, c.attn_scale);
             let window = if swa { c.sliding_window } else { None };
             attend_seqs(c, il, seqs, q, k, v, att, window, 1.0, &mut s.scores, pool);
             matmul_fused_seqs([(&b.attn_output, &mut *proj)], att, seq_tokens, mm, pool);
-            rms_norm(proj, &b.post_attention_norm, c.norm_eps);
-            add_assign(x, proj);
+            rms_norm(pool, proj, &b.post_attention_norm, c.norm_eps);
+            add_assign(pool, x, proj);
 
             // GELU-gated feed-forward.
-            rms_norm_into(x, xn, &b.ffn_norm, c.norm_eps);
+            rms_norm_into(pool, x, xn, &b.ffn_norm, c.norm_eps);
             matmul_fused_seqs([(&b.ffn_gate, &mut *gate), (&b.ffn_up, &mut *up)], xn, seq_tokens, mm, pool);
-            gelu_mul(gate, up);
+            gelu_mul(pool, gate, up);
             matmul_fused_seqs([(&b.ffn_down, &mut *proj)], gate, seq_tokens, mm, pool);
-            rms_norm(proj, &b.post_ffw_norm, c.norm_eps);
-            add_assign(x, proj);
+            rms_norm(pool, proj, &b.post_ffw_norm, c.norm_eps);
+            add_assign(pool, x, proj);
         }
     }
 }

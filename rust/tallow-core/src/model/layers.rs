@@ -1,36 +1,87 @@
 //! Element-wise building blocks shared by the architectures: RMSNorm, RoPE, activations.
-//! Rows are `[n, dim]` row-major slices; everything works in place on scratch buffers.
+//! Rows are `[n, dim]` row-major slices; everything works in place on scratch buffers, split
+//! over the pool's threads by rows ([`ThreadPool::for_rows`]) when there are enough of them.
 
 use super::config::RopeStyle;
+use crate::threadpool::ThreadPool;
 use half::f16;
 use std::sync::OnceLock;
 
+/// Values per run that [`ThreadPool::for_rows`] hands the element-wise steps without rows
+/// (`x += y`, the activations): whole cache lines.
+const RUN: usize = 64;
+
+/// `x[r] = x[r] / rms(x[r]) * w` for every row of width `w.len()`.
+pub fn rms_norm(pool: &ThreadPool, x: &mut [f32], w: &[f32], eps: f32) {
+    pool.for_rows(x, w.len(), |_, rows| rms_norm_rows(rows, w, eps));
+}
+
+/// `dst[r] = rms_norm(src[r]) * w`.
+pub fn rms_norm_into(pool: &ThreadPool, src: &[f32], dst: &mut [f32], w: &[f32], eps: f32) {
+    let dim = w.len();
+    pool.for_rows(dst, dim, |r0, rows| {
+        rows.copy_from_slice(&src[r0 * dim..r0 * dim + rows.len()]);
+        rms_norm_rows(rows, w, eps);
+    });
+}
+
+/// Rows whose sums of squares [`rms_norm_rows`] runs side by side.
+const NORM_ROWS: usize = 4;
+
 crate::simd::simd_fn! {
-    /// `x[r] = x[r] / rms(x[r]) * w` for every row of width `w.len()`.
-    /// Squares are taken in f32 and summed in f64, in order, as ggml does (bit-identical results).
-    pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+    /// Squares are taken in f32 and summed in f64, in order, as ggml does (bit-identical
+    /// results). One row's in-order sum waits on each f64 add, so [`NORM_ROWS`] rows' sums run
+    /// side by side, each still in its own order.
+    fn rms_norm_rows(x: &mut [f32], w: &[f32], eps: f32) {
         let dim = w.len();
-        for row in x.chunks_exact_mut(dim) {
-            let ss: f64 = row.iter().map(|&v| (v * v) as f64).sum();
-            let scale = 1.0 / ((ss / dim as f64) as f32 + eps).sqrt();
-            for (v, &g) in row.iter_mut().zip(w) {
-                *v = *v * scale * g;
+        let mut groups = x.chunks_exact_mut(dim * NORM_ROWS);
+        for group in &mut groups {
+            let ss = sums_of_squares::<NORM_ROWS>(group, dim);
+            for (row, ss) in group.chunks_exact_mut(dim).zip(ss) {
+                scale_row(row, w, ss, eps);
             }
+        }
+        for row in groups.into_remainder().chunks_exact_mut(dim) {
+            let [ss] = sums_of_squares::<1>(row, dim);
+            scale_row(row, w, ss, eps);
         }
     }
 }
 
-/// `dst[r] = rms_norm(src[r]) * w`.
-pub fn rms_norm_into(src: &[f32], dst: &mut [f32], w: &[f32], eps: f32) {
-    dst.copy_from_slice(src);
-    rms_norm(dst, w, eps);
+/// `Σ x²` of each of the `R` rows of `rows` (`dim` values each), in f64, in order.
+#[inline(always)]
+fn sums_of_squares<const R: usize>(rows: &[f32], dim: usize) -> [f64; R] {
+    let r: [&[f32]; R] = std::array::from_fn(|i| &rows[i * dim..(i + 1) * dim]);
+    let mut ss = [0f64; R];
+    for i in 0..dim {
+        for (s, row) in ss.iter_mut().zip(&r) {
+            let v = row[i];
+            *s += (v * v) as f64;
+        }
+    }
+    ss
+}
+
+#[inline(always)]
+fn scale_row(row: &mut [f32], w: &[f32], ss: f64, eps: f32) {
+    let scale = 1.0 / ((ss / w.len() as f64) as f32 + eps).sqrt();
+    for (v, &g) in row.iter_mut().zip(w) {
+        *v = *v * scale * g;
+    }
 }
 
 /// `x += y`.
-pub fn add_assign(x: &mut [f32], y: &[f32]) {
-    for (a, &b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
+pub fn add_assign(pool: &ThreadPool, x: &mut [f32], y: &[f32]) {
+    pool.for_rows(x, RUN, |r0, part| {
+        for (a, &b) in part.iter_mut().zip(&y[r0 * RUN..]) {
+            *a += b;
+        }
+    });
+}
+
+/// `x *= s`.
+pub fn scale(pool: &ThreadPool, x: &mut [f32], s: f32) {
+    pool.for_rows(x, RUN, |_, part| part.iter_mut().for_each(|v| *v *= s));
 }
 
 /// e^x as ggml's vectorized `ggml_v_expf` (AVX-512 variant, used by llama.cpp's softmax and
@@ -68,7 +119,11 @@ pub fn expf(x: f32) -> f32 {
 
 /// SwiGLU: `gate = silu(gate) * up`, `silu(x) = x / (1 + e^-x)` with ggml's [`expf`]
 /// (16 values at a time with AVX-512, the same bits).
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+pub fn silu_mul(pool: &ThreadPool, gate: &mut [f32], up: &[f32]) {
+    pool.for_rows(gate, RUN, |r0, part| silu_mul_run(part, &up[r0 * RUN..]));
+}
+
+fn silu_mul_run(gate: &mut [f32], up: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx512() {
         // SAFETY: the features were detected.
@@ -121,8 +176,12 @@ fn gelu_table() -> &'static [f16] {
 
 /// GeGLU: `gate = gelu(gate) * up`, GELU through the f16 table within (-10, 10), exact outside
 /// (0 below, identity above), as ggml_vec_geglu_f32.
-pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+pub fn gelu_mul(pool: &ThreadPool, gate: &mut [f32], up: &[f32]) {
     let table = gelu_table();
+    pool.for_rows(gate, RUN, |r0, part| gelu_mul_run(table, part, &up[r0 * RUN..]));
+}
+
+fn gelu_mul_run(table: &[f16], gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
         let x = *g;
         *g = if x <= -10.0 {
@@ -176,17 +235,18 @@ impl RopeTable {
     }
 
     /// Rotates `x` (`[n, n_heads * head_dim]`, `n` as filled) in place.
-    pub fn apply(&self, x: &mut [f32], head_dim: usize, style: RopeStyle) {
-        rope_rows(self, x, head_dim, style)
+    pub fn apply(&self, pool: &ThreadPool, x: &mut [f32], head_dim: usize, style: RopeStyle) {
+        let n_rows = self.cos.len() / self.half.max(1);
+        let row_len = x.len() / n_rows.max(1);
+        pool.for_rows(x, row_len, |t0, rows| rope_rows(self, t0, rows, row_len, head_dim, style));
     }
 }
 
 crate::simd::simd_fn! {
-    fn rope_rows(table: &RopeTable, x: &mut [f32], head_dim: usize, style: RopeStyle) {
+    /// Rotates `x`, rows `t0..` of the table's tokens.
+    fn rope_rows(table: &RopeTable, t0: usize, x: &mut [f32], row_len: usize, head_dim: usize, style: RopeStyle) {
         let half = table.half;
-        let n_rows = table.cos.len() / half.max(1);
-        let row_len = x.len() / n_rows.max(1);
-        for (t, row) in x.chunks_exact_mut(row_len).enumerate() {
+        for (t, row) in (t0..).zip(x.chunks_exact_mut(row_len)) {
             let cos = &table.cos[t * half..(t + 1) * half];
             let sin = &table.sin[t * half..(t + 1) * half];
             for head in row.chunks_exact_mut(head_dim) {
@@ -216,6 +276,14 @@ pub fn softcap(logits: &mut [f32], cap: f32) {
 mod tests {
     use super::*;
 
+    fn one() -> ThreadPool {
+        ThreadPool::new(1)
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
     #[test]
     fn gelu_table_is_llama_cpps() {
         // From tests/data/gelu_table_ref.py (llama-cpp-python 0.3.36's ggml_table_gelu_f16).
@@ -232,12 +300,12 @@ mod tests {
     #[test]
     fn rms_norm_unit_rows() {
         let mut x = vec![3.0, 4.0, 0.0, 0.0];
-        rms_norm(&mut x, &[1.0, 2.0], 0.0);
+        rms_norm(&one(), &mut x, &[1.0, 2.0], 0.0);
         let s = (12.5f32).sqrt();
         assert!((x[0] - 3.0 / s).abs() < 1e-6 && (x[1] - 8.0 / s).abs() < 1e-6);
         // An all-zero row stays finite thanks to eps... and exactly zero.
         let mut z = vec![0.0, 0.0];
-        rms_norm(&mut z, &[1.0, 1.0], 1e-6);
+        rms_norm(&one(), &mut z, &[1.0, 1.0], 1e-6);
         assert_eq!(z, [0.0, 0.0]);
     }
 
@@ -246,17 +314,17 @@ mod tests {
         let mut t = RopeTable::default();
         t.fill(std::iter::once(0..1), 4, 10000.0, 1.0, None);
         let mut x = vec![1.0, 2.0, 3.0, 4.0];
-        t.apply(&mut x, 4, RopeStyle::Normal);
+        t.apply(&one(), &mut x, 4, RopeStyle::Normal);
         assert_eq!(x, [1.0, 2.0, 3.0, 4.0]);
 
         // Position 1, pair 0 has angle 1 rad in both styles; the pairs differ.
         t.fill(std::iter::once(1..2), 4, 10000.0, 1.0, None);
         let (c, s) = (1f32.cos(), 1f32.sin());
         let mut n = vec![1.0, 2.0, 0.0, 0.0];
-        t.apply(&mut n, 4, RopeStyle::Normal);
+        t.apply(&one(), &mut n, 4, RopeStyle::Normal);
         assert!((n[0] - (c - 2.0 * s)).abs() < 1e-6 && (n[1] - (s + 2.0 * c)).abs() < 1e-6);
         let mut g = vec![1.0, 0.0, 2.0, 0.0];
-        t.apply(&mut g, 4, RopeStyle::Neox);
+        t.apply(&one(), &mut g, 4, RopeStyle::Neox);
         assert!((g[0] - (c - 2.0 * s)).abs() < 1e-6 && (g[2] - (s + 2.0 * c)).abs() < 1e-6);
         // Norm is preserved.
         let before: f32 = [1.0f32, 2.0].iter().map(|v| v * v).sum();
@@ -283,22 +351,80 @@ mod tests {
         let gate: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.37).chain([f32::NAN, -0.0, 0.0]).collect();
         let up: Vec<f32> = (0..gate.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
         let (mut a, mut b) = (gate.clone(), gate.clone());
-        silu_mul(&mut a, &up);
+        silu_mul(&one(), &mut a, &up);
         silu_mul_portable(&mut b, &up);
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&a), bits(&b));
     }
 
     #[test]
     fn activations() {
         let mut g = vec![0.0, 1.0];
-        silu_mul(&mut g, &[5.0, 2.0]);
+        silu_mul(&one(), &mut g, &[5.0, 2.0]);
         assert!(g[0] == 0.0 && (g[1] - 2.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
         let mut g = vec![0.0, 3.0, -12.0, 12.0, 1.0001];
-        gelu_mul(&mut g, &[1.0, 1.0, 1.0, 2.0, 1.0]);
+        gelu_mul(&one(), &mut g, &[1.0, 1.0, 1.0, 2.0, 1.0]);
         assert!(g[0] == 0.0 && (g[1] - 2.9964).abs() < 1e-3);
         assert_eq!((g[2], g[3]), (0.0, 24.0));
         // Looked up at f16(1.0001) = 1.0 and rounded to f16, like llama.cpp.
         assert_eq!(g[4], f16::from_f32(gelu_f32(1.0)).to_f32());
+    }
+
+    /// Values from -4 to 4, none repeating in a short period.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32).map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 8001) as f32 / 1000.0 - 4.0).collect()
+    }
+
+    #[test]
+    fn rms_norm_rows_side_by_side_sum_each_row_in_order() {
+        // 7 rows: a group of 4 side by side, then 3 alone.
+        let dim = 576;
+        let (x, w) = (values(7 * dim, 1), values(dim, 2));
+        let mut got = x.clone();
+        rms_norm(&one(), &mut got, &w, 1e-5);
+        for (r, row) in x.chunks_exact(dim).enumerate() {
+            let ss: f64 = row.iter().map(|&v| (v * v) as f64).sum();
+            let scale = 1.0 / ((ss / dim as f64) as f32 + 1e-5).sqrt();
+            let want: Vec<f32> = row.iter().zip(&w).map(|(&v, &g)| v * scale * g).collect();
+            assert_eq!(bits(&got[r * dim..(r + 1) * dim]), bits(&want), "row {r}");
+        }
+    }
+
+    #[test]
+    fn steps_split_over_threads_give_the_bits_of_one() {
+        // 61 rows of 576 (35k values): over the 16 Ki values for_rows splits from, an odd
+        // number of rows and of runs of 64.
+        let (dim, n, head_dim) = (576, 61, 64);
+        let (one, two) = (one(), ThreadPool::new(2));
+        let (x, y, w) = (values(n * dim, 3), values(n * dim, 4), values(dim, 5));
+        let mut table = RopeTable::default();
+        table.fill([3..40, 100..124].into_iter(), head_dim, 10000.0, 1.0, None);
+        let run = |pool: &ThreadPool| {
+            let mut outs = Vec::new();
+            let mut a = vec![0.0; n * dim];
+            rms_norm_into(pool, &x, &mut a, &w, 1e-6);
+            outs.push(a);
+            let mut a = x.clone();
+            rms_norm(pool, &mut a, &w, 1e-6);
+            outs.push(a);
+            let mut a = x.clone();
+            add_assign(pool, &mut a, &y);
+            scale(pool, &mut a, 0.125);
+            outs.push(a);
+            let mut a = x.clone();
+            silu_mul(pool, &mut a, &y);
+            outs.push(a);
+            let mut a = x.clone();
+            gelu_mul(pool, &mut a, &y);
+            outs.push(a);
+            for style in [RopeStyle::Normal, RopeStyle::Neox] {
+                let mut a = x.clone();
+                table.apply(pool, &mut a, head_dim, style);
+                outs.push(a);
+            }
+            outs
+        };
+        for (i, (a, b)) in run(&one).iter().zip(run(&two)).enumerate() {
+            assert_eq!(bits(a), bits(&b), "step {i}");
+        }
     }
 }

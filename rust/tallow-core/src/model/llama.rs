@@ -86,21 +86,21 @@ impl Layers for Llama {
 
         for (il, b) in self.blocks.iter().enumerate() {
             // Attention.
-            rms_norm_into(x, xn, &b.attn_norm, c.norm_eps);
+            rms_norm_into(pool, x, xn, &b.attn_norm, c.norm_eps);
             let qkv = [(&b.attn_q, &mut *q), (&b.attn_k, &mut *k), (&b.attn_v, &mut *v)];
             matmul_fused_seqs(qkv, xn, seq_tokens, mm, pool);
-            s.rope.apply(q, c.head_dim, c.rope_style);
-            s.rope.apply(k, c.head_dim, c.rope_style);
+            s.rope.apply(pool, q, c.head_dim, c.rope_style);
+            s.rope.apply(pool, k, c.head_dim, c.rope_style);
             attend_seqs(c, il, seqs, q, k, v, att, None, c.attn_scale, &mut s.scores, pool);
             matmul_fused_seqs([(&b.attn_output, &mut *proj)], att, seq_tokens, mm, pool);
-            add_assign(x, proj);
+            add_assign(pool, x, proj);
 
             // SwiGLU feed-forward.
-            rms_norm_into(x, xn, &b.ffn_norm, c.norm_eps);
+            rms_norm_into(pool, x, xn, &b.ffn_norm, c.norm_eps);
             matmul_fused_seqs([(&b.ffn_gate, &mut *gate), (&b.ffn_up, &mut *up)], xn, seq_tokens, mm, pool);
-            silu_mul(gate, up);
+            silu_mul(pool, gate, up);
             matmul_fused_seqs([(&b.ffn_down, &mut *proj)], gate, seq_tokens, mm, pool);
-            add_assign(x, proj);
+            add_assign(pool, x, proj);
         }
     }
 }

@@ -327,7 +327,7 @@ fn run_batch<'s, L: Layers>(
         q.cache.advance(q.tokens.len());
         if q.logits {
             let last = &s.x[(row - 1) * n_embd..row * n_embd];
-            layers::rms_norm_into(last, &mut s.xn[k * n_embd..(k + 1) * n_embd], &w.output_norm, cfg.norm_eps);
+            layers::rms_norm_into(pool, last, &mut s.xn[k * n_embd..(k + 1) * n_embd], &w.output_norm, cfg.norm_eps);
             s.head_tokens.push(1);
             k += 1;
         }
@@ -380,7 +380,7 @@ pub(crate) fn run_forward<'s, L: Layers>(
         };
         let m = n - first;
         let xn = &mut s.xn[..m * n_embd];
-        layers::rms_norm_into(&s.x[first * n_embd..n * n_embd], xn, &w.output_norm, cfg.norm_eps);
+        layers::rms_norm_into(pool, &s.x[first * n_embd..n * n_embd], xn, &w.output_norm, cfg.norm_eps);
         let logits = &mut s.logits[out_off..out_off + m * n_vocab];
         matmul(&w.output, xn, m, logits, &mut s.mm, pool);
         if let Some(cap) = cfg.final_logit_softcapping {
