@@ -86,6 +86,26 @@ unsafe fn scaled_pair_sums<const T: usize>(
     }
 }
 
+/// Blocks ahead of the one being multiplied that a one-token product asks the cache for.
+const PREFETCH_BLOCKS: usize = 2;
+
+/// Asks for group block `i + PREFETCH_BLOCKS` of `nb` (`b_stride` bytes each, from `w`), line by
+/// line. A one-token product spends a few hundred cycles per block, so the loads it issues
+/// itself leave few misses in flight: on a 2.1 GHz Xeon (Emerald Rapids) each thread read 7.5 GB/s
+/// of 1.7B Q4_K_M's weights where a numpy reader gets 12, and this took its decode from 74-76 to
+/// 55-58 ms per token (`batch_speed`, 2 threads).
+#[inline(always)]
+unsafe fn prefetch_ahead(w: *const u8, i: usize, nb: usize, b_stride: usize) {
+    if i + PREFETCH_BLOCKS < nb {
+        // A prefetch never faults; the address lies inside the caller's blocks anyway.
+        let next = w.wrapping_add((i + PREFETCH_BLOCKS) * b_stride);
+        for line in (0..b_stride).step_by(64) {
+            // SAFETY: prefetching reads nothing the program sees.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(line) as *const i8) };
+        }
+    }
+}
+
 /// Q4_K: `T` tokens × 16 rows over `nb` blocks, in the order of `KOrder::Q4KGemm` (`GEMM`)
 /// or of `KOrder::Q4KGemv` (`kquant_order.rs`). `args.a_offsets` holds each activation
 /// block's sub-block sums in pairs (`matmul`'s `fill_offsets`).
@@ -105,6 +125,9 @@ pub(super) unsafe fn q4k<const T: usize, const GEMM: bool>(nb: usize, args: &Til
         let mut acc_min = [_mm512_setzero_ps(); T];
         for i in 0..nb {
             let g = w.add(i * b_stride);
+            if T == 1 {
+                prefetch_ahead(w, i, nb, b_stride);
+            }
             let ap = |t: usize| a.add(t * a_stride + i * Q8_K_BYTES);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g as *const __m256i));
             let dmw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32) as *const __m256i));
@@ -285,6 +308,9 @@ pub(super) unsafe fn q6k<const T: usize, const TILED: bool, const EXPANDED: bool
         let mut acc = [[_mm512_setzero_ps(); 8]; T];
         for i in 0..nb {
             let g = w.add(i * b_stride);
+            if T == 1 {
+                prefetch_ahead(w, i, nb, b_stride);
+            }
             let ap = |t: usize| a.add(t * a_stride + i * Q8_K_BYTES);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(head) as *const __m256i));
             // Scale words: word `w` of lane r holds row r's scales 4w..4w + 4 (i8).
