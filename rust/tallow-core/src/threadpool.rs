@@ -134,29 +134,33 @@ impl ThreadPool {
     /// activations): each row comes out the same whichever thread computes it, and a prefill's
     /// rows no longer leave the other threads idle.
     pub fn for_rows<T: Send>(&self, data: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
-        let n_rows = data.len() / row_len.max(1);
-        if self.n_threads == 1 || data.len() < ROWS_MIN_ELEMENTS || n_rows < 2 {
+        let (len, n_rows) = (data.len(), data.len() / row_len.max(1));
+        if self.n_threads == 1 || len < ROWS_MIN_ELEMENTS || n_rows < 2 {
             return f(0, data);
         }
-        let base = RowsPtr(data.as_mut_ptr());
+        let base = SyncPtr(data.as_mut_ptr());
         self.run(&|i, n| {
             let rows = split_range(n_rows, i, n);
             if !rows.is_empty() {
                 let base = &base;
-                // SAFETY: the runs of rows are disjoint and inside `data`, which `run` borrows
-                // until every worker is done.
-                let part =
-                    unsafe { std::slice::from_raw_parts_mut(base.0.add(rows.start * row_len), rows.len() * row_len) };
+                // The last run also takes a partial row at the end (element-wise steps pass a
+                // `row_len` that need not divide `data`).
+                let end = if rows.end == n_rows { len } else { rows.end * row_len };
+                // SAFETY: the runs are disjoint and inside `data`, which `run` borrows until
+                // every worker is done.
+                let part = unsafe {
+                    std::slice::from_raw_parts_mut(base.0.add(rows.start * row_len), end - rows.start * row_len)
+                };
                 f(rows.start, part);
             }
         });
     }
 }
 
-/// `data`'s pointer, shared with the workers that each take their own rows of it.
-struct RowsPtr<T>(*mut T);
-// SAFETY: each worker makes a slice of rows no other worker touches; `T: Send` moves them.
-unsafe impl<T: Send> Sync for RowsPtr<T> {}
+/// A raw pointer that workers read or write disjoint parts of.
+pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
+// SAFETY: every user touches only indices no other worker touches in the same `run`.
+unsafe impl<T> Sync for SyncPtr<T> {}
 
 /// One round of a spin-wait: a `spin_loop` hint, and every [`YIELD_EVERY`] rounds a
 /// `yield_now`, which returns at once unless another thread waits for this core. On a machine

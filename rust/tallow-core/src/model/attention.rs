@@ -18,7 +18,7 @@
 
 use super::layers::expf;
 use crate::kv_cache::{v_index, KvLayer};
-use crate::threadpool::ThreadPool;
+use crate::threadpool::{SyncPtr, ThreadPool};
 use half::f16;
 
 /// Width of the f32 accumulators whose summation order is reproduced.
@@ -203,10 +203,6 @@ fn round_to_f16(x: &mut [f32]) {
         t.convert_to_f32_slice(c);
     }
 }
-
-struct SyncPtr(*mut f32);
-// SAFETY: every worker writes only the output rows and score slice it owns (see `attention`).
-unsafe impl Sync for SyncPtr {}
 
 /// `out[t, h] = Σ_j softmax_j(scale · q[t, h] · k[j, h / group]) · v[j, h / group]`.
 ///

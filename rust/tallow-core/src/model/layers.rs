@@ -427,4 +427,15 @@ mod tests {
             assert_eq!(bits(a), bits(&b), "step {i}");
         }
     }
+
+    #[test]
+    fn element_wise_steps_reach_a_tail_short_of_a_run() {
+        // 20000 values: over the 16 Ki values for_rows splits from, 32 past the last run of 64.
+        let two = ThreadPool::new(2);
+        let (x, y) = (values(20_000, 6), values(20_000, 7));
+        let mut a = x.clone();
+        add_assign(&two, &mut a, &y);
+        let want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+        assert_eq!(bits(&a), bits(&want));
+    }
 }

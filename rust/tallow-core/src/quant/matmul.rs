@@ -25,7 +25,7 @@ use super::{
     x86_legacy_tile::{LegacyTiles, TileArgs},
     x86_x16::{self, X16Tiles},
 };
-use crate::threadpool::{split_range, ThreadPool};
+use crate::threadpool::{split_range, SyncPtr, ThreadPool};
 
 /// Activation block types, one scratch buffer each.
 const ACT_TYPES: [QType; 3] = [QType::Q8_0, QType::Q8_1, QType::Q8_K];
@@ -121,11 +121,6 @@ impl std::fmt::Debug for Weight<'_> {
         write!(f, "{:?} (rows in groups of {})", self.t, self.g)
     }
 }
-
-/// A raw output pointer that workers write disjoint parts of.
-pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
-// SAFETY: every user writes only indices no other worker touches in the same `run`.
-unsafe impl<T> Sync for SyncPtr<T> {}
 
 /// How one product's rows are computed.
 #[derive(Clone, Copy)]

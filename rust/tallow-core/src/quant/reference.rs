@@ -1,9 +1,9 @@
 //! Reference products over candle-core's GGML block types. Correct on every CPU; the
 //! SIMD kernels are checked against these.
 
-use super::matmul::{MatmulScratch, SyncPtr};
+use super::matmul::MatmulScratch;
 use super::{QTensor, QType};
-use crate::threadpool::{split_range, ThreadPool};
+use crate::threadpool::{split_range, SyncPtr, ThreadPool};
 use candle_core::quantized::GgmlType;
 
 /// Runs `$body` with `$T` bound to candle's block type for `$qtype` (a [`QType`] value): the
